@@ -1,0 +1,1 @@
+//! vgpud library: vhost-user glue, virtio-gpu device and the GPU driver core.

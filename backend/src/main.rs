@@ -1,0 +1,3 @@
+//! vgpud entry point.
+
+fn main() {}
