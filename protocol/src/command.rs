@@ -329,5 +329,8 @@ pub fn mem_entries_bytes(entries: &[MemEntry], out: &mut Vec<u8>) {
 
 /// Wraps already-encoded entry bytes (length must be a multiple of 16) for encoding.
 pub fn mem_entries_from_bytes(bytes: &[u8]) -> Option<MemEntries<'_>> {
-    (bytes.len() % size_of::<MemEntry>() == 0).then(|| MemEntries::new(bytes))
+    bytes
+        .len()
+        .is_multiple_of(size_of::<MemEntry>())
+        .then(|| MemEntries::new(bytes))
 }

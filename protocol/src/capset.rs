@@ -1,0 +1,395 @@
+//! Fixed-size records of the channel protocol: the capset returned by GET_CAPSET for
+//! [`VGPU_CAPSET_ID`], and the [`StatsRecord`] written by QUERY_STATS.
+
+use std::mem::size_of;
+
+use vm_memory::ByteValued;
+
+use crate::channel::{ChannelError, Kernel, VGPU_CAPSET_ID, VGPU_PROTOCOL_VERSION};
+use crate::command::read_obj;
+
+/// Magic of [`VgpuCapset`]: "VGPU" as little-endian bytes.
+pub const VGPU_CAPSET_MAGIC: u32 = 0x5550_4756;
+/// Magic of [`StatsRecord`]: "VGST" as little-endian bytes.
+pub const VGPU_STATS_MAGIC: u32 = 0x5453_4756;
+/// Size in bytes of [`VgpuCapset`] (the `capset_max_size` to advertise).
+pub const VGPU_CAPSET_SIZE: usize = 128;
+/// Size in bytes of [`StatsRecord`].
+pub const STATS_RECORD_SIZE: usize = 128;
+/// Bytes of [`VgpuCapset::type_name`].
+pub const TYPE_NAME_LEN: usize = 32;
+
+/// The capset of [`VGPU_CAPSET_ID`], version [`VGPU_PROTOCOL_VERSION`]: what this vGPU offers.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct VgpuCapset {
+    /// [`VGPU_CAPSET_MAGIC`].
+    pub magic: u32,
+    /// [`VGPU_PROTOCOL_VERSION`].
+    pub protocol_version: u32,
+    /// vGPU type name, UTF-8, NUL padded (see [`VgpuCapset::type_name`]).
+    pub type_name: [u8; TYPE_NAME_LEN],
+    /// Framebuffer (device memory) budget of this vGPU in bytes.
+    pub framebuffer_bytes: u64,
+    /// Number of scanouts.
+    pub max_heads: u32,
+    /// Largest scanout width.
+    pub max_width: u32,
+    /// Largest scanout height.
+    pub max_height: u32,
+    /// Number of engines (queues) the backend runs jobs on.
+    pub engine_count: u32,
+    /// Supported kernels: bit `1 << id` per [`Kernel`].
+    pub kernel_mask: u32,
+    /// Must be 0.
+    pub reserved0: u32,
+    /// Largest single buffer in bytes.
+    pub max_buffer_bytes: u64,
+    /// Largest SUBMIT_3D stream in bytes.
+    pub max_submit_bytes: u32,
+    /// Most commands per SUBMIT_3D stream.
+    pub max_commands_per_submit: u32,
+    /// Must be 0.
+    pub reserved: [u32; 10],
+}
+
+impl Default for VgpuCapset {
+    fn default() -> Self {
+        VgpuCapset {
+            magic: VGPU_CAPSET_MAGIC,
+            protocol_version: VGPU_PROTOCOL_VERSION,
+            type_name: [0; TYPE_NAME_LEN],
+            framebuffer_bytes: 0,
+            max_heads: 0,
+            max_width: 0,
+            max_height: 0,
+            engine_count: 0,
+            kernel_mask: 0,
+            reserved0: 0,
+            max_buffer_bytes: 0,
+            max_submit_bytes: 0,
+            max_commands_per_submit: 0,
+            reserved: [0; 10],
+        }
+    }
+}
+
+/// Copies `name` into a NUL-padded array, truncated at a char boundary so it keeps a final NUL.
+fn name_bytes(name: &str) -> [u8; TYPE_NAME_LEN] {
+    let mut end = name.len().min(TYPE_NAME_LEN - 1);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out = [0; TYPE_NAME_LEN];
+    if let (Some(dst), Some(src)) = (out.get_mut(..end), name.as_bytes().get(..end)) {
+        dst.copy_from_slice(src);
+    }
+    out
+}
+
+/// The valid UTF-8 text before the first NUL.
+fn name_str(bytes: &[u8]) -> &str {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    let bytes = bytes.get(..end).unwrap_or_default();
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s,
+        Err(e) => std::str::from_utf8(bytes.get(..e.valid_up_to()).unwrap_or_default())
+            .unwrap_or_default(),
+    }
+}
+
+impl VgpuCapset {
+    /// A capset with magic, version, `type_name` (truncated to 31 bytes), every kernel this crate
+    /// knows, the crate's submit limits, and zero for everything else.
+    pub fn new(type_name: &str) -> Self {
+        VgpuCapset {
+            type_name: name_bytes(type_name),
+            kernel_mask: Kernel::mask_all(),
+            max_submit_bytes: crate::command::MAX_SUBMIT_SIZE,
+            max_commands_per_submit: crate::channel::MAX_COMMANDS_PER_SUBMIT as u32,
+            ..Default::default()
+        }
+    }
+
+    /// Sets the type name (truncated to 31 bytes at a char boundary).
+    pub fn set_type_name(&mut self, name: &str) {
+        self.type_name = name_bytes(name);
+    }
+
+    /// The type name up to its first NUL (the valid UTF-8 prefix if it is not UTF-8).
+    pub fn type_name(&self) -> &str {
+        name_str(&self.type_name)
+    }
+
+    /// True when `kernel_mask` has `kernel`.
+    pub fn supports(&self, kernel: Kernel) -> bool {
+        self.kernel_mask & kernel.bit() != 0
+    }
+
+    /// The capset's bytes, as GET_CAPSET returns them.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.as_slice()
+    }
+
+    /// Parses capset bytes: at least [`VGPU_CAPSET_SIZE`] bytes (more are ignored), right magic,
+    /// version ≥ 1 (later versions only append fields).
+    pub fn parse(bytes: &[u8]) -> Result<Self, ChannelError> {
+        let c = read_obj::<VgpuCapset>(bytes).ok_or(ChannelError::ShortRecord {
+            needed: size_of::<VgpuCapset>(),
+            got: bytes.len(),
+        })?;
+        if c.magic != VGPU_CAPSET_MAGIC {
+            return Err(ChannelError::BadMagic(c.magic));
+        }
+        if c.protocol_version == 0 {
+            return Err(ChannelError::BadVersion(c.protocol_version));
+        }
+        Ok(c)
+    }
+
+    /// The capset id this record belongs to ([`VGPU_CAPSET_ID`]).
+    pub fn id() -> u32 {
+        VGPU_CAPSET_ID
+    }
+}
+
+/// Scheduling policy reported in [`StatsRecord::policy`].
+#[repr(u32)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum SchedPolicy {
+    /// Idle vGPUs give their turns away.
+    BestEffort = 0,
+    /// Each running vGPU gets 1/N.
+    EqualShare = 1,
+    /// Each vGPU gets a fixed share whether others run or not.
+    FixedShare = 2,
+}
+
+impl SchedPolicy {
+    /// The policy for a wire value.
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            0 => SchedPolicy::BestEffort,
+            1 => SchedPolicy::EqualShare,
+            2 => SchedPolicy::FixedShare,
+            _ => return None,
+        })
+    }
+}
+
+/// What QUERY_STATS writes: this vGPU's view of the scheduler and its memory.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct StatsRecord {
+    /// [`VGPU_STATS_MAGIC`].
+    pub magic: u32,
+    /// [`VGPU_PROTOCOL_VERSION`].
+    pub protocol_version: u32,
+    /// [`SchedPolicy`] value.
+    pub policy: u32,
+    /// Scheduler timeslice in microseconds.
+    pub timeslice_us: u32,
+    /// Framebuffer budget in bytes.
+    pub framebuffer_total_bytes: u64,
+    /// Framebuffer bytes in use (sum of this vGPU's resources).
+    pub framebuffer_used_bytes: u64,
+    /// This vGPU's share of engine time over the last ~1 s, in ‰.
+    pub utilization_permille: u32,
+    /// The share this vGPU is configured/expected to get, in ‰.
+    pub share_permille: u32,
+    /// vGPUs with work or a reservation on the device now.
+    pub active_vgpus: u32,
+    /// Must be 0.
+    pub reserved0: u32,
+    /// Jobs (submits) completed by this vGPU.
+    pub jobs_completed: u64,
+    /// Engine time this vGPU has used, in ns.
+    pub busy_ns: u64,
+    /// Must be 0.
+    pub reserved: [u32; 16],
+}
+
+impl Default for StatsRecord {
+    fn default() -> Self {
+        StatsRecord {
+            magic: VGPU_STATS_MAGIC,
+            protocol_version: VGPU_PROTOCOL_VERSION,
+            policy: 0,
+            timeslice_us: 0,
+            framebuffer_total_bytes: 0,
+            framebuffer_used_bytes: 0,
+            utilization_permille: 0,
+            share_permille: 0,
+            active_vgpus: 0,
+            reserved0: 0,
+            jobs_completed: 0,
+            busy_ns: 0,
+            reserved: [0; 16],
+        }
+    }
+}
+
+impl StatsRecord {
+    /// A record with magic and version set and everything else zero.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The record's bytes, as QUERY_STATS writes them.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.as_slice()
+    }
+
+    /// Parses record bytes (at least [`STATS_RECORD_SIZE`]), checking magic and version ≥ 1.
+    pub fn parse(bytes: &[u8]) -> Result<Self, ChannelError> {
+        let r = read_obj::<StatsRecord>(bytes).ok_or(ChannelError::ShortRecord {
+            needed: size_of::<StatsRecord>(),
+            got: bytes.len(),
+        })?;
+        if r.magic != VGPU_STATS_MAGIC {
+            return Err(ChannelError::BadMagic(r.magic));
+        }
+        if r.protocol_version == 0 {
+            return Err(ChannelError::BadVersion(r.protocol_version));
+        }
+        Ok(r)
+    }
+
+    /// The policy, if it is a known one.
+    pub fn sched_policy(&self) -> Option<SchedPolicy> {
+        SchedPolicy::from_u32(self.policy)
+    }
+}
+
+// SAFETY: `#[repr(C)]` integer fields and arrays with no implicit padding (sizes asserted in the
+// tests); every bit pattern is a valid value.
+unsafe impl ByteValued for VgpuCapset {}
+// SAFETY: see above.
+unsafe impl ByteValued for StatsRecord {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::offset_of;
+
+    #[test]
+    fn layouts() {
+        assert_eq!(size_of::<VgpuCapset>(), VGPU_CAPSET_SIZE);
+        assert_eq!(size_of::<StatsRecord>(), STATS_RECORD_SIZE);
+        assert_eq!(offset_of!(VgpuCapset, type_name), 8);
+        assert_eq!(offset_of!(VgpuCapset, framebuffer_bytes), 40);
+        assert_eq!(offset_of!(VgpuCapset, kernel_mask), 64);
+        assert_eq!(offset_of!(VgpuCapset, max_buffer_bytes), 72);
+        assert_eq!(offset_of!(VgpuCapset, max_submit_bytes), 80);
+        assert_eq!(offset_of!(VgpuCapset, reserved), 88);
+        assert_eq!(offset_of!(StatsRecord, framebuffer_total_bytes), 16);
+        assert_eq!(offset_of!(StatsRecord, utilization_permille), 32);
+        assert_eq!(offset_of!(StatsRecord, jobs_completed), 48);
+        assert_eq!(offset_of!(StatsRecord, busy_ns), 56);
+        assert_eq!(offset_of!(StatsRecord, reserved), 64);
+        assert_eq!(&VGPU_CAPSET_MAGIC.to_le_bytes(), b"VGPU");
+        assert_eq!(&VGPU_STATS_MAGIC.to_le_bytes(), b"VGST");
+    }
+
+    #[test]
+    fn capset_round_trip() {
+        let mut c = VgpuCapset::new("vgpu-4q");
+        c.framebuffer_bytes = 4 << 30;
+        c.max_heads = 2;
+        c.max_width = 5120;
+        c.max_height = 2880;
+        c.engine_count = 1;
+        c.max_buffer_bytes = 1 << 30;
+        let parsed = VgpuCapset::parse(c.as_bytes()).unwrap();
+        assert_eq!(parsed, c);
+        assert_eq!(parsed.type_name(), "vgpu-4q");
+        assert_eq!(parsed.protocol_version, VGPU_PROTOCOL_VERSION);
+        for k in Kernel::ALL {
+            assert!(parsed.supports(k));
+        }
+        assert_eq!(parsed.kernel_mask, 0b11110);
+        assert_eq!(VgpuCapset::id(), 42);
+    }
+
+    #[test]
+    fn capset_name_truncation() {
+        let long = "x".repeat(40);
+        let c = VgpuCapset::new(&long);
+        assert_eq!(c.type_name().len(), 31);
+        // A multi-byte char across the limit is dropped whole.
+        let name = format!("{}é", "a".repeat(30));
+        let c = VgpuCapset::new(&name);
+        assert_eq!(c.type_name(), "a".repeat(30));
+        let mut c = VgpuCapset::new("");
+        assert_eq!(c.type_name(), "");
+        c.type_name = [b'z'; TYPE_NAME_LEN];
+        assert_eq!(c.type_name().len(), 32);
+        c.type_name[3] = 0xff;
+        assert_eq!(c.type_name(), "zzz");
+    }
+
+    #[test]
+    fn capset_parse_errors() {
+        let c = VgpuCapset::new("t");
+        let b = c.as_bytes();
+        assert_eq!(
+            VgpuCapset::parse(&b[..100]),
+            Err(ChannelError::ShortRecord {
+                needed: 128,
+                got: 100
+            })
+        );
+        let mut bad = c;
+        bad.magic = 1;
+        assert_eq!(
+            VgpuCapset::parse(bad.as_bytes()),
+            Err(ChannelError::BadMagic(1))
+        );
+        let mut bad = c;
+        bad.protocol_version = 0;
+        assert_eq!(
+            VgpuCapset::parse(bad.as_bytes()),
+            Err(ChannelError::BadVersion(0))
+        );
+        let mut longer = b.to_vec();
+        longer.extend_from_slice(&[0; 16]);
+        assert_eq!(VgpuCapset::parse(&longer), Ok(c));
+    }
+
+    #[test]
+    fn stats_round_trip() {
+        let r = StatsRecord {
+            policy: SchedPolicy::FixedShare as u32,
+            timeslice_us: 2000,
+            framebuffer_total_bytes: 1 << 30,
+            framebuffer_used_bytes: 12345,
+            utilization_permille: 498,
+            share_permille: 500,
+            active_vgpus: 2,
+            jobs_completed: 77,
+            busy_ns: 123_456_789,
+            ..StatsRecord::new()
+        };
+        let p = StatsRecord::parse(r.as_bytes()).unwrap();
+        assert_eq!(p, r);
+        assert_eq!(p.sched_policy(), Some(SchedPolicy::FixedShare));
+        assert_eq!(
+            StatsRecord::parse(&[0; 127]),
+            Err(ChannelError::ShortRecord {
+                needed: 128,
+                got: 127
+            })
+        );
+        assert_eq!(
+            StatsRecord::parse(VgpuCapset::new("x").as_bytes()),
+            Err(ChannelError::BadMagic(VGPU_CAPSET_MAGIC))
+        );
+        let mut v0 = r;
+        v0.protocol_version = 0;
+        assert_eq!(
+            StatsRecord::parse(v0.as_bytes()),
+            Err(ChannelError::BadVersion(0))
+        );
+        assert_eq!(SchedPolicy::from_u32(3), None);
+    }
+}
