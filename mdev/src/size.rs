@@ -29,9 +29,9 @@ pub fn parse_size(text: &str) -> Result<u64, MdevError> {
 /// stays `1024M` below 1T, so descriptions read like NVIDIA's).
 pub fn format_size(bytes: u64) -> String {
     const MIB: u64 = KIB * KIB;
-    if bytes != 0 && bytes % MIB == 0 {
+    if bytes != 0 && bytes.is_multiple_of(MIB) {
         format!("{}M", bytes / MIB)
-    } else if bytes != 0 && bytes % KIB == 0 {
+    } else if bytes != 0 && bytes.is_multiple_of(KIB) {
         format!("{}K", bytes / KIB)
     } else {
         format!("{bytes}")

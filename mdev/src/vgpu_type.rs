@@ -101,7 +101,7 @@ impl VgpuType {
         if !name_ok {
             return fail("name must be 1-64 characters of [A-Za-z0-9._-]");
         }
-        if self.framebuffer_bytes == 0 || self.framebuffer_bytes % (1 << 20) != 0 {
+        if self.framebuffer_bytes == 0 || !self.framebuffer_bytes.is_multiple_of(1 << 20) {
             return fail("framebuffer must be a non-zero multiple of 1M");
         }
         if !(1..=MAX_INSTANCES).contains(&self.max_instances) {
