@@ -649,3 +649,19 @@ fn iterator_reports_offset() {
     assert_eq!(it.offset(), 72);
     assert_eq!(it.next(), None);
 }
+
+#[test]
+fn readme_axpy_example() {
+    let mut bytes: Vec<u8> = vec![3, 0, 0, 0, 32, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0];
+    bytes.extend_from_slice(&[7, 0, 0, 0, 8, 0, 0, 0]);
+    bytes.extend_from_slice(&[0, 4, 0, 0, 0, 0, 0, 0x40]);
+    assert_eq!(
+        decode_all(&bytes).unwrap(),
+        vec![ChannelCommand::Launch(KernelLaunch::AxpyF32(AxpyF32Args {
+            x_res: 7,
+            y_res: 8,
+            n: 1024,
+            alpha: 2.0,
+        }))]
+    );
+}
