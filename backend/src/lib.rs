@@ -1,1 +1,3 @@
 //! vgpud library: vhost-user glue, virtio-gpu device and the GPU driver core.
+pub mod device;
+pub mod vhost;

@@ -1,0 +1,421 @@
+//! The per-VM virtio-gpu 2D device: a plain state machine that turns decoded control and cursor
+//! requests into resource updates, display-sink calls and encoded responses. No sockets, no
+//! threads: the vhost-user glue feeds it requests and a [`DisplaySink`].
+//!
+//! Modules, one job each: [`resource`] (2D resources), [`format`] (pixel formats and conversion),
+//! [`backing`] (guest scatter-gather backing), [`transfer`] (TRANSFER_TO_HOST_2D), [`scanout`]
+//! (SET_SCANOUT, RESOURCE_FLUSH), [`cursor`], [`edid`], [`display`] (sinks), [`budget`] (host
+//! memory accounting), [`log_limit`] (rate-limited guest-error logging), [`error`].
+
+pub mod backing;
+pub mod budget;
+pub mod cursor;
+pub mod display;
+pub mod edid;
+pub mod error;
+pub mod format;
+pub mod log_limit;
+pub mod resource;
+pub mod scanout;
+pub mod transfer;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::mem::size_of;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use vgpu_protocol::virtio_gpu::*;
+use vgpu_protocol::{ErrorCode, GpuCommand, MemEntries, Request, Response};
+use vm_memory::GuestMemory;
+
+pub use budget::{Charge, HostMemoryLimit, MemoryBudget, OutOfBudget};
+pub use display::{DisplaySink, HeadlessDisplay, CURSOR_IMAGE_BYTES};
+pub use error::GpuError;
+pub use format::Format;
+pub use scanout::Scanout;
+
+use backing::Backing;
+use cursor::Cursor;
+use log_limit::LogLimiter;
+use resource::{AttachedBacking, Resource2d};
+use scanout::Scanouts;
+
+/// Default scanout width.
+pub const DEFAULT_WIDTH: u32 = 1280;
+/// Default scanout height.
+pub const DEFAULT_HEIGHT: u32 = 800;
+/// Largest response [`VirtioGpuDevice::process_ctrl`] writes (OK_EDID); a response buffer this
+/// big always suffices.
+pub const MAX_RESPONSE_LEN: usize = size_of::<RespEdid>();
+
+/// Configuration of one device.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct DeviceConfig {
+    /// Number of scanouts, 1..=16 (clamped).
+    pub num_scanouts: u32,
+    /// Preferred scanout width (default 1280).
+    pub width: u32,
+    /// Preferred scanout height (default 800).
+    pub height: u32,
+    /// Answer GET_EDID (the EDID feature is offered).
+    pub edid: bool,
+}
+
+impl Default for DeviceConfig {
+    fn default() -> Self {
+        DeviceConfig {
+            num_scanouts: 1,
+            width: DEFAULT_WIDTH,
+            height: DEFAULT_HEIGHT,
+            edid: true,
+        }
+    }
+}
+
+/// A successful command's reply, before encoding. Lives on the stack only, so the large EDID
+/// variant costs no allocation.
+#[allow(clippy::large_enum_variant)]
+enum Reply {
+    NoData,
+    DisplayInfo([DisplayOne; VIRTIO_GPU_MAX_SCANOUTS]),
+    Edid([u8; 1024], usize),
+    Uuid([u8; 16]),
+}
+
+/// One VM's virtio-gpu 2D device.
+pub struct VirtioGpuDevice {
+    config: DeviceConfig,
+    budget: Arc<dyn MemoryBudget>,
+    resources: HashMap<u32, Resource2d>,
+    scanouts: Scanouts,
+    cursor: Cursor,
+    log: LogLimiter,
+}
+
+impl std::fmt::Debug for VirtioGpuDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VirtioGpuDevice")
+            .field("config", &self.config)
+            .field("resources", &self.resources.len())
+            .field("budget_used", &self.budget.used())
+            .finish()
+    }
+}
+
+impl VirtioGpuDevice {
+    /// A device with no resources; every host allocation is charged to `budget`.
+    pub fn new(config: DeviceConfig, budget: Arc<dyn MemoryBudget>) -> Self {
+        let mut config = config;
+        config.num_scanouts = config.num_scanouts.clamp(1, VIRTIO_GPU_MAX_SCANOUTS as u32);
+        if config.width == 0 || config.height == 0 {
+            config.width = DEFAULT_WIDTH;
+            config.height = DEFAULT_HEIGHT;
+        }
+        VirtioGpuDevice {
+            config,
+            budget,
+            resources: HashMap::new(),
+            scanouts: Scanouts::new(config.num_scanouts),
+            cursor: Cursor::new(),
+            log: LogLimiter::new("virtio-gpu"),
+        }
+    }
+
+    /// Sets the prefix of this device's log lines (e.g. the VM name).
+    pub fn set_log_label(&mut self, label: impl Into<String>) {
+        self.log.set_label(label);
+    }
+
+    /// The configuration in effect (after clamping).
+    pub fn config(&self) -> &DeviceConfig {
+        &self.config
+    }
+
+    /// The budget this device charges.
+    pub fn budget(&self) -> &Arc<dyn MemoryBudget> {
+        &self.budget
+    }
+
+    /// Number of live resources.
+    pub fn resource_count(&self) -> usize {
+        self.resources.len()
+    }
+
+    /// A live resource.
+    pub fn resource(&self, resource_id: u32) -> Option<&Resource2d> {
+        self.resources.get(&resource_id)
+    }
+
+    /// What a scanout shows, if the id is valid.
+    pub fn scanout(&self, scanout_id: u32) -> Option<Scanout> {
+        self.scanouts.get(scanout_id).copied()
+    }
+
+    /// The device configuration space.
+    pub fn config_space(&self) -> VirtioGpuConfig {
+        VirtioGpuConfig {
+            events_read: 0,
+            events_clear: 0,
+            num_scanouts: self.config.num_scanouts,
+            num_capsets: self.num_capsets(),
+        }
+    }
+
+    /// Number of capsets (none: 2D only).
+    pub fn num_capsets(&self) -> u32 {
+        0
+    }
+
+    /// Frees every resource and its charge and clears scanouts and cursor (guest reset, reboot,
+    /// frontend disconnect). Makes no sink calls: the frontend's display is reset with it.
+    pub fn reset(&mut self) {
+        self.resources = HashMap::new();
+        self.scanouts.clear();
+        self.cursor = Cursor::new();
+    }
+
+    /// Handles one control-queue request; writes the encoded response into `resp` and returns
+    /// its length (0 only if `resp` cannot even hold a header; [`MAX_RESPONSE_LEN`] always fits).
+    pub fn process_ctrl<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        req: &Request<'_>,
+        display: &mut dyn DisplaySink,
+        resp: &mut [u8],
+    ) -> usize {
+        let result = self.dispatch(mem, req, display);
+        let response = match &result {
+            Ok(Reply::NoData) => Response::OkNoData,
+            Ok(Reply::DisplayInfo(modes)) => Response::OkDisplayInfo(modes),
+            Ok(Reply::Edid(bytes, len)) => Response::OkEdid(bytes.get(..*len).unwrap_or(bytes)),
+            Ok(Reply::Uuid(uuid)) => Response::OkResourceUuid(*uuid),
+            Err(e) => {
+                self.log
+                    .warn(format_args!("command {:#x} failed: {e}", req.cmd.type_()));
+                Response::Err(e.code())
+            }
+        };
+        if let Some(n) = response.encode(&req.hdr, resp) {
+            return n;
+        }
+        let e = GpuError::ResponseTooLarge {
+            needed: response.encoded_len(),
+            got: resp.len(),
+        };
+        self.log
+            .warn(format_args!("command {:#x}: {e}", req.cmd.type_()));
+        Response::Err(ErrorCode::Unspec)
+            .encode(&req.hdr, resp)
+            .unwrap_or(0)
+    }
+
+    /// Handles one cursor-queue request (no response is written for cursor commands).
+    pub fn process_cursor(&mut self, req: &Request<'_>, display: &mut dyn DisplaySink) {
+        let n = self.config.num_scanouts;
+        let result = match req.cmd {
+            GpuCommand::UpdateCursor(c) => self.cursor.update(&c, n, &self.resources, display),
+            GpuCommand::MoveCursor(c) => self.cursor.move_to(&c, n, display),
+            other => Err(cursor::CursorError::NotACursorCommand(other.type_())),
+        };
+        if let Err(e) = result {
+            self.log.warn(format_args!("cursor command ignored: {e}"));
+        }
+    }
+
+    fn dispatch<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        req: &Request<'_>,
+        display: &mut dyn DisplaySink,
+    ) -> Result<Reply, GpuError> {
+        match req.cmd {
+            GpuCommand::GetDisplayInfo => Ok(Reply::DisplayInfo(self.display_info(display))),
+            GpuCommand::ResourceCreate2d(c) => self.create_2d(&c).map(|_| Reply::NoData),
+            GpuCommand::ResourceUnref(c) => {
+                self.unref(c.resource_id, display).map(|_| Reply::NoData)
+            }
+            GpuCommand::SetScanout(c) => self.set_scanout(&c, display).map(|_| Reply::NoData),
+            GpuCommand::ResourceFlush(c) => {
+                let res = self
+                    .resources
+                    .get(&c.resource_id)
+                    .ok_or(GpuError::UnknownResource(c.resource_id))?;
+                self.scanouts
+                    .flush(res, c.r, display)
+                    .map(|_| Reply::NoData)
+            }
+            GpuCommand::TransferToHost2d(t) => {
+                let res = self.resource_mut(t.resource_id)?;
+                transfer::transfer_to_host_2d(res, mem, &t).map(|_| Reply::NoData)
+            }
+            GpuCommand::ResourceAttachBacking(c, entries) => self
+                .attach_backing(mem, c.resource_id, entries)
+                .map(|_| Reply::NoData),
+            GpuCommand::ResourceDetachBacking(c) => {
+                let res = self.resource_mut(c.resource_id)?;
+                res.backing
+                    .take()
+                    .map(|_| Reply::NoData)
+                    .ok_or(GpuError::NoBacking(c.resource_id))
+            }
+            GpuCommand::GetCapsetInfo(c) => Err(GpuError::NoCapset(c.capset_index)),
+            GpuCommand::GetCapset(c) => Err(GpuError::NoCapset(c.capset_id)),
+            GpuCommand::GetEdid(c) => self.edid(c.scanout, display),
+            GpuCommand::ResourceAssignUuid(c) => {
+                let res = self.resource_mut(c.resource_id)?;
+                Ok(Reply::Uuid(*res.uuid.get_or_insert_with(random_uuid_v4)))
+            }
+            GpuCommand::UpdateCursor(_) | GpuCommand::MoveCursor(_) => {
+                Err(GpuError::CursorOnControlQueue(req.cmd.type_()))
+            }
+            GpuCommand::ResourceCreateBlob(..)
+            | GpuCommand::SetScanoutBlob(_)
+            | GpuCommand::ResourceMapBlob(_)
+            | GpuCommand::ResourceUnmapBlob(_) => Err(GpuError::Unsupported(req.cmd.type_())),
+            GpuCommand::CtxCreate(_)
+            | GpuCommand::CtxDestroy
+            | GpuCommand::CtxAttachResource(_)
+            | GpuCommand::CtxDetachResource(_)
+            | GpuCommand::ResourceCreate3d(_)
+            | GpuCommand::TransferToHost3d(_)
+            | GpuCommand::TransferFromHost3d(_)
+            | GpuCommand::Submit3d(..) => self.context_command(req),
+        }
+    }
+
+    /// 3D context commands. The 2D device has no contexts; a `context` module plugs in here.
+    fn context_command(&mut self, req: &Request<'_>) -> Result<Reply, GpuError> {
+        Err(GpuError::Unsupported(req.cmd.type_()))
+    }
+
+    fn resource_mut(&mut self, id: u32) -> Result<&mut Resource2d, GpuError> {
+        self.resources
+            .get_mut(&id)
+            .ok_or(GpuError::UnknownResource(id))
+    }
+
+    fn create_2d(&mut self, c: &ResourceCreate2d) -> Result<(), GpuError> {
+        if c.resource_id == 0 {
+            return Err(GpuError::ResourceIdZero);
+        }
+        if self.resources.contains_key(&c.resource_id) {
+            return Err(GpuError::ResourceExists(c.resource_id));
+        }
+        let res = Resource2d::create(c, &self.budget)?;
+        self.resources
+            .try_reserve(1)
+            .map_err(|_| GpuError::AllocFailed(size_of::<Resource2d>() as u64))?;
+        self.resources.insert(c.resource_id, res);
+        Ok(())
+    }
+
+    fn unref(&mut self, id: u32, display: &mut dyn DisplaySink) -> Result<(), GpuError> {
+        let res = self
+            .resources
+            .remove(&id)
+            .ok_or(GpuError::UnknownResource(id))?;
+        self.scanouts.disable_resource(id, display);
+        drop(res);
+        Ok(())
+    }
+
+    fn attach_backing<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        id: u32,
+        entries: MemEntries<'_>,
+    ) -> Result<(), GpuError> {
+        let budget = Arc::clone(&self.budget);
+        let res = self.resource_mut(id)?;
+        if res.backing.is_some() {
+            return Err(GpuError::BackingAttached(id));
+        }
+        let charge = Charge::new(&budget, Backing::host_bytes(entries.len()))?;
+        let backing = Backing::new(mem, entries)?;
+        res.backing = Some(AttachedBacking::new(backing, charge));
+        Ok(())
+    }
+
+    fn set_scanout(
+        &mut self,
+        c: &SetScanout,
+        display: &mut dyn DisplaySink,
+    ) -> Result<(), GpuError> {
+        self.scanouts.check_id(c.scanout_id)?;
+        if c.resource_id == 0 {
+            self.scanouts.disable(c.scanout_id, display);
+            return Ok(());
+        }
+        let res = self
+            .resources
+            .get(&c.resource_id)
+            .ok_or(GpuError::UnknownResource(c.resource_id))?;
+        self.scanouts.set(c.scanout_id, res, c.r, display)
+    }
+
+    fn display_info(&self, display: &mut dyn DisplaySink) -> [DisplayOne; VIRTIO_GPU_MAX_SCANOUTS] {
+        let n = self.config.num_scanouts as usize;
+        let mut modes = display.display_info().unwrap_or_else(|| {
+            let mut ours = [DisplayOne::default(); VIRTIO_GPU_MAX_SCANOUTS];
+            for m in ours.iter_mut().take(n) {
+                *m = DisplayOne {
+                    r: Rect {
+                        x: 0,
+                        y: 0,
+                        width: self.config.width,
+                        height: self.config.height,
+                    },
+                    enabled: 1,
+                    flags: 0,
+                };
+            }
+            ours
+        });
+        for m in modes.iter_mut().skip(n) {
+            *m = DisplayOne::default();
+        }
+        modes
+    }
+
+    fn edid(&self, scanout: u32, display: &mut dyn DisplaySink) -> Result<Reply, GpuError> {
+        if !self.config.edid {
+            return Err(GpuError::EdidDisabled);
+        }
+        if scanout >= self.config.num_scanouts {
+            return Err(GpuError::EdidScanout(scanout));
+        }
+        let mut out = [0u8; 1024];
+        let len = match display.edid(scanout) {
+            Some(bytes) if !bytes.is_empty() => {
+                let n = bytes.len().min(out.len());
+                out[..n].copy_from_slice(&bytes[..n]);
+                n
+            }
+            _ => {
+                let block = edid::generate(self.config.width, self.config.height, scanout);
+                out[..block.len()].copy_from_slice(&block);
+                block.len()
+            }
+        };
+        Ok(Reply::Edid(out, len))
+    }
+}
+
+/// A random (version 4, RFC 4122 variant) UUID.
+fn random_uuid_v4() -> [u8; 16] {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut bytes = [0u8; 16];
+    for half in bytes.chunks_exact_mut(8) {
+        // RandomState is seeded from the OS; the counter makes every call distinct.
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+        half.copy_from_slice(&h.finish().to_le_bytes());
+    }
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    bytes
+}
