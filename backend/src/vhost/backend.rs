@@ -1,0 +1,382 @@
+//! The `VhostUserBackend` of one VM: feature negotiation, the virtio-gpu config space, the GPU
+//! socket and the resets that free everything the VM had.
+//!
+//! One [`GpuBackendImpl`] serves one vhost-user connection (one VM). Its state sits behind its own
+//! mutexes, so several VMs served by one process never wait on each other's locks. The device
+//! behind it is anything implementing [`VmDevice`], so the driver-core integration can substitute
+//! its own without touching this glue.
+
+use std::io;
+use std::mem::size_of;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use log::Level;
+use vgpu_protocol::virtio_gpu::{VirtioGpuConfig, VIRTIO_GPU_F_EDID, VIRTIO_GPU_F_RESOURCE_UUID};
+use vgpu_protocol::Request;
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::GpuBackend;
+use vhost_user_backend::{VhostUserBackend, VringMutex};
+use virtio_bindings::virtio_config::{VIRTIO_F_NOTIFY_ON_EMPTY, VIRTIO_F_VERSION_1};
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use vm_memory::{ByteValued, GuestAddressSpace};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+
+use super::display::VmDisplay;
+use super::queue::{CommandSink, GuestMemory, GuestMemoryHandle, QueueKind, QueueWorker};
+use super::ratelimit::LogRateLimiter;
+use crate::device::DisplaySink;
+
+/// Index of the control queue.
+pub const CONTROL_QUEUE: u16 = 0;
+/// Index of the cursor queue.
+pub const CURSOR_QUEUE: u16 = 1;
+/// Number of virtqueues.
+pub const NUM_QUEUES: usize = 2;
+/// Largest queue size accepted (QEMU uses 256 for the control queue with VIRGL, else 64; 16 for
+/// the cursor queue).
+pub const MAX_QUEUE_SIZE: usize = 256;
+
+/// How long `GET_VRING_BASE` waits for a request the device is still running.
+const STOP_VRING_WAIT: Duration = Duration::from_secs(1);
+
+static EVENT_LOG: LogRateLimiter = LogRateLimiter::new(5);
+
+/// The virtio feature bits a backend offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GpuFeatures(u64);
+
+impl GpuFeatures {
+    /// Transport bits we implement plus the 2D device features: `VERSION_1`, `RING_EVENT_IDX`,
+    /// `RING_INDIRECT_DESC`, `NOTIFY_ON_EMPTY`, `VHOST_USER_F_PROTOCOL_FEATURES`,
+    /// `VIRTIO_GPU_F_EDID`, `VIRTIO_GPU_F_RESOURCE_UUID`.
+    ///
+    /// `VIRTIO_F_RING_RESET` is not offered: vhost-user has no per-ring reset message and QEMU's
+    /// vhost-user-gpu does not forward a guest's queue reset, so a guest using it would desync.
+    pub fn base() -> Self {
+        GpuFeatures(
+            (1 << VIRTIO_F_VERSION_1)
+                | (1 << VIRTIO_RING_F_EVENT_IDX)
+                | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+                | (1 << VIRTIO_F_NOTIFY_ON_EMPTY)
+                | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+                | (1 << VIRTIO_GPU_F_EDID)
+                | (1 << VIRTIO_GPU_F_RESOURCE_UUID),
+        )
+    }
+
+    /// Adds a device feature bit (e.g. `VIRTIO_GPU_F_VIRGL` once the driver core can serve it).
+    pub fn with_device_feature(self, bit: u32) -> Self {
+        GpuFeatures(self.0 | 1u64.checked_shl(bit).unwrap_or(0))
+    }
+
+    /// Removes a device feature bit.
+    pub fn without_device_feature(self, bit: u32) -> Self {
+        GpuFeatures(self.0 & !1u64.checked_shl(bit).unwrap_or(0))
+    }
+
+    /// The bit mask.
+    pub fn bits(self) -> u64 {
+        self.0
+    }
+}
+
+impl Default for GpuFeatures {
+    fn default() -> Self {
+        Self::base()
+    }
+}
+
+/// The vhost-user protocol features offered: `CONFIG` (QEMU requires it to read the config space),
+/// `REPLY_ACK` and `RESET_DEVICE` (both handled by vhost-user-backend). Nothing else: no `MQ`
+/// (the queue count is fixed), no `STATUS` (vhost-user-backend does not implement it).
+pub fn protocol_features() -> VhostUserProtocolFeatures {
+    VhostUserProtocolFeatures::CONFIG
+        | VhostUserProtocolFeatures::REPLY_ACK
+        | VhostUserProtocolFeatures::RESET_DEVICE
+}
+
+/// What the vhost-user glue needs from a VM's virtio-gpu device.
+pub trait VmDevice: Send + 'static {
+    /// Runs a control-queue request; writes the response into `resp` and returns its length.
+    fn process_ctrl(
+        &mut self,
+        mem: &GuestMemory,
+        req: &Request<'_>,
+        display: &mut dyn DisplaySink,
+        resp: &mut [u8],
+    ) -> usize;
+    /// Runs a cursor-queue request.
+    fn process_cursor(&mut self, req: &Request<'_>, display: &mut dyn DisplaySink);
+    /// Frees every resource, context and scanout: the device is as new.
+    fn reset(&mut self);
+    /// The virtio-gpu config space.
+    fn config_space(&self) -> VirtioGpuConfig;
+}
+
+impl VmDevice for crate::device::VirtioGpuDevice {
+    fn process_ctrl(
+        &mut self,
+        mem: &GuestMemory,
+        req: &Request<'_>,
+        display: &mut dyn DisplaySink,
+        resp: &mut [u8],
+    ) -> usize {
+        crate::device::VirtioGpuDevice::process_ctrl(self, mem, req, display, resp)
+    }
+
+    fn process_cursor(&mut self, req: &Request<'_>, display: &mut dyn DisplaySink) {
+        crate::device::VirtioGpuDevice::process_cursor(self, req, display)
+    }
+
+    fn reset(&mut self) {
+        crate::device::VirtioGpuDevice::reset(self)
+    }
+
+    fn config_space(&self) -> VirtioGpuConfig {
+        crate::device::VirtioGpuDevice::config_space(self)
+    }
+}
+
+/// The device and where it draws, locked together.
+struct VmState<D> {
+    device: D,
+    display: VmDisplay,
+}
+
+/// Locks `m`, recovering the data if a thread panicked while holding it.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The `VhostUserBackend` of one VM.
+pub struct GpuBackendImpl<D: VmDevice> {
+    name: String,
+    features: GpuFeatures,
+    acked: AtomicU64,
+    vm: Mutex<VmState<D>>,
+    mem: Mutex<Option<GuestMemoryHandle>>,
+    workers: [Mutex<QueueWorker>; NUM_QUEUES],
+}
+
+impl<D: VmDevice> GpuBackendImpl<D> {
+    /// A backend named `name` (for logs) offering `features`, driving `device`.
+    pub fn new(name: impl Into<String>, features: GpuFeatures, device: D) -> Arc<Self> {
+        Arc::new(GpuBackendImpl {
+            name: name.into(),
+            features,
+            acked: AtomicU64::new(0),
+            vm: Mutex::new(VmState {
+                device,
+                display: VmDisplay::default(),
+            }),
+            mem: Mutex::new(None),
+            workers: [
+                Mutex::new(QueueWorker::new(QueueKind::Control)),
+                Mutex::new(QueueWorker::new(QueueKind::Cursor)),
+            ],
+        })
+    }
+
+    /// The features the frontend acknowledged.
+    pub fn acked_features(&self) -> u64 {
+        self.acked.load(Ordering::Acquire)
+    }
+
+    /// True while the VM draws into a GPU socket.
+    pub fn has_gpu_socket(&self) -> bool {
+        lock(&self.vm).display.has_socket()
+    }
+
+    /// The connection ended: free everything the VM had, drop its GPU socket and guest memory.
+    pub fn disconnect(&self) {
+        let mut vm = lock(&self.vm);
+        vm.device.reset();
+        vm.display = VmDisplay::default();
+        drop(vm);
+        *lock(&self.mem) = None;
+        self.acked.store(0, Ordering::Release);
+        log::info!("{}: frontend disconnected, device reset", self.name);
+    }
+
+    fn memory(&self) -> Option<GuestMemoryHandle> {
+        lock(&self.mem).clone()
+    }
+
+    fn config_bytes(&self) -> [u8; size_of::<VirtioGpuConfig>()] {
+        let cfg = lock(&self.vm).device.config_space();
+        let mut out = [0u8; size_of::<VirtioGpuConfig>()];
+        out.copy_from_slice(cfg.as_slice());
+        out
+    }
+}
+
+impl<D: VmDevice> CommandSink for GpuBackendImpl<D> {
+    fn control(&self, mem: &GuestMemory, req: &Request<'_>, resp: &mut [u8]) -> usize {
+        let mut vm = lock(&self.vm);
+        let VmState { device, display } = &mut *vm;
+        device.process_ctrl(mem, req, display, resp)
+    }
+
+    fn cursor(&self, req: &Request<'_>) {
+        let mut vm = lock(&self.vm);
+        let VmState { device, display } = &mut *vm;
+        device.process_cursor(req, display);
+    }
+}
+
+impl<D: VmDevice> VhostUserBackend for GpuBackendImpl<D> {
+    type Bitmap = ();
+    type Vring = VringMutex<GuestMemoryHandle>;
+
+    fn num_queues(&self) -> usize {
+        NUM_QUEUES
+    }
+
+    fn max_queue_size(&self) -> usize {
+        MAX_QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        self.features.bits()
+    }
+
+    fn acked_features(&self, features: u64) {
+        self.acked.store(features, Ordering::Release);
+        let on_empty = features & (1 << VIRTIO_F_NOTIFY_ON_EMPTY) != 0;
+        for w in &self.workers {
+            lock(w).set_notify_on_empty(on_empty);
+        }
+        log::debug!("{}: features acked {features:#x}", self.name);
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        protocol_features()
+    }
+
+    fn reset_device(&self) {
+        lock(&self.vm).device.reset();
+        self.acked.store(0, Ordering::Release);
+        log::info!("{}: device reset by the frontend", self.name);
+    }
+
+    fn set_event_idx(&self, _enabled: bool) {
+        // The queues track EVENT_IDX themselves (vhost-user-backend sets it on each vring).
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let cfg = self.config_bytes();
+        let range = (offset as usize)..(offset as usize).saturating_add(size as usize);
+        // An empty reply tells the frontend the request was out of range.
+        cfg.get(range).map(<[u8]>::to_vec).unwrap_or_default()
+    }
+
+    fn set_config(&self, _offset: u32, _buf: &[u8]) -> io::Result<()> {
+        // QEMU forwards `events_clear` writes here but keeps the event state itself. An error
+        // would end the connection, so writes are accepted and ignored.
+        Ok(())
+    }
+
+    fn update_memory(&self, mem: GuestMemoryHandle) -> io::Result<()> {
+        *lock(&self.mem) = Some(mem);
+        Ok(())
+    }
+
+    fn set_gpu_socket(&self, gpu: GpuBackend) -> io::Result<()> {
+        // A new socket comes with every DRIVER_OK: the guest (re)started its driver, so nothing
+        // it created before may survive.
+        let mut vm = lock(&self.vm);
+        vm.device.reset();
+        vm.display = VmDisplay::socket(gpu);
+        log::info!(
+            "{}: new GPU socket from the frontend, device reset",
+            self.name
+        );
+        Ok(())
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()
+    }
+
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        // The ring is already marked stopped; let a request the device is running finish, but do
+        // not wait forever on a display socket the frontend is not reading.
+        let Some(worker) = self.workers.get(queue_index as usize) else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + STOP_VRING_WAIT;
+        while worker.try_lock().is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[Self::Vring],
+        _thread_id: usize,
+    ) -> io::Result<()> {
+        if !evset.contains(EventSet::IN) {
+            return Ok(());
+        }
+        let (Some(vring), Some(worker)) = (
+            vrings.get(device_event as usize),
+            self.workers.get(device_event as usize),
+        ) else {
+            return Ok(());
+        };
+        let Some(handle) = self.memory() else {
+            return Ok(());
+        };
+        let mem = handle.memory();
+        let mut worker = lock(worker);
+        if let Err(e) = worker.drain(vring, &mem, self) {
+            // Returning an error would end the worker thread for every queue: log and go on.
+            super::log_limited(
+                &EVENT_LOG,
+                Level::Error,
+                format_args!("{}: queue {device_event}: {e}", self.name),
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_features() {
+        let f = GpuFeatures::base().bits();
+        assert_ne!(f & (1 << VIRTIO_F_VERSION_1), 0);
+        assert_ne!(f & (1 << VIRTIO_GPU_F_EDID), 0);
+        assert_eq!(
+            f & 1,
+            0,
+            "VIRGL is not offered until the driver core serves it"
+        );
+        assert_eq!(f & (1 << 40), 0, "no RING_RESET");
+        let v = GpuFeatures::base().with_device_feature(0).bits();
+        assert_eq!(v & 1, 1);
+        assert_eq!(
+            GpuFeatures::base().with_device_feature(99),
+            GpuFeatures::base()
+        );
+    }
+
+    #[test]
+    fn protocol_features_are_the_implemented_ones() {
+        let p = protocol_features();
+        assert!(p.contains(VhostUserProtocolFeatures::CONFIG));
+        assert!(!p.contains(VhostUserProtocolFeatures::MQ));
+        assert!(!p.contains(VhostUserProtocolFeatures::STATUS));
+    }
+}

@@ -1,0 +1,1 @@
+//! Listeners, the reconnect loop and shutdown (in progress).

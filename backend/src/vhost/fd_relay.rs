@@ -1,0 +1,1 @@
+//! Relay for `--fd` (in progress).

@@ -1,0 +1,27 @@
+//! vhost-user glue: everything between QEMU's `vhost-user-gpu-pci` and the per-VM virtio-gpu device.
+//!
+//! - [`backend`]: the `VhostUserBackend` (features, config space, GPU socket, resets).
+//! - [`queue`]: descriptor chains → requests → device → responses.
+//! - [`display`]: the device's display sink over QEMU's vhost-user-gpu socket.
+//! - [`daemon`]: listeners, the reconnect loop and shutdown.
+//! - [`fd_relay`]: serving a connected `--fd` by relaying it to a listening socket.
+
+use std::fmt;
+
+use log::Level;
+
+pub mod backend;
+pub mod daemon;
+pub mod display;
+pub mod fd_relay;
+pub mod queue;
+pub mod ratelimit;
+
+pub use ratelimit::LogRateLimiter;
+
+/// Logs `args` at `level` if `limiter` lets it through (for anything a guest can trigger).
+pub fn log_limited(limiter: &LogRateLimiter, level: Level, args: fmt::Arguments<'_>) {
+    if log::log_enabled!(level) && limiter.allow() {
+        log::log!(level, "{args}");
+    }
+}
