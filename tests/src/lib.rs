@@ -1,1 +1,29 @@
 //! Test frontend library: a real vhost-user frontend used by tests and benchmarks.
+//!
+//! It plays QEMU's role towards a vhost-user GPU backend (ours or QEMU's own):
+//! - [`memory`]: memfd-backed guest memory with a bump allocator.
+//! - [`vring`]: the driver side of split virtqueues (well-formed and malformed chains, EVENT_IDX).
+//! - [`gpu_socket`]: QEMU's side of the GPU socket (answers and records backend messages).
+//! - [`connection`]: the vhost-user setup sequence, GPU_SET_SOCKET, kicks and calls.
+//! - [`client`]: `GpuClient`, virtio-gpu commands and 2D helpers.
+//! - [`backend`]: spawning `vgpud` or QEMU's `vhost-user-gpu` on a temporary socket.
+//! - [`conformance`]: the reusable 2D conformance sequence.
+
+#![deny(missing_docs)]
+
+pub mod backend;
+pub mod client;
+pub mod conformance;
+pub mod connection;
+pub mod error;
+pub mod gpu_socket;
+pub mod memory;
+pub mod vring;
+
+pub use backend::{Backend, BackendKind};
+pub use client::{Completion, GpuClient};
+pub use connection::{Connection, FrontendConfig};
+pub use error::{FrontendError, Result};
+pub use gpu_socket::{GpuMsg, GpuPeer, GpuPeerConfig};
+pub use memory::GuestMemory;
+pub use vring::{RawDesc, Segment, SplitQueue, UsedElem};

@@ -1,0 +1,199 @@
+//! Starting a backend process (our `vgpud` or QEMU's C `vhost-user-gpu`) on a temporary socket.
+//!
+//! `vgpud` is found through the `VGPUD` environment variable, else next to the test executable
+//! (`target/<profile>/vgpud`, with tests living in `target/<profile>/deps/`). Build it first with
+//! `cargo build -p vgpu-backend`. QEMU's backend is `VHOST_USER_GPU` or
+//! `/usr/lib/qemu/vhost-user-gpu`.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::error::{FrontendError, Result};
+
+/// Default location of QEMU's backend (Debian's `qemu-system-gui`).
+pub const QEMU_VHOST_USER_GPU: &str = "/usr/lib/qemu/vhost-user-gpu";
+
+/// Which backend implementation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    /// Our `vgpud`.
+    Vgpud,
+    /// QEMU's `vhost-user-gpu`.
+    Qemu,
+}
+
+impl BackendKind {
+    /// The executable, if it exists.
+    pub fn binary(&self) -> Option<PathBuf> {
+        match self {
+            BackendKind::Vgpud => vgpud_path(),
+            BackendKind::Qemu => {
+                let p = std::env::var_os("VHOST_USER_GPU")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from(QEMU_VHOST_USER_GPU));
+                p.is_file().then_some(p)
+            }
+        }
+    }
+
+    /// Short name for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            BackendKind::Vgpud => "vgpud",
+            BackendKind::Qemu => "qemu-vhost-user-gpu",
+        }
+    }
+}
+
+/// Where `vgpud` is: `$VGPUD`, else `target/<profile>/vgpud` next to the running test binary.
+pub fn vgpud_path() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("VGPUD") {
+        let p = PathBuf::from(p);
+        return p.is_file().then_some(p);
+    }
+    let exe = std::env::current_exe().ok()?;
+    let mut dir = exe.parent()?;
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent()?;
+    }
+    let p = dir.join("vgpud");
+    p.is_file().then_some(p)
+}
+
+/// A running backend process; killed on drop.
+pub struct Backend {
+    kind: BackendKind,
+    child: Child,
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Backend {
+    /// Starts `kind` listening on a fresh socket path with `extra` arguments appended.
+    pub fn spawn(kind: BackendKind, extra: &[&str]) -> Result<Backend> {
+        let bin = kind.binary().ok_or_else(|| {
+            FrontendError::Backend(format!(
+                "{} not found (build with `cargo build -p vgpu-backend` or set VGPUD / \
+                 VHOST_USER_GPU)",
+                kind.name()
+            ))
+        })?;
+        let dir = tempfile::Builder::new().prefix("vgpu-test-").tempdir()?;
+        let socket = dir.path().join("gpu.sock");
+        let log = dir.path().join("backend.log");
+        let err = File::create(&log)?;
+        let out = err.try_clone()?;
+        let mut cmd = Command::new(&bin);
+        cmd.arg("--socket-path")
+            .arg(&socket)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        if kind == BackendKind::Vgpud && std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "debug");
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| FrontendError::Backend(format!("spawn {}: {e}", bin.display())))?;
+        Ok(Backend {
+            kind,
+            child,
+            dir,
+            socket,
+            log,
+        })
+    }
+
+    /// Starts QEMU's backend, or returns `None` (with a printed note) when it is not installed.
+    pub fn qemu_or_skip() -> Option<Backend> {
+        if BackendKind::Qemu.binary().is_none() {
+            eprintln!("SKIP: {QEMU_VHOST_USER_GPU} not installed");
+            return None;
+        }
+        Some(Self::spawn(BackendKind::Qemu, &[]).expect("start QEMU vhost-user-gpu"))
+    }
+
+    /// Starts `vgpud`, or returns `None` (with a printed note) when it has not been built.
+    pub fn vgpud_or_skip(extra: &[&str]) -> Option<Backend> {
+        if BackendKind::Vgpud.binary().is_none() {
+            eprintln!("SKIP: vgpud not built (cargo build -p vgpu-backend, or set VGPUD)");
+            return None;
+        }
+        Some(Self::spawn(BackendKind::Vgpud, extra).expect("start vgpud"))
+    }
+
+    /// Which implementation this is.
+    pub fn kind(&self) -> &BackendKind {
+        &self.kind
+    }
+
+    /// The socket path it listens on.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The temporary directory (socket and log live here).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The captured stdout+stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The exit status if it has exited.
+    pub fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        self.try_exit().is_none()
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.try_exit() {
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Sends SIGTERM (for clean-shutdown tests).
+    pub fn terminate(&self) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: signalling our own child by pid.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() || std::env::var_os("VGPU_TEST_SHOW_LOG").is_some() {
+            eprintln!(
+                "---- {} log ----\n{}\n---- end ----",
+                self.kind.name(),
+                self.log()
+            );
+        }
+    }
+}
