@@ -143,9 +143,10 @@ fn mem_entries<'a>(
     if nr_entries > MAX_MEM_ENTRIES {
         return Err(DecodeError::TooManyEntries(nr_entries));
     }
-    // Cannot overflow: nr_entries <= 16384.
+    // Cannot overflow: nr_entries <= 16384 and `fixed` is a struct size.
     let len = nr_entries as usize * size_of::<MemEntry>();
-    let bytes = rest.get(fixed..fixed + len).ok_or(DecodeError::Truncated {
+    let end = fixed + len;
+    let bytes = rest.get(fixed..end).ok_or(DecodeError::Truncated {
         type_,
         needed: size_of::<CtrlHeader>() + fixed + len,
         got: size_of::<CtrlHeader>() + rest.len(),
@@ -160,7 +161,7 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request<'_>, DecodeError> {
         needed: size_of::<CtrlHeader>(),
         got: bytes.len(),
     })?;
-    let rest = &bytes[size_of::<CtrlHeader>()..];
+    let rest = bytes.get(size_of::<CtrlHeader>()..).unwrap_or_default();
     let t = hdr.type_;
     let cmd = match t {
         VIRTIO_GPU_CMD_GET_DISPLAY_INFO => GpuCommand::GetDisplayInfo,
@@ -211,14 +212,14 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request<'_>, DecodeError> {
                     value: u64::from(s.size),
                 });
             }
+            // Cannot overflow: size <= MAX_SUBMIT_SIZE.
             let start = size_of::<Submit3d>();
-            let stream =
-                rest.get(start..start + s.size as usize)
-                    .ok_or(DecodeError::Truncated {
-                        type_: t,
-                        needed: size_of::<CtrlHeader>() + start + s.size as usize,
-                        got: bytes.len(),
-                    })?;
+            let end = start + s.size as usize;
+            let stream = rest.get(start..end).ok_or(DecodeError::Truncated {
+                type_: t,
+                needed: size_of::<CtrlHeader>() + end,
+                got: bytes.len(),
+            })?;
             GpuCommand::Submit3d(s, stream)
         }
         VIRTIO_GPU_CMD_RESOURCE_MAP_BLOB => GpuCommand::ResourceMapBlob(body(t, rest)?),

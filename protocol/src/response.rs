@@ -210,12 +210,13 @@ pub fn decode_response(bytes: &[u8]) -> Option<(CtrlHeader, DecodedResponse)> {
             DecodedResponse::OkCapsetInfo(read_obj::<RespCapsetInfo>(bytes)?)
         }
         VIRTIO_GPU_RESP_OK_CAPSET => {
-            DecodedResponse::OkCapset(bytes[size_of::<CtrlHeader>()..].to_vec())
+            let data = bytes.get(size_of::<CtrlHeader>()..).unwrap_or_default();
+            DecodedResponse::OkCapset(data.to_vec())
         }
         VIRTIO_GPU_RESP_OK_EDID => {
             let r = read_obj::<RespEdid>(bytes)?;
             let n = (r.size as usize).min(r.edid.len());
-            DecodedResponse::OkEdid(r.edid[..n].to_vec())
+            DecodedResponse::OkEdid(r.edid.get(..n).unwrap_or_default().to_vec())
         }
         VIRTIO_GPU_RESP_OK_RESOURCE_UUID => {
             DecodedResponse::OkResourceUuid(read_obj::<RespResourceUuid>(bytes)?.uuid)
