@@ -20,11 +20,11 @@ wait_until() {
 }
 
 # host_sync NAME DETAIL [SECONDS]: prints `NAME READY DETAIL` and waits for the host to answer one line on
-# the console (it does so after acting, e.g. after a screendump). Prints the answer; fails on timeout.
+# the console (it does so after acting, e.g. after a screendump). Sets HOST_REPLY; fails on timeout.
 host_sync() {
+    HOST_REPLY=
     result "$1 READY $2"
-    if read -t "${3:-30}" _reply; then echo "$_reply"; return 0; fi
-    return 1
+    read -t "${3:-30}" HOST_REPLY
 }
 
 # repeat_to SIZE IN OUT: writes SIZE bytes of IN repeated to OUT (doubling, so it stays fast).

@@ -17,6 +17,7 @@ pub mod conformance;
 pub mod connection;
 pub mod error;
 pub mod gpu_socket;
+pub mod guest;
 pub mod memory;
 pub mod vring;
 

@@ -52,8 +52,8 @@ else
 fi
 rm -f top bottom
 sleep 2 # deferred io flushes damage about every 1/HZ; give the host a stable picture
-if reply=$(host_sync fb-pattern "w=$w h=$h stride=$stride top=red,green,blue,white bottom=32,192,160" 60); then
-    pass fb-pattern "host: $reply"
+if host_sync fb-pattern "w=$w h=$h stride=$stride top=red,green,blue,white bottom=32,192,160" 60; then
+    pass fb-pattern "host: $HOST_REPLY"
 else
     fail fb-pattern "no answer from the host"
 fi
