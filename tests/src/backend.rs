@@ -117,13 +117,50 @@ impl Backend {
         Some(Self::spawn(BackendKind::Qemu, &[]).expect("start QEMU vhost-user-gpu"))
     }
 
-    /// Starts `vgpud`, or returns `None` (with a printed note) when it has not been built.
+    /// Starts `vgpud` and waits for its socket, or returns `None` (with a printed note) when it
+    /// has not been built or exits without listening. Set `VGPU_REQUIRE_VGPUD=1` to turn those
+    /// skips into failures (CI, once the daemon exists).
     pub fn vgpud_or_skip(extra: &[&str]) -> Option<Backend> {
+        let require = std::env::var_os("VGPU_REQUIRE_VGPUD").is_some();
         if BackendKind::Vgpud.binary().is_none() {
+            assert!(!require, "vgpud not built");
             eprintln!("SKIP: vgpud not built (cargo build -p vgpu-backend, or set VGPUD)");
             return None;
         }
-        Some(Self::spawn(BackendKind::Vgpud, extra).expect("start vgpud"))
+        let mut b = Self::spawn(BackendKind::Vgpud, extra).expect("start vgpud");
+        if let Err(e) = b.wait_listening(Duration::from_secs(10)) {
+            let status = b.try_exit();
+            assert!(
+                !require,
+                "vgpud does not serve: {e}; exit {status:?}\n{}",
+                b.log()
+            );
+            eprintln!(
+                "SKIP: vgpud does not serve yet ({e}; exit {status:?}); log:\n{}",
+                b.log()
+            );
+            return None;
+        }
+        Some(b)
+    }
+
+    /// Waits until the socket path exists (the backend listens), failing early if it exits.
+    pub fn wait_listening(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.socket.exists() {
+                return Ok(());
+            }
+            if let Some(s) = self.try_exit() {
+                return Err(FrontendError::Backend(format!(
+                    "exited with {s} before listening"
+                )));
+            }
+            if Instant::now() >= deadline {
+                return Err(FrontendError::Timeout("backend socket".into()));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Which implementation this is.
