@@ -285,8 +285,8 @@ mod tests {
                 assert!(w <= 1280);
             }
         }
-        // 1280x800 at 60 Hz with reduced blanking: (1440 * 823 * 60) ≈ 71.1 MHz.
-        assert_eq!(parse(&e).clock_khz, 71_120);
+        // 1280x800 at 60 Hz with reduced blanking: 1440 x 824 total at 60 Hz ≈ 71.2 MHz.
+        assert_eq!(parse(&e).clock_khz, 71_200);
         // Tiny and huge sizes still give a valid block.
         parse(&generate(1, 1, 0));
         let big = parse(&generate(16384, 16384, 0));
