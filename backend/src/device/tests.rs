@@ -765,3 +765,43 @@ fn config_is_clamped() {
     assert_eq!(dev.config().num_scanouts, 16);
     assert_eq!((dev.config().width, dev.config().height), (1280, 800));
 }
+
+#[test]
+fn large_converted_flush_is_sent_in_bands() {
+    let mut t = rig();
+    let (w, h) = (1100u32, 1000u32); // 4.4 MB: above the 4 MiB conversion buffer
+    let fb = t.framebuffer(1, VIRTIO_GPU_FORMAT_R8G8B8A8_UNORM, w, h);
+    t.transfer(1, rect(0, 0, w, h), 0);
+    t.set_scanout(0, 1, rect(0, 0, w, h));
+    t.sink.events.clear();
+    t.flush(1, rect(0, 0, w, h));
+    let mut got = vec![0u8; fb.len()];
+    let mut covered = 0;
+    for e in &t.sink.events {
+        let Event::Update {
+            id: 0,
+            x: 0,
+            y,
+            w: ew,
+            h: eh,
+            pixels,
+        } = e
+        else {
+            panic!("unexpected {e:?}");
+        };
+        assert_eq!(*ew, w);
+        let start = (*y * w * 4) as usize;
+        got[start..start + pixels.len()].copy_from_slice(pixels);
+        covered += eh;
+    }
+    assert!(t.sink.events.len() > 1);
+    assert_eq!(covered, h);
+    assert_eq!(got, convert(Format::R8G8B8A8, &fb));
+}
+
+#[test]
+fn device_is_send() {
+    fn assert_send<T: Send>() {}
+    assert_send::<VirtioGpuDevice>();
+    assert_send::<HeadlessDisplay>();
+}
