@@ -1,3 +1,4 @@
 //! vgpud library: vhost-user glue, virtio-gpu device and the GPU driver core.
 pub mod device;
 pub mod vhost;
+pub mod options;

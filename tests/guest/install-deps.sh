@@ -21,12 +21,6 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # --- 1. apt sources and packages -------------------------------------------------------------------
-if ! grep -rqs '^[^#]*bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
-    log "adding bookworm-backports to $BACKPORTS_LIST"
-    echo 'deb http://deb.debian.org/debian bookworm-backports main' | "${SUDO[@]}" tee "$BACKPORTS_LIST" >/dev/null
-    APT_UPDATED=0
-fi
-
 apt_updated=false
 apt_update_once() {
     if ! $apt_updated; then
@@ -35,7 +29,12 @@ apt_update_once() {
         apt_updated=true
     fi
 }
-[ "${APT_UPDATED:-1}" = 0 ] && apt_update_once
+
+if ! grep -rqs '^[^#]*bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    log "adding bookworm-backports to $BACKPORTS_LIST"
+    echo 'deb http://deb.debian.org/debian bookworm-backports main' | "${SUDO[@]}" tee "$BACKPORTS_LIST" >/dev/null
+    apt_update_once
+fi
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -58,12 +57,14 @@ if [ -s "$CACHE/vmlinuz" ] && [ -s "$CACHE/modules/order" ]; then
     exit 0
 fi
 
-kpkg=$(apt-cache depends -t bookworm-backports linux-image-amd64 2>/dev/null |
-    sed -n 's/^ *Depends: \(linux-image-6\.12\.[^ ]*-amd64\)$/\1/p' | head -n1)
+kernel_package() { # the 6.12 image linux-image-amd64 from backports depends on
+    apt-cache depends -t bookworm-backports linux-image-amd64 2>/dev/null |
+        sed -n 's/^ *Depends: \(linux-image-6\.12\.[^ ]*-amd64\)$/\1/p' | head -n1
+}
+kpkg=$(kernel_package)
 if [ -z "$kpkg" ]; then
     apt_update_once
-    kpkg=$(apt-cache depends -t bookworm-backports linux-image-amd64 2>/dev/null |
-        sed -n 's/^ *Depends: \(linux-image-6\.12\.[^ ]*-amd64\)$/\1/p' | head -n1)
+    kpkg=$(kernel_package)
 fi
 [ -n "$kpkg" ] || { log "cannot find a linux-image-6.12.*-amd64 package in bookworm-backports"; exit 1; }
 
@@ -72,7 +73,13 @@ work=$(mktemp -d "$CACHE/tmp.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 chmod 755 "$CACHE" && chmod 1777 "$work" # apt-get download runs as the _apt user where it can
 log "downloading $kpkg"
-(cd "$work" && timeout 600 apt-get download -q -t bookworm-backports "$kpkg" >/dev/null)
+download() { (cd "$work" && timeout 600 apt-get download -q -t bookworm-backports "$kpkg" >/dev/null); }
+if ! download; then # stale package lists: the mirror has moved on to a newer kernel
+    apt_update_once
+    kpkg=$(kernel_package)
+    log "retrying with $kpkg"
+    download
+fi
 deb=$(ls "$work"/*.deb)
 dpkg -x "$deb" "$work/root"
 

@@ -1,1 +1,463 @@
-//! Listeners, the reconnect loop and shutdown (in progress).
+//! The daemon: one listener thread per vGPU socket, a fresh vhost-user connection handler per
+//! connection, and an orderly shutdown.
+//!
+//! Each connection gets a new `VhostUserDaemon` and a new [`GpuBackendImpl`]: vhost-user-backend
+//! keeps per-connection state (owner flag, vrings) in the daemon, so a second `start()` on the
+//! same daemon would refuse QEMU's `SET_OWNER` and drop the connection. The per-socket host-memory
+//! budget outlives connections; everything a VM allocated is freed when its connection ends.
+//!
+//! Shutdown: [`ShutdownSignal::trigger`] wakes listener threads blocked waiting for a connection
+//! (they poll the listener together with an eventfd) and shuts down live connections.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::{self, JoinHandle};
+
+use thiserror::Error;
+use vhost::vhost_user::Listener;
+use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+use vmm_sys_util::tempdir::TempDir;
+
+use super::backend::{GpuBackendImpl, GpuFeatures};
+use super::fd_relay;
+use crate::device::{DeviceConfig, HostMemoryLimit, MemoryBudget, VirtioGpuDevice};
+
+/// Errors setting up or running the daemon.
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    /// The socket path is served by a live process.
+    #[error("socket {0} is in use by a running process")]
+    SocketInUse(PathBuf),
+    /// The socket path exists and is not a socket.
+    #[error("{0} exists and is not a socket")]
+    NotASocket(PathBuf),
+    /// Preparing, binding or listening on the socket failed.
+    #[error("socket {path}: {source}")]
+    Socket {
+        /// The socket path.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// `--fd` is not an open socket.
+    #[error("--fd {0} is not an open socket")]
+    BadFd(RawFd),
+    /// Any other I/O failure (threads, eventfds, temp dirs).
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// Configuration of one vGPU (one VM's device).
+#[derive(Debug, Clone, Copy)]
+pub struct VgpuConfig {
+    /// Device configuration (scanouts, preferred mode, EDID).
+    pub device: DeviceConfig,
+    /// Host memory budget of the VM in bytes.
+    pub max_hostmem: u64,
+    /// Virtio features offered.
+    pub features: GpuFeatures,
+}
+
+/// Wakes every thread of the daemon when it must end.
+pub struct ShutdownSignal {
+    requested: AtomicBool,
+    notifier: EventNotifier,
+    consumer: EventConsumer,
+    next_id: AtomicU64,
+    live: Mutex<HashMap<u64, ShutdownHandle>>,
+}
+
+impl ShutdownSignal {
+    /// A signal not yet triggered.
+    pub fn new() -> io::Result<Arc<Self>> {
+        let (consumer, notifier) =
+            new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC)?;
+        Ok(Arc::new(ShutdownSignal {
+            requested: AtomicBool::new(false),
+            notifier,
+            consumer,
+            next_id: AtomicU64::new(0),
+            live: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// Asks every listener and connection to end.
+    pub fn trigger(&self) {
+        self.requested.store(true, Ordering::Release);
+        let _ = self.notifier.notify();
+        let live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        for handle in live.values() {
+            handle.shutdown();
+        }
+    }
+
+    /// True once [`ShutdownSignal::trigger`] ran.
+    pub fn requested(&self) -> bool {
+        self.requested.load(Ordering::Acquire)
+    }
+
+    fn register(&self, handle: ShutdownHandle) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, handle.clone());
+        // A trigger that ran before registration must still end this connection.
+        if self.requested() {
+            handle.shutdown();
+        }
+        id
+    }
+
+    fn unregister(&self, id: u64) {
+        self.live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+    }
+}
+
+/// Waits until `fd` is readable (true) or the shutdown signal fires (false).
+fn wait_readable(fd: RawFd, shutdown: &ShutdownSignal) -> io::Result<bool> {
+    loop {
+        if shutdown.requested() {
+            return Ok(false);
+        }
+        let mut fds = [
+            libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: shutdown.consumer.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is a valid array of two pollfd for the duration of the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if fds[1].revents != 0 || shutdown.requested() {
+            return Ok(false);
+        }
+        if fds[0].revents != 0 {
+            return Ok(true);
+        }
+    }
+}
+
+/// Removes a stale socket file at `path`; refuses a live socket or a non-socket file.
+pub fn prepare_socket_path(path: &Path) -> Result<(), DaemonError> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(DaemonError::Socket {
+                path: path.into(),
+                source,
+            })
+        }
+    };
+    if !meta.file_type().is_socket() {
+        return Err(DaemonError::NotASocket(path.into()));
+    }
+    match UnixStream::connect(path) {
+        Ok(_) => Err(DaemonError::SocketInUse(path.into())),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            log::info!("removing stale socket {}", path.display());
+            fs::remove_file(path).map_err(|source| DaemonError::Socket {
+                path: path.into(),
+                source,
+            })
+        }
+        Err(source) => Err(DaemonError::Socket {
+            path: path.into(),
+            source,
+        }),
+    }
+}
+
+/// A bound socket file, removed when dropped if it is still ours.
+struct SocketFile {
+    path: PathBuf,
+    ino: u64,
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if fs::symlink_metadata(&self.path).is_ok_and(|m| m.ino() == self.ino) {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn bind(path: &Path) -> Result<(UnixListener, SocketFile), DaemonError> {
+    prepare_socket_path(path)?;
+    let err = |source| DaemonError::Socket {
+        path: path.into(),
+        source,
+    };
+    let listener = UnixListener::bind(path).map_err(err)?;
+    let ino = fs::symlink_metadata(path).map_err(err)?.ino();
+    Ok((
+        listener,
+        SocketFile {
+            path: path.into(),
+            ino,
+        },
+    ))
+}
+
+/// One served vGPU socket.
+struct Server {
+    name: String,
+    config: VgpuConfig,
+    budget: Arc<dyn MemoryBudget>,
+    listener: Listener,
+    /// Serve one connection and end (`--fd`).
+    once: bool,
+}
+
+impl Server {
+    fn run(mut self, shutdown: &ShutdownSignal) {
+        loop {
+            match wait_readable(self.listener.as_raw_fd(), shutdown) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    log::error!("{}: waiting for a connection: {e}", self.name);
+                    break;
+                }
+            }
+            if let Err(e) = self.serve_one(shutdown) {
+                log::error!("{}: {e}", self.name);
+            }
+            if self.once || shutdown.requested() {
+                break;
+            }
+        }
+        log::debug!("{}: listener ends", self.name);
+    }
+
+    fn serve_one(&mut self, shutdown: &ShutdownSignal) -> Result<(), vhost_user_backend::Error> {
+        let mut device = VirtioGpuDevice::new(self.config.device, Arc::clone(&self.budget));
+        device.set_log_label(self.name.clone());
+        let backend = GpuBackendImpl::new(self.name.clone(), self.config.features, device);
+        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        let mut daemon = VhostUserDaemon::new(self.name.clone(), Arc::clone(&backend), mem)?;
+        daemon.start(&mut self.listener)?;
+        log::info!("{}: frontend connected", self.name);
+        let id = daemon.shutdown_handle().map(|h| shutdown.register(h));
+        let result = daemon.wait();
+        if let Some(id) = id {
+            shutdown.unregister(id);
+        }
+        backend.disconnect();
+        // Dropping the daemon ends and joins its vring worker threads.
+        drop(daemon);
+        result
+    }
+}
+
+/// The daemon: listener threads, one per vGPU socket.
+pub struct Daemon {
+    shutdown: Arc<ShutdownSignal>,
+    threads: Vec<JoinHandle<()>>,
+    sockets: Vec<SocketFile>,
+    temp_dirs: Vec<TempDir>,
+}
+
+impl Daemon {
+    /// A daemon serving nothing yet.
+    pub fn new() -> Result<Self, DaemonError> {
+        Ok(Daemon {
+            shutdown: ShutdownSignal::new()?,
+            threads: Vec::new(),
+            sockets: Vec::new(),
+            temp_dirs: Vec::new(),
+        })
+    }
+
+    /// The daemon's shutdown signal.
+    pub fn shutdown_signal(&self) -> Arc<ShutdownSignal> {
+        Arc::clone(&self.shutdown)
+    }
+
+    fn spawn_server(
+        &mut self,
+        path: &Path,
+        config: VgpuConfig,
+        once: bool,
+    ) -> Result<(), DaemonError> {
+        let (listener, file) = bind(path)?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "vgpu".into());
+        let server = Server {
+            name: format!("vgpu[{name}]"),
+            config,
+            budget: Arc::new(HostMemoryLimit::new(config.max_hostmem)),
+            listener: Listener::from(listener),
+            once,
+        };
+        let shutdown = Arc::clone(&self.shutdown);
+        let handle = thread::Builder::new()
+            .name(format!("vgpud-{name}"))
+            .spawn(move || server.run(&shutdown))?;
+        self.sockets.push(file);
+        self.threads.push(handle);
+        log::info!("listening on {}", path.display());
+        Ok(())
+    }
+
+    /// Serves a vGPU on the socket `path`, reconnection after reconnection.
+    pub fn add_socket(&mut self, path: &Path, config: VgpuConfig) -> Result<(), DaemonError> {
+        self.spawn_server(path, config, false)
+    }
+
+    /// Serves the already connected socket `fd` (libvirt's `--fd`) through a relay to a private
+    /// listening socket; ends when that connection ends.
+    pub fn add_connected_fd(&mut self, fd: RawFd, config: VgpuConfig) -> Result<(), DaemonError> {
+        let conn = connected_socket(fd)?;
+        let dir = TempDir::new_with_prefix(std::env::temp_dir().join("vgpud-"))
+            .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
+        let path = dir.as_path().join(format!("fd{fd}.sock"));
+        self.spawn_server(&path, config, true)?;
+        self.temp_dirs.push(dir);
+        let handle = thread::Builder::new()
+            .name(format!("vgpud-relay-fd{fd}"))
+            .spawn(move || match fd_relay::relay_to_path(conn, &path) {
+                Ok(()) => log::info!("--fd {fd}: frontend closed the connection"),
+                Err(e) => log::warn!("--fd {fd}: relay ended: {e}"),
+            })?;
+        self.threads.push(handle);
+        Ok(())
+    }
+
+    /// True once every server and relay thread has ended.
+    pub fn finished(&self) -> bool {
+        self.threads.iter().all(JoinHandle::is_finished)
+    }
+
+    /// Asks everything to end and waits up to `timeout` for the threads; returns true if all
+    /// ended. Socket files are removed either way when the daemon is dropped.
+    pub fn stop(&mut self, timeout: std::time::Duration) -> bool {
+        self.shutdown.trigger();
+        let deadline = std::time::Instant::now() + timeout;
+        while !self.finished() && std::time::Instant::now() < deadline {
+            thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let done = self.finished();
+        if done {
+            for t in self.threads.drain(..) {
+                let _ = t.join();
+            }
+        }
+        done
+    }
+}
+
+/// Takes ownership of `fd` as a connected stream socket, checking that it is one.
+fn connected_socket(fd: RawFd) -> Result<UnixStream, DaemonError> {
+    if fd < 0 {
+        return Err(DaemonError::BadFd(fd));
+    }
+    let mut ty: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `ty`; an invalid fd just fails.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&mut ty as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 || ty != libc::SOCK_STREAM {
+        return Err(DaemonError::BadFd(fd));
+    }
+    // SAFETY: the fd is an open stream socket handed to us on the command line; from here on we
+    // own it.
+    let stream = unsafe { UnixStream::from_raw_fd(fd) };
+    // SAFETY: FD_CLOEXEC keeps it from leaking into anything we might spawn.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    Ok(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_socket_is_removed_live_one_refused() {
+        let dir = TempDir::new_with_prefix("/tmp/vgpud-daemon-test").unwrap();
+        let path = dir.as_path().join("s.sock");
+        prepare_socket_path(&path).unwrap();
+        {
+            let _l = UnixListener::bind(&path).unwrap();
+            assert!(matches!(
+                prepare_socket_path(&path),
+                Err(DaemonError::SocketInUse(_))
+            ));
+        }
+        // The listener is gone but the file stays: stale.
+        assert!(path.exists());
+        prepare_socket_path(&path).unwrap();
+        assert!(!path.exists());
+        fs::write(&path, b"x").unwrap();
+        assert!(matches!(
+            prepare_socket_path(&path),
+            Err(DaemonError::NotASocket(_))
+        ));
+    }
+
+    #[test]
+    fn shutdown_wakes_a_waiting_listener() {
+        let dir = TempDir::new_with_prefix("/tmp/vgpud-daemon-test").unwrap();
+        let path = dir.as_path().join("s.sock");
+        let mut d = Daemon::new().unwrap();
+        d.add_socket(
+            &path,
+            VgpuConfig {
+                device: DeviceConfig::default(),
+                max_hostmem: 64 << 20,
+                features: GpuFeatures::base(),
+            },
+        )
+        .unwrap();
+        assert!(path.exists());
+        assert!(!d.finished());
+        assert!(d.stop(std::time::Duration::from_secs(5)));
+        drop(d);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn bad_fd_is_refused() {
+        assert!(matches!(connected_socket(-1), Err(DaemonError::BadFd(-1))));
+        // A pipe is not a socket.
+        let (r, _w) = std::io::pipe().unwrap();
+        let fd = r.as_raw_fd();
+        assert!(matches!(connected_socket(fd), Err(DaemonError::BadFd(_))));
+    }
+}

@@ -1,1 +1,296 @@
+//! Chain reader/writer and queue-loop tests over `virtio_queue::mock::MockSplitQueue`.
 
+use std::cell::RefCell;
+
+use vgpu_protocol::virtio_gpu::{
+    CtrlHeader, VIRTIO_GPU_CMD_GET_DISPLAY_INFO, VIRTIO_GPU_CMD_MOVE_CURSOR, VIRTIO_GPU_FLAG_FENCE,
+    VIRTIO_GPU_RESP_ERR_UNSPEC,
+};
+use vgpu_protocol::Request;
+use vhost_user_backend::{VringMutex, VringT};
+use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
+use virtio_queue::desc::split::Descriptor as SplitDescriptor;
+use virtio_queue::desc::RawDescriptor;
+use virtio_queue::mock::MockSplitQueue;
+use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
+
+use super::*;
+
+/// Records what it was given; answers control requests with `reply_len` patterned bytes.
+#[derive(Default)]
+struct MockSink {
+    reply_len: usize,
+    control: RefCell<Vec<u32>>,
+    cursor: RefCell<Vec<u32>>,
+}
+
+impl CommandSink for MockSink {
+    fn control(&self, _mem: &GuestMemory, req: &Request<'_>, resp: &mut [u8]) -> usize {
+        self.control.borrow_mut().push(req.hdr.type_);
+        for (i, b) in resp.iter_mut().take(self.reply_len).enumerate() {
+            *b = i as u8;
+        }
+        self.reply_len
+    }
+
+    fn cursor(&self, req: &Request<'_>) {
+        self.cursor.borrow_mut().push(req.hdr.type_);
+    }
+}
+
+const REQ: u64 = 0x1_0000;
+const RESP_A: u64 = 0x2_0000;
+const RESP_B: u64 = 0x3_0000;
+
+fn memory(size: usize) -> GuestMemory {
+    GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size)]).unwrap()
+}
+
+fn desc(addr: u64, len: u32, writable: bool) -> RawDescriptor {
+    let flags = if writable {
+        VRING_DESC_F_WRITE as u16
+    } else {
+        0
+    };
+    RawDescriptor::from(SplitDescriptor::new(addr, len, flags, 0))
+}
+
+fn header(type_: u32) -> CtrlHeader {
+    CtrlHeader {
+        type_,
+        flags: VIRTIO_GPU_FLAG_FENCE,
+        fence_id: 77,
+        ..Default::default()
+    }
+}
+
+fn put_header(mem: &GuestMemory, type_: u32) {
+    mem.write_slice(header(type_).as_slice(), GuestAddress(REQ))
+        .unwrap();
+}
+
+fn read_header(mem: &GuestMemory, addr: u64) -> CtrlHeader {
+    mem.read_obj::<CtrlHeader>(GuestAddress(addr)).unwrap()
+}
+
+#[test]
+fn response_split_across_two_writable_descriptors() {
+    let mem = memory(0x10_0000);
+    put_header(&mem, VIRTIO_GPU_CMD_GET_DISPLAY_INFO);
+    let vq = MockSplitQueue::new(&mem, 16);
+    let chain = vq
+        .build_desc_chain(&[
+            desc(REQ, 24, false),
+            desc(RESP_A, 100, true),
+            desc(RESP_B, 400, true),
+        ])
+        .unwrap();
+    let sink = MockSink {
+        reply_len: 300,
+        ..Default::default()
+    };
+    let mut w = QueueWorker::new(QueueKind::Control);
+    assert_eq!(w.serve_chain(&mem, chain, &sink), 300);
+    assert_eq!(
+        *sink.control.borrow(),
+        vec![VIRTIO_GPU_CMD_GET_DISPLAY_INFO]
+    );
+    let mut a = [0u8; 100];
+    let mut b = [0u8; 200];
+    mem.read_slice(&mut a, GuestAddress(RESP_A)).unwrap();
+    mem.read_slice(&mut b, GuestAddress(RESP_B)).unwrap();
+    assert!(a.iter().enumerate().all(|(i, &v)| v == i as u8));
+    assert!(b.iter().enumerate().all(|(i, &v)| v == (i + 100) as u8));
+}
+
+#[test]
+fn response_larger_than_writable_space_is_truncated() {
+    let mem = memory(0x10_0000);
+    put_header(&mem, VIRTIO_GPU_CMD_GET_DISPLAY_INFO);
+    let vq = MockSplitQueue::new(&mem, 16);
+    let chain = vq
+        .build_desc_chain(&[desc(REQ, 24, false), desc(RESP_A, 16, true)])
+        .unwrap();
+    let sink = MockSink {
+        reply_len: 408,
+        ..Default::default()
+    };
+    let mut w = QueueWorker::new(QueueKind::Control);
+    assert_eq!(w.serve_chain(&mem, chain, &sink), 16);
+}
+
+#[test]
+fn missing_writable_descriptor_is_used_with_zero_length() {
+    let mem = memory(0x10_0000);
+    put_header(&mem, VIRTIO_GPU_CMD_GET_DISPLAY_INFO);
+    let vq = MockSplitQueue::new(&mem, 16);
+    let chain = vq.build_desc_chain(&[desc(REQ, 24, false)]).unwrap();
+    let sink = MockSink {
+        reply_len: 24,
+        ..Default::default()
+    };
+    let mut w = QueueWorker::new(QueueKind::Control);
+    assert_eq!(w.serve_chain(&mem, chain, &sink), 0);
+}
+
+#[test]
+fn oversized_readable_part_gets_err_unspec() {
+    let mem = memory(4 << 20);
+    put_header(&mem, VIRTIO_GPU_CMD_GET_DISPLAY_INFO);
+    let vq = MockSplitQueue::new(&mem, 16);
+    let too_long = (MAX_READABLE_LEN + 1) as u32;
+    let chain = vq
+        .build_desc_chain(&[desc(REQ, too_long, false), desc(0x30_0000, 64, true)])
+        .unwrap();
+    let sink = MockSink::default();
+    let mut w = QueueWorker::new(QueueKind::Control);
+    assert_eq!(w.serve_chain(&mem, chain, &sink), 24);
+    assert!(sink.control.borrow().is_empty());
+    let h = read_header(&mem, 0x30_0000);
+    assert_eq!(h.type_, VIRTIO_GPU_RESP_ERR_UNSPEC);
+}
+
+#[test]
+fn readable_descriptor_outside_memory_gets_err_unspec() {
+    let mem = memory(0x10_0000);
+    let vq = MockSplitQueue::new(&mem, 16);
+    let chain = vq
+        .build_desc_chain(&[desc(0x10_0000_0000, 24, false), desc(RESP_A, 64, true)])
+        .unwrap();
+    let sink = MockSink::default();
+    let mut w = QueueWorker::new(QueueKind::Control);
+    assert_eq!(w.serve_chain(&mem, chain, &sink), 24);
+    assert!(sink.control.borrow().is_empty());
+    assert_eq!(read_header(&mem, RESP_A).type_, VIRTIO_GPU_RESP_ERR_UNSPEC);
+}
+
+#[test]
+fn writable_descriptor_outside_memory_is_not_written() {
+    let mem = memory(0x10_0000);
+    put_header(&mem, VIRTIO_GPU_CMD_GET_DISPLAY_INFO);
+    let vq = MockSplitQueue::new(&mem, 16);
+    // Straddles the end of guest memory.
+    let chain = vq
+        .build_desc_chain(&[desc(REQ, 24, false), desc(0xF_FFF0, 64, true)])
+        .unwrap();
+    let sink = MockSink {
+        reply_len: 24,
+        ..Default::default()
+    };
+    let mut w = QueueWorker::new(QueueKind::Control);
+    assert_eq!(w.serve_chain(&mem, chain, &sink), 0);
+}
+
+#[test]
+fn zero_length_and_unknown_requests_get_errors_with_fence_echoed() {
+    let mem = memory(0x10_0000);
+    let vq = MockSplitQueue::new(&mem, 16);
+    let sink = MockSink::default();
+    let mut w = QueueWorker::new(QueueKind::Control);
+
+    let chain = vq
+        .build_desc_chain(&[desc(REQ, 0, false), desc(RESP_A, 64, true)])
+        .unwrap();
+    assert_eq!(w.serve_chain(&mem, chain, &sink), 24);
+    assert_eq!(read_header(&mem, RESP_A).type_, VIRTIO_GPU_RESP_ERR_UNSPEC);
+
+    put_header(&mem, 0xdead);
+    let chain = vq
+        .build_desc_chain(&[desc(REQ, 24, false), desc(RESP_B, 64, true)])
+        .unwrap();
+    assert_eq!(w.serve_chain(&mem, chain, &sink), 24);
+    let h = read_header(&mem, RESP_B);
+    assert_eq!(h.type_, VIRTIO_GPU_RESP_ERR_UNSPEC);
+    assert_eq!(h.fence_id, 77);
+    assert_eq!(h.flags & VIRTIO_GPU_FLAG_FENCE, VIRTIO_GPU_FLAG_FENCE);
+    assert!(sink.control.borrow().is_empty());
+}
+
+#[test]
+fn cursor_requests_get_no_response_bytes() {
+    let mem = memory(0x10_0000);
+    let mut bytes = header(VIRTIO_GPU_CMD_MOVE_CURSOR).as_slice().to_vec();
+    bytes.extend_from_slice(&[0u8; 32]);
+    mem.write_slice(&bytes, GuestAddress(REQ)).unwrap();
+    let vq = MockSplitQueue::new(&mem, 16);
+    let chain = vq
+        .build_desc_chain(&[desc(REQ, bytes.len() as u32, false)])
+        .unwrap();
+    let sink = MockSink::default();
+    let mut w = QueueWorker::new(QueueKind::Cursor);
+    assert_eq!(w.serve_chain(&mem, chain, &sink), 0);
+    assert_eq!(*sink.cursor.borrow(), vec![VIRTIO_GPU_CMD_MOVE_CURSOR]);
+}
+
+#[test]
+fn readable_after_writable_is_malformed() {
+    let mem = memory(0x10_0000);
+    put_header(&mem, VIRTIO_GPU_CMD_GET_DISPLAY_INFO);
+    let vq = MockSplitQueue::new(&mem, 16);
+    let chain = vq
+        .build_desc_chain(&[
+            desc(REQ, 24, false),
+            desc(RESP_A, 64, true),
+            desc(REQ, 24, false),
+        ])
+        .unwrap();
+    let mut bufs = ChainBuffers::new();
+    assert_eq!(
+        bufs.gather(&mem, chain),
+        Err(ChainError::ReadableAfterWritable)
+    );
+    assert!(bufs.has_writable());
+}
+
+#[test]
+fn drain_serves_every_chain_and_fills_the_used_ring() {
+    let mem = memory(0x10_0000);
+    put_header(&mem, VIRTIO_GPU_CMD_GET_DISPLAY_INFO);
+    let vq = MockSplitQueue::new(&mem, 16);
+    vq.add_desc_chains(
+        &[
+            RawDescriptor::from(SplitDescriptor::new(REQ, 24, 1 /* NEXT */, 1)),
+            desc(RESP_A, 64, true),
+            RawDescriptor::from(SplitDescriptor::new(REQ, 24, 1 /* NEXT */, 3)),
+            desc(RESP_B, 64, true),
+        ],
+        0,
+    )
+    .unwrap();
+    let vring =
+        VringMutex::<GuestMemoryHandle>::new(GuestMemoryAtomic::new(mem.clone()), 16).unwrap();
+    vring.set_queue_size(16);
+    vring
+        .set_queue_info(vq.desc_table_addr().0, vq.avail_addr().0, vq.used_addr().0)
+        .unwrap();
+    vring.set_queue_ready(true);
+    vring.set_enabled(true);
+
+    let sink = MockSink {
+        reply_len: 24,
+        ..Default::default()
+    };
+    let mut w = QueueWorker::new(QueueKind::Control);
+    w.drain(&vring, &mem, &sink).unwrap();
+    assert_eq!(sink.control.borrow().len(), 2);
+    assert_eq!(vq.used().idx().load(), 2);
+    let first = vq.used().ring().ref_at(0).unwrap().load();
+    assert_eq!((first.id(), first.len()), (0, 24));
+    let second = vq.used().ring().ref_at(1).unwrap().load();
+    assert_eq!((second.id(), second.len()), (2, 24));
+
+    // A spurious call finds nothing to do.
+    w.drain(&vring, &mem, &sink).unwrap();
+    assert_eq!(sink.control.borrow().len(), 2);
+    assert_eq!(vq.used().idx().load(), 2);
+}
+
+#[test]
+fn drain_ignores_a_ring_that_is_not_ready() {
+    let mem = memory(0x10_0000);
+    let vring =
+        VringMutex::<GuestMemoryHandle>::new(GuestMemoryAtomic::new(mem.clone()), 16).unwrap();
+    let sink = MockSink::default();
+    let mut w = QueueWorker::new(QueueKind::Control);
+    w.drain(&vring, &mem, &sink).unwrap();
+}

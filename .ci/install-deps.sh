@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# CI dependencies (idempotent; runs as root): the real-guest test stack (QEMU 10 from bookworm-backports,
+# QEMU's vhost-user-gpu, busybox-static, kmod, cpio, xz and the Debian 6.12 guest kernel cache) and the
+# Rust components the checks use.
+set -euo pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+"$REPO/tests/guest/install-deps.sh"
+
+if command -v rustup >/dev/null; then
+    for c in rustfmt clippy; do
+        rustup component list --installed 2>/dev/null | grep -q "^$c" || timeout 600 rustup component add "$c"
+    done
+fi
