@@ -167,6 +167,9 @@ impl Connection {
         if cfg.reply_ack && offered_protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
             acked_protocol |= VhostUserProtocolFeatures::REPLY_ACK;
         }
+        if offered_protocol.contains(VhostUserProtocolFeatures::RESET_DEVICE) {
+            acked_protocol |= VhostUserProtocolFeatures::RESET_DEVICE;
+        }
         frontend.set_protocol_features(acked_protocol)?;
         if acked_protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
             frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
@@ -215,27 +218,7 @@ impl Connection {
         };
         frontend.set_mem_table(&[region])?;
 
-        let event_idx = acked & VIRTIO_RING_F_EVENT_IDX != 0;
-        let mut queues = Vec::with_capacity(2);
-        for (i, &size) in cfg.queue_sizes.iter().enumerate() {
-            let ring = SplitQueue::new(&mem, size, event_idx)?;
-            let kick = EventFd::new(EFD_NONBLOCK)?;
-            let call = EventFd::new(EFD_NONBLOCK)?;
-            frontend.set_vring_num(i, size)?;
-            frontend.set_vring_base(i, 0)?;
-            frontend.set_vring_addr(i, &ring.config_data(&mem)?)?;
-            frontend.set_vring_kick(i, &kick)?;
-            frontend.set_vring_call(i, &call)?;
-            queues.push(Queue {
-                ring,
-                kick,
-                call,
-                kicks: 0,
-            });
-        }
-        for i in 0..queues.len() {
-            frontend.set_vring_enable(i, true)?;
-        }
+        let queues = setup_queues(&mut frontend, &mem, cfg.queue_sizes, acked)?;
 
         Ok(Connection {
             frontend,
@@ -250,6 +233,46 @@ impl Connection {
             config,
             io_timeout: cfg.io_timeout,
         })
+    }
+
+    /// Plays a guest reboot as QEMU does it: rings disabled and stopped (GET_VRING_BASE), then at
+    /// the next DRIVER_OK a fresh GPU socket (SET_SOCKET), SET_FEATURES, SET_MEM_TABLE and new rings
+    /// (fresh ring memory, indexes from 0). Memory allocated so far stays valid.
+    /// With `reset_device`, VHOST_USER_RESET_DEVICE is sent after the rings stop (only when that
+    /// protocol feature was acked).
+    pub fn restart(&mut self, cfg: &FrontendConfig, reset_device: bool) -> Result<()> {
+        for i in 0..self.queues.len() {
+            self.frontend.set_vring_enable(i, false)?;
+        }
+        for i in 0..self.queues.len() {
+            self.frontend.get_vring_base(i)?;
+        }
+        if reset_device && self.acked_protocol & VhostUserProtocolFeatures::RESET_DEVICE.bits() != 0
+        {
+            self.frontend.reset_device()?;
+        }
+        self.peer = None;
+        if cfg.gpu_socket {
+            let (peer, theirs) = GpuPeer::start(cfg.peer.clone())?;
+            send_gpu_set_socket(&mut self.raw, &theirs)?;
+            self.peer = Some(peer);
+        }
+        self.frontend.set_features(self.acked_features)?;
+        let region = VhostUserMemoryRegionInfo {
+            guest_phys_addr: self.mem.base(),
+            memory_size: self.mem.size(),
+            userspace_addr: self.mem.host_base(),
+            mmap_offset: 0,
+            mmap_handle: self.mem.raw_fd(),
+        };
+        self.frontend.set_mem_table(&[region])?;
+        self.queues = setup_queues(
+            &mut self.frontend,
+            &self.mem,
+            cfg.queue_sizes,
+            self.acked_features,
+        )?;
+        Ok(())
     }
 
     /// The vhost-user frontend, for extra requests.
@@ -360,6 +383,37 @@ impl Connection {
         self.raw.shutdown(std::net::Shutdown::Both)?;
         Ok(())
     }
+}
+
+/// Lays out the rings and sends SET_VRING_NUM/BASE/ADDR/KICK/CALL per queue, then enables them all.
+fn setup_queues(
+    frontend: &mut Frontend,
+    mem: &GuestMemory,
+    sizes: [u16; 2],
+    acked: u64,
+) -> Result<Vec<Queue>> {
+    let event_idx = acked & VIRTIO_RING_F_EVENT_IDX != 0;
+    let mut queues = Vec::with_capacity(sizes.len());
+    for (i, &size) in sizes.iter().enumerate() {
+        let ring = SplitQueue::new(mem, size, event_idx)?;
+        let kick = EventFd::new(EFD_NONBLOCK)?;
+        let call = EventFd::new(EFD_NONBLOCK)?;
+        frontend.set_vring_num(i, size)?;
+        frontend.set_vring_base(i, 0)?;
+        frontend.set_vring_addr(i, &ring.config_data(mem)?)?;
+        frontend.set_vring_kick(i, &kick)?;
+        frontend.set_vring_call(i, &call)?;
+        queues.push(Queue {
+            ring,
+            kick,
+            call,
+            kicks: 0,
+        });
+    }
+    for i in 0..queues.len() {
+        frontend.set_vring_enable(i, true)?;
+    }
+    Ok(queues)
 }
 
 /// Sends `VHOST_USER_GPU_SET_SOCKET` (33) with `gpu` as its fd, flags = version only, no reply.

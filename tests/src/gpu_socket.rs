@@ -580,3 +580,79 @@ fn serve_loop(sock: &mut UnixStream, config: &GpuPeerConfig, shared: &Shared) ->
         shared.cond.notify_all();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connection::send_msg_with_fds;
+
+    fn read_reply(s: &mut UnixStream) -> (u32, u32, Vec<u8>) {
+        let mut h = [0u8; 12];
+        s.read_exact(&mut h).unwrap();
+        let mut p = vec![0u8; u32_at(&h, 8) as usize];
+        s.read_exact(&mut p).unwrap();
+        (u32_at(&h, 0), u32_at(&h, 4), p)
+    }
+
+    #[test]
+    fn answers_and_records_in_order() {
+        let (mut peer, mut backend) = GpuPeer::start(GpuPeerConfig::default()).unwrap();
+        send_msg_with_fds(&mut backend, GPU_GET_PROTOCOL_FEATURES, 0, &[], &[]).unwrap();
+        let (req, flags, p) = read_reply(&mut backend);
+        assert_eq!(
+            (req, flags & GPU_FLAG_REPLY),
+            (GPU_GET_PROTOCOL_FEATURES, GPU_FLAG_REPLY)
+        );
+        assert_eq!(p, 3u64.to_le_bytes());
+        send_msg_with_fds(
+            &mut backend,
+            GPU_SET_PROTOCOL_FEATURES,
+            0,
+            &1u64.to_le_bytes(),
+            &[],
+        )
+        .unwrap();
+        send_msg_with_fds(&mut backend, GPU_GET_EDID, 0, &0u32.to_le_bytes(), &[]).unwrap();
+        let (_, _, p) = read_reply(&mut backend);
+        assert_eq!(p.len(), std::mem::size_of::<RespEdid>());
+        assert_eq!(&p[32..32 + 128], &test_edid()[..]);
+        let mut upd = Vec::new();
+        for v in [0u32, 1, 2, 2, 1] {
+            upd.extend_from_slice(&v.to_le_bytes());
+        }
+        upd.extend_from_slice(&[9, 8, 7, 6, 5, 4, 3, 2]);
+        send_msg_with_fds(&mut backend, GPU_UPDATE, 0, &upd, &[]).unwrap();
+        // An fd rides along with DMABUF_SCANOUT.
+        let (a, _b) = UnixStream::pair().unwrap();
+        send_msg_with_fds(
+            &mut backend,
+            GPU_DMABUF_SCANOUT,
+            0,
+            &[0; 36],
+            &[a.as_raw_fd()],
+        )
+        .unwrap();
+        let msgs = peer.wait_count(5, Duration::from_secs(5)).unwrap();
+        assert!(matches!(*msgs[0], GpuMsg::GetProtocolFeatures));
+        assert!(matches!(*msgs[1], GpuMsg::SetProtocolFeatures(1)));
+        assert!(matches!(*msgs[2], GpuMsg::GetEdid { scanout: 0 }));
+        match &*msgs[3] {
+            GpuMsg::Update {
+                x,
+                y,
+                width,
+                height,
+                data,
+                ..
+            } => assert_eq!((*x, *y, *width, *height, data.len()), (1, 2, 2, 1, 8)),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            &*msgs[4],
+            GpuMsg::DmabufScanout { fd: Some(_), .. }
+        ));
+        drop(backend);
+        peer.wait_closed(Duration::from_secs(5)).unwrap();
+        assert!(peer.error().is_none());
+    }
+}

@@ -443,3 +443,66 @@ fn vgpud_reconnect_on_same_socket() {
         );
     }
 }
+
+#[test]
+fn vgpud_restart_gets_a_fresh_gpu_socket() {
+    let Some(backend) = Backend::vgpud_or_skip(&[]) else {
+        return;
+    };
+    let cfg = FrontendConfig::default();
+    let mut client = connect(&backend, &cfg);
+    let img = pattern(16, 16, 3);
+    client
+        .create_backed_2d(1, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, 16, 16, &img, 1)
+        .unwrap();
+    for (round, reset) in [(0, false), (1, true)] {
+        // A guest reboot as QEMU plays it: rings stopped, then SET_SOCKET with a new socketpair.
+        client.conn.restart(&cfg, reset).unwrap();
+        client
+            .peer()
+            .wait_count(2, T)
+            .unwrap_or_else(|e| panic!("round {round}: no negotiation on the new GPU socket: {e}"));
+        assert_serving(&mut client, "restart");
+        // Resources may or may not survive a ring restart; the guest re-creates its own.
+        let resp = client
+            .create_2d(1, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, 16, 16)
+            .unwrap();
+        eprintln!("round {round} (reset_device {reset}): re-create id 1 -> {resp:?}");
+        assert!(
+            matches!(
+                resp,
+                DecodedResponse::OkNoData | DecodedResponse::Err(ErrorCode::InvalidResourceId)
+            ),
+            "{resp:?}"
+        );
+        let gpa = client.guest_buffer(&img).unwrap();
+        // Drop a surviving backing, if any.
+        let _ = client.detach_backing(1);
+        assert_ok(
+            client.attach_backing(1, &[(gpa, 16 * 16 * 4)]).unwrap(),
+            "attach",
+        );
+        assert_ok(
+            client.transfer_2d(1, rect(0, 0, 16, 16), 0).unwrap(),
+            "transfer",
+        );
+        assert_ok(
+            client.set_scanout(0, 1, rect(0, 0, 16, 16)).unwrap(),
+            "scanout",
+        );
+        let m = client
+            .peer()
+            .wait_for(vgpu_tests::gpu_socket::GPU_SCANOUT, T)
+            .unwrap();
+        assert!(matches!(*m, GpuMsg::Scanout { width: 16, .. }), "{m:?}");
+        assert_ok(client.flush(1, rect(0, 0, 16, 16)).unwrap(), "flush");
+        let m = client
+            .peer()
+            .wait_for(vgpu_tests::gpu_socket::GPU_UPDATE, T)
+            .unwrap();
+        assert!(
+            matches!(&*m, GpuMsg::Update { data, .. } if data == &img),
+            "round {round}"
+        );
+    }
+}
