@@ -115,6 +115,7 @@ pub struct Connection {
     pub config: VirtioGpuConfig,
     /// Timeout for waits on used elements.
     pub io_timeout: Duration,
+    peer_features: u64,
 }
 
 /// Connects to a UNIX socket, retrying until it exists and accepts or `timeout` passes.
@@ -232,6 +233,7 @@ impl Connection {
             acked_protocol: acked_protocol.bits(),
             config,
             io_timeout: cfg.io_timeout,
+            peer_features: cfg.peer.protocol_features,
         })
     }
 
@@ -283,6 +285,11 @@ impl Connection {
     /// The GPU socket peer (panics if none was set up: test helper).
     pub fn peer(&mut self) -> &mut GpuPeer {
         self.peer.as_mut().expect("no GPU socket peer")
+    }
+
+    /// The GPU protocol features the peer offers.
+    pub fn peer_config_features(&self) -> u64 {
+        self.peer_features
     }
 
     /// Whether a feature bit was acked.

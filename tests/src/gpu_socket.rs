@@ -41,8 +41,6 @@ pub const GPU_DMABUF_UPDATE: u32 = 10;
 pub const GPU_GET_EDID: u32 = 11;
 /// GPU socket request: DMABUF_SCANOUT2.
 pub const GPU_DMABUF_SCANOUT2: u32 = 12;
-/// Header flag: version 1.
-pub const GPU_FLAG_VERSION: u32 = 0x1;
 /// Header flag: this is a reply.
 pub const GPU_FLAG_REPLY: u32 = 0x4;
 /// GPU protocol feature: EDID.
@@ -187,6 +185,14 @@ pub enum GpuMsg {
 }
 
 impl GpuMsg {
+    /// True for GET_PROTOCOL_FEATURES / SET_PROTOCOL_FEATURES.
+    pub fn is_handshake(&self) -> bool {
+        matches!(
+            self,
+            GpuMsg::GetProtocolFeatures | GpuMsg::SetProtocolFeatures(_)
+        )
+    }
+
     /// The wire request number.
     pub fn request(&self) -> u32 {
         match self {
@@ -293,6 +299,25 @@ impl GpuPeer {
         })?;
         self.cursor += 1;
         Ok(m)
+    }
+
+    /// Waits for the next message after the read cursor that is not part of the protocol-feature
+    /// handshake (GET/SET_PROTOCOL_FEATURES, which a backend may do lazily) and advances past it.
+    pub fn next_display(&mut self, timeout: Duration) -> Result<Arc<GpuMsg>> {
+        loop {
+            let m = self.next(timeout)?;
+            if !m.is_handshake() {
+                return Ok(m);
+            }
+        }
+    }
+
+    /// The protocol features the backend set, once it did.
+    pub fn negotiated_features(&self) -> Option<u64> {
+        self.messages().iter().find_map(|m| match **m {
+            GpuMsg::SetProtocolFeatures(v) => Some(v),
+            _ => None,
+        })
     }
 
     /// Waits for the first message after the read cursor with this request number, and moves the
@@ -459,7 +484,9 @@ fn u32_at(b: &[u8], off: usize) -> u32 {
 fn reply(sock: &mut UnixStream, request: u32, payload: &[u8]) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(12 + payload.len());
     buf.extend_from_slice(&request.to_le_bytes());
-    buf.extend_from_slice(&(GPU_FLAG_VERSION | GPU_FLAG_REPLY).to_le_bytes());
+    // QEMU's frontend sets exactly the REPLY bit (no version bit), and the vhost crate's
+    // GpuBackend rejects any other bit.
+    buf.extend_from_slice(&GPU_FLAG_REPLY.to_le_bytes());
     buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     buf.extend_from_slice(payload);
     sock.write_all(&buf)
