@@ -8,6 +8,17 @@
 //! - [`client`]: `GpuClient`, virtio-gpu commands and 2D helpers.
 //! - [`backend`]: spawning `vgpud` or QEMU's `vhost-user-gpu` on a temporary socket.
 //! - [`conformance`]: the reusable 2D conformance sequence.
+//!
+//! Typical use (a test):
+//! ```no_run
+//! use vgpu_tests::{Backend, FrontendConfig, GpuClient};
+//! let backend = Backend::qemu_or_skip().expect("QEMU's vhost-user-gpu installed");
+//! let mut client = GpuClient::connect(backend.socket(), &FrontendConfig::default()).unwrap();
+//! vgpu_tests::conformance::run_2d_conformance(&mut client);
+//! ```
+//! Tests against `vgpud` need it built first (`cargo build -p vgpu-backend`, found as
+//! `target/<profile>/vgpud` or through `VGPUD`); they skip otherwise unless `VGPU_REQUIRE_VGPUD` is
+//! set. `VGPU_TEST_SHOW_LOG=1` prints a backend's captured log when it is dropped.
 
 #![deny(missing_docs)]
 

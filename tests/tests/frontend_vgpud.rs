@@ -500,3 +500,35 @@ fn vgpud_restart_gets_a_fresh_gpu_socket() {
         );
     }
 }
+
+#[test]
+fn vgpud_headless_without_gpu_socket() {
+    let Some(backend) = Backend::vgpud_or_skip(&[]) else {
+        return;
+    };
+    // A frontend like cloud-hypervisor's generic vhost-user device: no SET_SOCKET at all.
+    let cfg = FrontendConfig {
+        gpu_socket: false,
+        ..Default::default()
+    };
+    let mut client = GpuClient::connect(backend.socket(), &cfg).unwrap();
+    match client.display_info().unwrap() {
+        DecodedResponse::OkDisplayInfo(m) => eprintln!("headless display 0: {:?}", m[0]),
+        other => panic!("GET_DISPLAY_INFO without GPU socket: {other:?}"),
+    }
+    let img = pattern(16, 16, 7);
+    client
+        .create_backed_2d(1, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, 16, 16, &img, 1)
+        .unwrap();
+    assert_ok(
+        client.transfer_2d(1, rect(0, 0, 16, 16), 0).unwrap(),
+        "transfer",
+    );
+    assert_ok(
+        client.set_scanout(0, 1, rect(0, 0, 16, 16)).unwrap(),
+        "scanout",
+    );
+    assert_ok(client.flush(1, rect(0, 0, 16, 16)).unwrap(), "flush");
+    client.update_cursor(0, 1, 1, 0, (0, 0)).unwrap();
+    assert_ok(client.unref(1).unwrap(), "unref");
+}
