@@ -154,7 +154,10 @@ impl GpuError {
         match self {
             GpuError::ResourceIdZero
             | GpuError::ResourceExists(_)
-            | GpuError::UnknownResource(_) => ErrorCode::InvalidResourceId,
+            | GpuError::UnknownResource(_)
+            // QEMU (both its built-in device and its vhost-user-gpu) answers a transfer or detach
+            // on a resource without backing with INVALID_RESOURCE_ID.
+            | GpuError::NoBacking(_) => ErrorCode::InvalidResourceId,
             GpuError::UnknownFormat { .. }
             | GpuError::InvalidSize { .. }
             | GpuError::RectOutside { .. }
@@ -165,7 +168,6 @@ impl GpuError {
             GpuError::OutOfBudget(_) | GpuError::AllocFailed(_) => ErrorCode::OutOfMemory,
             GpuError::InvalidScanoutId(_) => ErrorCode::InvalidScanoutId,
             GpuError::BackingAttached(_)
-            | GpuError::NoBacking(_)
             | GpuError::BackingOutsideMemory { .. }
             | GpuError::BackingEmptyEntry { .. }
             | GpuError::BackingEmpty

@@ -436,7 +436,7 @@ fn backing_errors() {
             padding: 0,
         }))
     };
-    assert_eq!(detach(&mut t, 5), err(ErrorCode::Unspec));
+    assert_eq!(detach(&mut t, 5), err(ErrorCode::InvalidResourceId));
     assert_eq!(detach(&mut t, 6), err(ErrorCode::InvalidResourceId));
     let before = t.budget.used();
     assert_eq!(t.attach(5, &[(0, 64)]), DecodedResponse::OkNoData);
@@ -444,7 +444,10 @@ fn backing_errors() {
     assert_eq!(t.attach(5, &[(0, 64)]), err(ErrorCode::Unspec));
     assert_eq!(detach(&mut t, 5), DecodedResponse::OkNoData);
     assert_eq!(t.budget.used(), before);
-    assert_eq!(t.transfer(5, rect(0, 0, 4, 4), 0), err(ErrorCode::Unspec));
+    assert_eq!(
+        t.transfer(5, rect(0, 0, 4, 4), 0),
+        err(ErrorCode::InvalidResourceId)
+    );
 }
 
 #[test]
