@@ -1,0 +1,193 @@
+//! Device buffers: zeroed host memory charged to a vGPU's partition.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use thiserror::Error;
+
+use super::budget::{MemoryBudget, OutOfBudget};
+use super::partition::MemoryPartition;
+
+/// Errors from allocating or accessing a [`DeviceBuffer`].
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum BufferError {
+    /// The vGPU's partition has no room for the buffer.
+    #[error("vGPU out of memory: {0}")]
+    OutOfMemory(#[from] OutOfBudget),
+    /// The host could not provide the memory (the charge was given back).
+    #[error("host allocation of {0} bytes failed")]
+    HostAlloc(u64),
+    /// An access falls outside the buffer.
+    #[error("range {offset}+{len} outside buffer of {size} bytes")]
+    OutOfRange {
+        /// Start of the access.
+        offset: u64,
+        /// Length of the access.
+        len: u64,
+        /// The buffer's size.
+        size: u64,
+    },
+    /// A thread panicked while holding the buffer; its contents are not trusted.
+    #[error("buffer lock poisoned")]
+    Poisoned,
+}
+
+static NEXT_BUFFER_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A buffer in a vGPU's memory. Fresh buffers read as zero, so nothing one vGPU freed is ever
+/// visible to another. The bytes are given back to the partition when the buffer is dropped.
+pub struct DeviceBuffer {
+    id: u64,
+    size: u64,
+    partition: Arc<MemoryPartition>,
+    /// 8-byte words so `f32` views are aligned.
+    words: RwLock<Vec<u64>>,
+}
+
+impl DeviceBuffer {
+    /// Charges `size` bytes to `partition`, then allocates them zeroed (fallibly).
+    pub fn new(partition: &Arc<MemoryPartition>, size: u64) -> Result<Arc<Self>, BufferError> {
+        partition.charge(size)?;
+        let words = match Self::zeroed_words(size) {
+            Some(words) => words,
+            None => {
+                partition.release(size);
+                return Err(BufferError::HostAlloc(size));
+            }
+        };
+        Ok(Arc::new(Self {
+            id: NEXT_BUFFER_ID.fetch_add(1, Ordering::Relaxed),
+            size,
+            partition: Arc::clone(partition),
+            words: RwLock::new(words),
+        }))
+    }
+
+    fn zeroed_words(size: u64) -> Option<Vec<u64>> {
+        let count = usize::try_from(size.div_ceil(8)).ok()?;
+        let mut words = Vec::new();
+        words.try_reserve_exact(count).ok()?;
+        words.resize(count, 0);
+        Some(words)
+    }
+
+    /// Process-unique id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The id of the vGPU whose partition holds the buffer.
+    pub fn vgpu_id(&self) -> u32 {
+        self.partition.vgpu_id()
+    }
+
+    /// Checks that `offset..offset+len` lies inside the buffer.
+    pub fn check_range(&self, offset: u64, len: u64) -> Result<(), BufferError> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.size => Ok(()),
+            _ => Err(BufferError::OutOfRange {
+                offset,
+                len,
+                size: self.size,
+            }),
+        }
+    }
+
+    /// Shared access to the words (the engine's inputs).
+    pub(crate) fn read_words(&self) -> Result<RwLockReadGuard<'_, Vec<u64>>, BufferError> {
+        self.words.read().map_err(|_| BufferError::Poisoned)
+    }
+
+    /// Exclusive access to the words (the engine's outputs).
+    pub(crate) fn write_words(&self) -> Result<RwLockWriteGuard<'_, Vec<u64>>, BufferError> {
+        self.words.write().map_err(|_| BufferError::Poisoned)
+    }
+
+    fn byte_range(&self, offset: u64, len: usize) -> Result<std::ops::Range<usize>, BufferError> {
+        let len64 = len as u64;
+        self.check_range(offset, len64)?;
+        // Both fit in usize: the buffer's words were allocated with a usize length.
+        let start = usize::try_from(offset).map_err(|_| BufferError::HostAlloc(self.size))?;
+        Ok(start..start + len)
+    }
+
+    /// Copies bytes at `offset` into `out`.
+    pub fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), BufferError> {
+        let range = self.byte_range(offset, out.len())?;
+        let words = self.read_words()?;
+        let bytes: &[u8] = bytemuck::cast_slice(&words);
+        out.copy_from_slice(&bytes[range]);
+        Ok(())
+    }
+
+    /// Copies `data` into the buffer at `offset`.
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), BufferError> {
+        let range = self.byte_range(offset, data.len())?;
+        let mut words = self.write_words()?;
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
+        bytes[range].copy_from_slice(data);
+        Ok(())
+    }
+
+    /// Reads `out.len()` native-endian `f32`s at byte `offset` (any alignment).
+    pub fn read_f32(&self, offset: u64, out: &mut [f32]) -> Result<(), BufferError> {
+        self.read(offset, bytemuck::cast_slice_mut(out))
+    }
+
+    /// Writes native-endian `f32`s at byte `offset` (any alignment).
+    pub fn write_f32(&self, offset: u64, data: &[f32]) -> Result<(), BufferError> {
+        self.write(offset, bytemuck::cast_slice(data))
+    }
+}
+
+impl Drop for DeviceBuffer {
+    fn drop(&mut self) {
+        self.partition.release(self.size);
+    }
+}
+
+impl fmt::Debug for DeviceBuffer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeviceBuffer")
+            .field("id", &self.id)
+            .field("size", &self.size)
+            .field("vgpu_id", &self.vgpu_id())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::memory::{DeviceMemory, MIB};
+    use super::*;
+
+    #[test]
+    fn charged_zeroed_and_released() {
+        let mem = DeviceMemory::with_mib(4);
+        let p = MemoryPartition::new(7, mem.reserve(MIB).unwrap());
+        let b = DeviceBuffer::new(&p, 1000).unwrap();
+        assert_eq!((p.used(), b.vgpu_id(), b.size()), (1000, 7, 1000));
+        let mut out = [1u8; 1000];
+        b.read(0, &mut out).unwrap();
+        assert!(out.iter().all(|&x| x == 0));
+        b.write(998, &[9, 9]).unwrap();
+        assert!(b.write(999, &[9, 9]).is_err());
+        assert!(b.read(u64::MAX, &mut [0u8; 2]).is_err());
+        b.write_f32(4, &[1.5, -2.0]).unwrap();
+        let mut f = [0f32; 2];
+        b.read_f32(4, &mut f).unwrap();
+        assert_eq!(f, [1.5, -2.0]);
+        assert!(matches!(
+            DeviceBuffer::new(&p, MIB),
+            Err(BufferError::OutOfMemory(_))
+        ));
+        drop(b);
+        assert_eq!(p.used(), 0);
+    }
+}

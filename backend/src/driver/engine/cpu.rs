@@ -1,0 +1,479 @@
+//! The embedded CPU engine: runs operations on the device thread in chunks of about
+//! [`DEFAULT_CHUNK_TARGET_NS`], sized by a cost model that learns the machine's speed.
+//!
+//! Chunking: copy, fill and crc32c by byte ranges; axpy and reduce by element ranges; gemm by
+//! ranges of output cells in row-major order (each cell costs `k` multiply-adds), run as at most
+//! three rectangular blocks (partial row, full rows, partial row). A chunk's size is
+//! `target / estimated ns per unit`, and the estimate is an exponential average of measured chunk
+//! times, so chunks stay near the target on fast or slow (debug, loaded) machines alike. The
+//! smallest chunk is one gemm cell (k multiply-adds), which bounds how long a chunk can overrun.
+
+use std::time::Instant;
+
+use super::{Engine, EngineError, OpProgress, Step, DEFAULT_CHUNK_TARGET_NS};
+use crate::driver::buffer::BufferError;
+use crate::driver::job::{BufRef, Op, OpKind};
+use crate::driver::kernels::{self, GemmDims};
+
+/// Pessimistic first guesses (ns per unit), indexed by [`OpKind::index`]; the model adapts.
+const INITIAL_NS_PER_UNIT: [f64; 6] = [
+    0.5, // copy: ns per byte
+    0.5, // fill: ns per byte
+    1.0, // gemm: ns per multiply-add
+    2.0, // axpy: ns per element
+    2.0, // reduce: ns per element
+    1.0, // crc32c: ns per byte
+];
+/// Byte-wise operations are never split finer than this.
+const MIN_BYTES_PER_CHUNK: u64 = 256;
+/// Largest sample, as a multiple of the estimate, taken into the average (a chunk stretched by
+/// the host descheduling the thread should not shrink all later chunks much).
+const MAX_SAMPLE_RATIO: f64 = 8.0;
+
+/// The embedded CPU engine.
+#[derive(Debug, Clone)]
+pub struct CpuEngine {
+    target_ns: u64,
+    ns_per_unit: [f64; 6],
+}
+
+impl Default for CpuEngine {
+    fn default() -> Self {
+        Self::new(DEFAULT_CHUNK_TARGET_NS)
+    }
+}
+
+fn bad_range(r: &BufRef, len: u64) -> EngineError {
+    EngineError::Buffer(BufferError::OutOfRange {
+        offset: r.offset,
+        len,
+        size: r.buffer.size(),
+    })
+}
+
+/// `len` bytes at `r` within `words`.
+fn bytes<'a>(words: &'a [u64], r: &BufRef, at: u64, len: u64) -> Result<&'a [u8], EngineError> {
+    let all: &[u8] = bytemuck::cast_slice(words);
+    range(r, at, len).and_then(|rg| all.get(rg).ok_or_else(|| bad_range(r, len)))
+}
+
+fn bytes_mut<'a>(
+    words: &'a mut [u64],
+    r: &BufRef,
+    at: u64,
+    len: u64,
+) -> Result<&'a mut [u8], EngineError> {
+    let rg = range(r, at, len)?;
+    let all: &mut [u8] = bytemuck::cast_slice_mut(words);
+    all.get_mut(rg).ok_or_else(|| bad_range(r, len))
+}
+
+/// Byte range `r.offset + at .. + len` as usize.
+fn range(r: &BufRef, at: u64, len: u64) -> Result<std::ops::Range<usize>, EngineError> {
+    let start = r.offset.checked_add(at).ok_or_else(|| bad_range(r, len))?;
+    let end = start.checked_add(len).ok_or_else(|| bad_range(r, len))?;
+    match (usize::try_from(start), usize::try_from(end)) {
+        (Ok(s), Ok(e)) => Ok(s..e),
+        _ => Err(bad_range(r, len)),
+    }
+}
+
+fn floats<'a>(words: &'a [u64], r: &BufRef, at: u64, count: u64) -> Result<&'a [f32], EngineError> {
+    let len = count.checked_mul(4).ok_or_else(|| bad_range(r, count))?;
+    let at = at.checked_mul(4).ok_or_else(|| bad_range(r, count))?;
+    Ok(bytemuck::cast_slice(bytes(words, r, at, len)?))
+}
+
+fn floats_mut<'a>(
+    words: &'a mut [u64],
+    r: &BufRef,
+    at: u64,
+    count: u64,
+) -> Result<&'a mut [f32], EngineError> {
+    let len = count.checked_mul(4).ok_or_else(|| bad_range(r, count))?;
+    let at = at.checked_mul(4).ok_or_else(|| bad_range(r, count))?;
+    Ok(bytemuck::cast_slice_mut(bytes_mut(words, r, at, len)?))
+}
+
+fn usize_of(v: u64) -> usize {
+    // Dimensions come from u32s and validated buffer sizes, which fit usize on 64-bit hosts.
+    usize::try_from(v).unwrap_or(usize::MAX)
+}
+
+impl CpuEngine {
+    /// An engine aiming at chunks of `target_ns`.
+    pub fn new(target_ns: u64) -> Self {
+        Self {
+            target_ns: target_ns.max(1),
+            ns_per_unit: INITIAL_NS_PER_UNIT,
+        }
+    }
+
+    /// The current cost estimate for `kind` in ns per unit (gemm: per multiply-add).
+    pub fn ns_per_unit(&self, kind: OpKind) -> f64 {
+        self.ns_per_unit[kind.index()]
+    }
+
+    /// Units for the next chunk of `op`, given `remaining` units.
+    fn chunk_units(&self, op: &Op, remaining: u64) -> u64 {
+        let per_unit = self.ns_per_unit[op.kind().index()].max(1e-6);
+        let cost_units = (self.target_ns as f64 / per_unit).max(1.0) as u64;
+        let units = match op {
+            Op::GemmF32 { k, .. } => cost_units / u64::from(*k).max(1),
+            Op::Copy { .. } | Op::Fill { .. } | Op::Crc32c { .. } => {
+                cost_units.max(MIN_BYTES_PER_CHUNK)
+            }
+            Op::AxpyF32 { .. } | Op::ReduceSumF32 { .. } => cost_units,
+        };
+        units.clamp(1, remaining.max(1)).min(remaining)
+    }
+
+    fn observe(&mut self, kind: OpKind, cost_units: u64, elapsed_ns: u64) {
+        if cost_units == 0 {
+            return;
+        }
+        let est = &mut self.ns_per_unit[kind.index()];
+        let sample = (elapsed_ns as f64 / cost_units as f64).min(*est * MAX_SAMPLE_RATIO);
+        *est = (*est * 0.75 + sample * 0.25).max(1e-6);
+    }
+
+    /// Runs `units` units of `op` starting at unit `at`.
+    fn execute(op: &Op, at: u64, units: u64, progress: &mut OpProgress) -> Result<(), EngineError> {
+        match op {
+            Op::Copy { src, dst, .. } => {
+                if std::sync::Arc::ptr_eq(&src.buffer, &dst.buffer) {
+                    let mut words = dst.buffer.write_words()?;
+                    let from = range(src, at, units)?;
+                    let to = range(dst, at, units)?;
+                    let all: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
+                    if from.end > all.len() || to.end > all.len() {
+                        return Err(bad_range(dst, units));
+                    }
+                    all.copy_within(from, to.start);
+                } else {
+                    let input = src.buffer.read_words()?;
+                    let mut output = dst.buffer.write_words()?;
+                    bytes_mut(&mut output, dst, at, units)?
+                        .copy_from_slice(bytes(&input, src, at, units)?);
+                }
+            }
+            Op::Fill { dst, pattern, .. } => {
+                let pat = pattern.to_le_bytes();
+                let mut output = dst.buffer.write_words()?;
+                let out = bytes_mut(&mut output, dst, at, units)?;
+                // Phase of the pattern relative to the start of the fill.
+                let phase = usize_of(at % 4);
+                for (i, byte) in out.iter_mut().enumerate() {
+                    *byte = pat[(phase + i) % 4];
+                }
+            }
+            Op::GemmF32 {
+                m,
+                n,
+                k,
+                alpha,
+                beta,
+                a,
+                b,
+                c,
+            } => {
+                let dims = GemmDims {
+                    m: usize_of(u64::from(*m)),
+                    n: usize_of(u64::from(*n)),
+                    k: usize_of(u64::from(*k)),
+                };
+                let (m64, n64, k64) = (u64::from(*m), u64::from(*n), u64::from(*k));
+                let a_words = a.buffer.read_words()?;
+                // B may share A's buffer: reuse the guard rather than locking twice.
+                let b_guard;
+                let b_words: &[u64] = if std::sync::Arc::ptr_eq(&a.buffer, &b.buffer) {
+                    &a_words
+                } else {
+                    b_guard = b.buffer.read_words()?;
+                    &b_guard
+                };
+                let mut c_words = c.buffer.write_words()?;
+                let a_f = floats(&a_words, a, 0, m64 * k64)?;
+                let b_f = floats(b_words, b, 0, k64 * n64)?;
+                let c_f = floats_mut(&mut c_words, c, 0, m64 * n64)?;
+                for (rows, cols) in gemm_blocks(dims.n, usize_of(at), usize_of(at + units)) {
+                    kernels::gemm_f32_block(dims, (rows, cols), *alpha, a_f, b_f, *beta, c_f)?;
+                }
+            }
+            Op::AxpyF32 { alpha, x, y, .. } => {
+                let input = x.buffer.read_words()?;
+                let mut output = y.buffer.write_words()?;
+                let xs = floats(&input, x, at, units)?;
+                kernels::axpy_f32(*alpha, xs, floats_mut(&mut output, y, at, units)?)?;
+            }
+            Op::ReduceSumF32 { x, .. } => {
+                let input = x.buffer.read_words()?;
+                progress.sum = kernels::reduce_sum_f32(progress.sum, floats(&input, x, at, units)?);
+            }
+            Op::Crc32c { src, .. } => {
+                let input = src.buffer.read_words()?;
+                progress.crc = kernels::crc32c_append(progress.crc, bytes(&input, src, at, units)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the result of a completed reduction or checksum.
+    fn finish(op: &Op, progress: &OpProgress) -> Result<(), EngineError> {
+        match op {
+            Op::ReduceSumF32 { out, .. } => {
+                let value = (progress.sum as f32).to_ne_bytes();
+                let mut words = out.buffer.write_words()?;
+                bytes_mut(&mut words, out, 0, 4)?.copy_from_slice(&value);
+            }
+            Op::Crc32c { out, .. } => {
+                let value = progress.crc.to_ne_bytes();
+                let mut words = out.buffer.write_words()?;
+                bytes_mut(&mut words, out, 0, 4)?.copy_from_slice(&value);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Splits output cells `start..end` (row-major, `n` columns) into at most three rectangles.
+fn gemm_blocks(
+    n: usize,
+    start: usize,
+    end: usize,
+) -> impl Iterator<Item = (std::ops::Range<usize>, std::ops::Range<usize>)> {
+    let mut blocks: [Option<(std::ops::Range<usize>, std::ops::Range<usize>)>; 3] =
+        [None, None, None];
+    if n > 0 && start < end {
+        let (mut row, col) = (start / n, start % n);
+        let (last_row, last_col) = (end / n, end % n);
+        if row == last_row {
+            blocks[0] = Some((row..row + 1, col..last_col));
+        } else {
+            if col > 0 {
+                blocks[0] = Some((row..row + 1, col..n));
+                row += 1;
+            }
+            if row < last_row {
+                blocks[1] = Some((row..last_row, 0..n));
+            }
+            if last_col > 0 {
+                blocks[2] = Some((last_row..last_row + 1, 0..last_col));
+            }
+        }
+    }
+    blocks.into_iter().flatten()
+}
+
+impl Engine for CpuEngine {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn chunk_target_ns(&self) -> u64 {
+        self.target_ns
+    }
+
+    fn run_chunk(&mut self, op: &Op, progress: &mut OpProgress) -> Result<Step, EngineError> {
+        let total = op.units();
+        let remaining = total.saturating_sub(progress.done);
+        if remaining > 0 {
+            let units = self.chunk_units(op, remaining);
+            let started = Instant::now();
+            Self::execute(op, progress.done, units, progress)?;
+            let elapsed = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            let cost_units = match op {
+                Op::GemmF32 { k, .. } => units.saturating_mul(u64::from(*k)),
+                _ => units,
+            };
+            self.observe(op.kind(), cost_units, elapsed);
+            progress.done += units;
+            progress.chunks += 1;
+        }
+        if progress.done >= total {
+            Self::finish(op, progress)?;
+            return Ok(Step::Done);
+        }
+        Ok(Step::More)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::driver::buffer::DeviceBuffer;
+    use crate::driver::memory::{DeviceMemory, MIB};
+    use crate::driver::partition::MemoryPartition;
+
+    fn run_to_end(engine: &mut CpuEngine, op: &Op) -> OpProgress {
+        let mut p = OpProgress::default();
+        while engine.run_chunk(op, &mut p).unwrap() == Step::More {}
+        p
+    }
+
+    fn setup() -> (Arc<DeviceMemory>, Arc<MemoryPartition>) {
+        let mem = DeviceMemory::with_mib(64);
+        let p = MemoryPartition::new(1, mem.reserve(32 * MIB).unwrap());
+        (mem, p)
+    }
+
+    #[test]
+    fn gemm_blocks_cover_exactly() {
+        for n in 1..6 {
+            for start in 0..20 {
+                for end in start..20 {
+                    let mut cells = vec![];
+                    for (rows, cols) in gemm_blocks(n, start, end) {
+                        for r in rows {
+                            for c in cols.clone() {
+                                cells.push(r * n + c);
+                            }
+                        }
+                    }
+                    cells.sort();
+                    assert_eq!(
+                        cells,
+                        (start..end).collect::<Vec<_>>(),
+                        "n={n} {start}..{end}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_ops_produce_reference_results() {
+        let (_mem, p) = setup();
+        // Tiny target: every op is split into many chunks.
+        let mut engine = CpuEngine::new(2_000);
+        let src = DeviceBuffer::new(&p, 1 << 20).unwrap();
+        let dst = DeviceBuffer::new(&p, 1 << 20).unwrap();
+        let data: Vec<u8> = (0..1u32 << 20)
+            .map(|i| (i.wrapping_mul(31) >> 3) as u8)
+            .collect();
+        src.write(0, &data).unwrap();
+        let op = Op::Copy {
+            src: BufRef::new(&src, 16),
+            dst: BufRef::new(&dst, 8),
+            len: 100_000,
+        };
+        let prog = run_to_end(&mut engine, &op);
+        assert!(prog.chunks > 1, "{prog:?}");
+        let mut out = vec![0u8; 100_000];
+        dst.read(8, &mut out).unwrap();
+        assert_eq!(&out[..], &data[16..100_016]);
+
+        let fill = Op::Fill {
+            dst: BufRef::new(&dst, 3),
+            len: 10_001,
+            pattern: 0x4433_2211,
+        };
+        run_to_end(&mut engine, &fill);
+        let mut out = vec![0u8; 10_001];
+        dst.read(3, &mut out).unwrap();
+        assert!(out
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == [0x11, 0x22, 0x33, 0x44][i % 4]));
+
+        let crc_out = DeviceBuffer::new(&p, 8).unwrap();
+        let crc = Op::Crc32c {
+            src: BufRef::new(&src, 0),
+            len: 1 << 20,
+            out: BufRef::new(&crc_out, 4),
+        };
+        run_to_end(&mut engine, &crc);
+        let mut word = [0u8; 4];
+        crc_out.read(4, &mut word).unwrap();
+        assert_eq!(u32::from_ne_bytes(word), crc32c::crc32c(&data));
+    }
+
+    #[test]
+    fn chunked_float_ops_match_reference() {
+        let (_mem, p) = setup();
+        let mut engine = CpuEngine::new(2_000);
+        let (m, n, k) = (37u32, 23u32, 41u32);
+        let a = DeviceBuffer::new(&p, 4 * 4096).unwrap();
+        let b = DeviceBuffer::new(&p, 4 * 4096).unwrap();
+        let c = DeviceBuffer::new(&p, 4 * 4096).unwrap();
+        let av: Vec<f32> = (0..m * k).map(|i| ((i % 13) as f32 - 6.0) * 0.5).collect();
+        let bv: Vec<f32> = (0..k * n).map(|i| ((i % 7) as f32 - 3.0) * 0.25).collect();
+        a.write_f32(0, &av).unwrap();
+        b.write_f32(0, &bv).unwrap();
+        let op = Op::GemmF32 {
+            m,
+            n,
+            k,
+            alpha: 2.0,
+            beta: 0.0,
+            a: BufRef::new(&a, 0),
+            b: BufRef::new(&b, 0),
+            c: BufRef::new(&c, 0),
+        };
+        assert!(run_to_end(&mut engine, &op).chunks > 1);
+        let mut cv = vec![0f32; (m * n) as usize];
+        c.read_f32(0, &mut cv).unwrap();
+        let (m, n, k) = (m as usize, n as usize, k as usize);
+        for i in 0..m {
+            for j in 0..n {
+                let want: f32 = 2.0 * (0..k).map(|p| av[i * k + p] * bv[p * n + j]).sum::<f32>();
+                // Inputs are small multiples of 1/4: every product and sum is exact in f32.
+                assert_eq!(cv[i * n + j], want);
+            }
+        }
+
+        let xs: Vec<f32> = (0..3000).map(|i| i as f32 * 0.5).collect();
+        a.write_f32(0, &xs).unwrap();
+        b.write_f32(0, &vec![1.0; 3000]).unwrap();
+        let axpy = Op::AxpyF32 {
+            n: 3000,
+            alpha: 2.0,
+            x: BufRef::new(&a, 0),
+            y: BufRef::new(&b, 0),
+        };
+        run_to_end(&mut engine, &axpy);
+        let mut ys = vec![0f32; 3000];
+        b.read_f32(0, &mut ys).unwrap();
+        assert!(ys.iter().zip(&xs).all(|(y, x)| *y == 2.0 * x + 1.0));
+
+        let reduce = Op::ReduceSumF32 {
+            n: 3000,
+            x: BufRef::new(&a, 0),
+            out: BufRef::new(&c, 8),
+        };
+        let prog = run_to_end(&mut engine, &reduce);
+        assert!(prog.chunks > 1);
+        let mut sum = [0f32];
+        c.read_f32(8, &mut sum).unwrap();
+        assert_eq!(
+            sum[0],
+            (0..3000).map(|i| i as f64 * 0.5).sum::<f64>() as f32
+        );
+    }
+
+    #[test]
+    fn zero_length_ops_finish_and_model_adapts() {
+        let (_mem, p) = setup();
+        let mut engine = CpuEngine::default();
+        let a = DeviceBuffer::new(&p, 64).unwrap();
+        let out = DeviceBuffer::new(&p, 4).unwrap();
+        out.write(0, &[1, 2, 3, 4]).unwrap();
+        let crc = Op::Crc32c {
+            src: BufRef::new(&a, 0),
+            len: 0,
+            out: BufRef::new(&out, 0),
+        };
+        assert_eq!(run_to_end(&mut engine, &crc).chunks, 0);
+        let mut w = [9u8; 4];
+        out.read(0, &mut w).unwrap();
+        assert_eq!(w, [0; 4]);
+        let before = engine.ns_per_unit(OpKind::Copy);
+        engine.observe(OpKind::Copy, 1000, 10);
+        assert!(engine.ns_per_unit(OpKind::Copy) < before);
+        engine.observe(OpKind::Copy, 1, u64::MAX);
+        assert!(engine.ns_per_unit(OpKind::Copy).is_finite());
+    }
+}

@@ -1,0 +1,217 @@
+//! A vGPU's software runlist: the queued jobs of its channels, served round robin by channel.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Instant;
+
+use super::channel::{Completion, JobFailure, JobReport};
+use super::engine::{Engine, EngineError, OpProgress, Step};
+use super::job::Job;
+
+/// Most jobs queued on one channel; submissions past it are refused.
+pub const MAX_QUEUED_PER_CHANNEL: usize = 1024;
+
+/// A submitted job waiting for the engine.
+pub(crate) struct QueuedJob {
+    pub job: Job,
+    pub completion: Box<dyn Completion>,
+    pub channel: u32,
+    pub submitted: Instant,
+    /// Device slice sequence number at submission.
+    pub submitted_slice: u64,
+}
+
+impl QueuedJob {
+    /// Calls the completion with `result` (shielding the caller from a panicking completion).
+    pub fn complete(self, result: Result<JobReport, JobFailure>) {
+        let completion = self.completion;
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| completion.complete(result)));
+        if outcome.is_err() {
+            log::error!("job completion panicked (channel {})", self.channel);
+        }
+    }
+}
+
+/// A job the engine has started; kept across preemptions.
+pub(crate) struct ActiveJob {
+    pub queued: QueuedJob,
+    op_index: usize,
+    progress: OpProgress,
+    pub wait_ns: u64,
+    pub wait_slices: u64,
+    pub run_ns: u64,
+    pub slices: u32,
+    pub chunks: u64,
+}
+
+impl ActiveJob {
+    /// Starts `queued` now, at device slice `slice_seq`.
+    pub fn start(queued: QueuedJob, now: Instant, slice_seq: u64) -> Self {
+        let wait_ns = nanos(now.saturating_duration_since(queued.submitted));
+        let wait_slices = slice_seq.saturating_sub(queued.submitted_slice);
+        Self {
+            queued,
+            op_index: 0,
+            progress: OpProgress::default(),
+            wait_ns,
+            wait_slices,
+            run_ns: 0,
+            slices: 0,
+            chunks: 0,
+        }
+    }
+
+    /// Runs one chunk; `Ok(true)` when the whole job is done.
+    pub fn step(&mut self, engine: &mut dyn Engine) -> Result<bool, EngineError> {
+        let Some(op) = self.queued.job.ops().get(self.op_index) else {
+            return Ok(true);
+        };
+        let step = engine.run_chunk(op, &mut self.progress)?;
+        self.chunks += 1;
+        if step == Step::Done {
+            self.op_index += 1;
+            self.progress = OpProgress::default();
+        }
+        Ok(self.op_index >= self.queued.job.ops().len())
+    }
+
+    /// The report for a finished job.
+    pub fn report(&self) -> JobReport {
+        JobReport {
+            queue_wait_ns: self.wait_ns,
+            wait_slices: self.wait_slices,
+            run_ns: self.run_ns,
+            slices: self.slices,
+            chunks: self.chunks,
+        }
+    }
+}
+
+/// Nanoseconds of a duration, saturating.
+pub(crate) fn nanos(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// One vGPU's runlist.
+#[derive(Default)]
+pub(crate) struct Runlist {
+    queues: BTreeMap<u32, VecDeque<QueuedJob>>,
+    /// Channels with queued jobs, in service order.
+    ready: VecDeque<u32>,
+    queued: usize,
+}
+
+impl Runlist {
+    /// Queues `job` on its channel, or hands it back when the channel is full.
+    pub fn push(&mut self, job: QueuedJob) -> Result<(), QueuedJob> {
+        let queue = self.queues.entry(job.channel).or_default();
+        if queue.len() >= MAX_QUEUED_PER_CHANNEL {
+            return Err(job);
+        }
+        if queue.is_empty() {
+            self.ready.push_back(job.channel);
+        }
+        queue.push_back(job);
+        self.queued += 1;
+        Ok(())
+    }
+
+    /// The next job: the front job of the next ready channel.
+    pub fn pop(&mut self) -> Option<QueuedJob> {
+        let channel = self.ready.pop_front()?;
+        let queue = self.queues.get_mut(&channel)?;
+        let job = queue.pop_front()?;
+        self.queued -= 1;
+        if queue.is_empty() {
+            self.queues.remove(&channel);
+        } else {
+            self.ready.push_back(channel);
+        }
+        Some(job)
+    }
+
+    /// Removes a channel's queued jobs.
+    pub fn remove_channel(&mut self, channel: u32) -> Vec<QueuedJob> {
+        self.ready.retain(|&c| c != channel);
+        let jobs: Vec<QueuedJob> = self.queues.remove(&channel).into_iter().flatten().collect();
+        self.queued -= jobs.len();
+        jobs
+    }
+
+    /// Removes every queued job.
+    pub fn drain(&mut self) -> Vec<QueuedJob> {
+        self.ready.clear();
+        self.queued = 0;
+        std::mem::take(&mut self.queues)
+            .into_values()
+            .flatten()
+            .collect()
+    }
+
+    /// Jobs queued.
+    pub fn len(&self) -> usize {
+        self.queued
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.queued == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::driver::buffer::DeviceBuffer;
+    use crate::driver::job::{BufRef, Op};
+    use crate::driver::memory::{DeviceMemory, MIB};
+    use crate::driver::partition::MemoryPartition;
+
+    fn job(buf: &Arc<DeviceBuffer>, channel: u32, tag: u32) -> QueuedJob {
+        let op = Op::Fill {
+            dst: BufRef::new(buf, 0),
+            len: 4,
+            pattern: tag,
+        };
+        QueuedJob {
+            job: Job::single(op).unwrap(),
+            completion: Box::new(|_| {}),
+            channel,
+            submitted: Instant::now(),
+            submitted_slice: 0,
+        }
+    }
+
+    fn tag(q: &QueuedJob) -> u32 {
+        match &q.job.ops()[0] {
+            Op::Fill { pattern, .. } => *pattern,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn round_robin_across_channels_fifo_within() {
+        let mem = DeviceMemory::with_mib(1);
+        let p = MemoryPartition::new(1, mem.reserve(MIB).unwrap());
+        let buf = DeviceBuffer::new(&p, 4).unwrap();
+        let mut rl = Runlist::default();
+        for (ch, t) in [(1, 10), (1, 11), (1, 12), (2, 20), (3, 30), (3, 31)] {
+            assert!(rl.push(job(&buf, ch, t)).is_ok());
+        }
+        assert_eq!(rl.len(), 6);
+        let order: Vec<u32> = std::iter::from_fn(|| rl.pop()).map(|q| tag(&q)).collect();
+        assert_eq!(order, vec![10, 20, 30, 11, 31, 12]);
+        assert!(rl.is_empty());
+        for t in 0..MAX_QUEUED_PER_CHANNEL as u32 {
+            assert!(rl.push(job(&buf, 5, t)).is_ok());
+        }
+        assert!(rl.push(job(&buf, 5, 0)).is_err());
+        assert!(rl.push(job(&buf, 6, 0)).is_ok());
+        assert_eq!(rl.remove_channel(5).len(), MAX_QUEUED_PER_CHANNEL);
+        assert_eq!(rl.len(), 1);
+        assert_eq!(rl.drain().len(), 1);
+        assert!(rl.pop().is_none());
+    }
+}

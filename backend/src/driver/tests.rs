@@ -1,0 +1,482 @@
+//! Driver-core tests through the public API: partitions, instances, jobs and the scheduler.
+//!
+//! Scheduler tests use [`SleepEngine`], whose chunks sleep for a set time, so they measure the
+//! scheduler rather than the CPU and hold on a loaded machine; tolerances are loose and each
+//! test runs about a second.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use vgpu_mdev::{TypeTable, VgpuType};
+
+use super::engine::cpu::CpuEngine;
+use super::engine::{Engine, EngineError, OpProgress, Step};
+use super::*;
+
+fn uuid(n: u128) -> Uuid {
+    Uuid::from_u128(0x1000 + n)
+}
+
+fn device(memory_mib: u64, policy: Policy) -> Arc<Device> {
+    Device::new(DeviceConfig {
+        memory_mib,
+        policy,
+        ..DeviceConfig::default()
+    })
+    .unwrap()
+}
+
+#[test]
+fn partition_limit_is_hard_and_per_vgpu() {
+    let dev = device(256, Policy::BestEffort);
+    let a = dev.create_vgpu("vgpu-64m", uuid(1)).unwrap();
+    let b = dev.create_vgpu("vgpu-64m", uuid(2)).unwrap();
+    let budget = a.budget();
+    assert_eq!(budget.total(), 64 * MIB);
+    let mut held: Vec<_> = (0..3).map(|_| a.alloc_buffer(16 * MIB).unwrap()).collect();
+    // 2D surfaces and command buffers are charged to the same limit.
+    budget.charge(8 * MIB).unwrap();
+    let cmd = a.partition().charge_guard(8 * MIB - 4096).unwrap();
+    held.push(a.alloc_buffer(4096).unwrap());
+    assert_eq!(a.stats().framebuffer_used, 64 * MIB);
+    assert!(matches!(
+        a.alloc_buffer(1),
+        Err(DriverError::Buffer(BufferError::OutOfMemory(_)))
+    ));
+    assert!(budget.charge(1).is_err());
+    // The other vGPU is unaffected.
+    let full_b = b.alloc_buffer(64 * MIB).unwrap();
+    assert_eq!(b.stats().framebuffer_used, 64 * MIB);
+    drop(full_b);
+    drop(cmd);
+    budget.release(8 * MIB);
+    held.clear();
+    assert_eq!(a.partition().used(), 0);
+    assert_eq!(a.stats().framebuffer_total, 64 * MIB);
+}
+
+#[test]
+fn freed_memory_reads_zero_for_the_next_vgpu() {
+    let dev = device(128, Policy::BestEffort);
+    let a = dev.create_vgpu("vgpu-64m", uuid(1)).unwrap();
+    let offset_a = a.partition().offset();
+    let buf = a.alloc_buffer(8 * MIB).unwrap();
+    buf.write(0, &vec![0xAB; 8 << 20]).unwrap();
+    drop(buf);
+    a.destroy();
+    drop(a);
+    // A new vGPU gets the same partition (first fit) and sees only zeros.
+    let c = dev.create_vgpu("vgpu-64m", uuid(3)).unwrap();
+    assert_eq!(c.partition().offset(), offset_a);
+    let buf = c.alloc_buffer(8 * MIB).unwrap();
+    let mut out = vec![0xFFu8; 8 << 20];
+    buf.read(0, &mut out).unwrap();
+    assert!(out.iter().all(|&b| b == 0));
+}
+
+#[test]
+fn instance_limits_and_device_full() {
+    let mut types = TypeTable::builtin();
+    types.insert(VgpuType::new("two", 16 * MIB, 2)).unwrap();
+    types.insert(VgpuType::new("big", 100 * MIB, 4)).unwrap();
+    let dev = Device::new(DeviceConfig {
+        memory_mib: 160,
+        types,
+        ..DeviceConfig::default()
+    })
+    .unwrap();
+    assert_eq!(dev.available_instances("two"), 2);
+    let t1 = dev.create_vgpu("two", uuid(1)).unwrap();
+    let _t2 = dev.create_vgpu("two", uuid(2)).unwrap();
+    let err = dev.create_vgpu("two", uuid(3)).unwrap_err();
+    assert!(
+        matches!(err, DriverError::TooManyInstances { max: 2, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("at most 2"));
+    assert_eq!(dev.available_instances("two"), 0);
+    let _big = dev.create_vgpu("big", uuid(4)).unwrap();
+    let err = dev.create_vgpu("big", uuid(5)).unwrap_err();
+    assert!(matches!(err, DriverError::DeviceFull { .. }), "{err}");
+    assert!(err.to_string().contains("device memory full"));
+    assert!(matches!(
+        dev.create_vgpu("nope", uuid(6)),
+        Err(DriverError::UnknownType(_))
+    ));
+    assert!(matches!(
+        dev.create_vgpu("vgpu-64m", uuid(1)),
+        Err(DriverError::DuplicateUuid(_))
+    ));
+    // Destroying frees the instance slot.
+    t1.destroy();
+    assert_eq!(dev.available_instances("two"), 1);
+    assert_eq!(dev.vgpus().len(), 2);
+    assert!(dev.create_vgpu("two", uuid(7)).is_ok());
+    assert!(Device::new(DeviceConfig {
+        timeslice_us: Some(500),
+        ..DeviceConfig::default()
+    })
+    .is_err());
+}
+
+fn wait_result(rx: &mpsc::Receiver<JobResult>) -> JobResult {
+    rx.recv_timeout(Duration::from_secs(20)).unwrap()
+}
+
+#[test]
+fn jobs_run_on_the_cpu_engine_and_complete() {
+    let dev = device(256, Policy::BestEffort);
+    let vgpu = dev.create_vgpu("vgpu-64m", uuid(1)).unwrap();
+    let other = dev.create_vgpu("vgpu-64m", uuid(2)).unwrap();
+    let ch = vgpu.create_channel().unwrap();
+    let (m, n, k) = (64u32, 48u32, 32u32);
+    let a = vgpu.alloc_buffer(u64::from(m * k) * 4).unwrap();
+    let b = vgpu.alloc_buffer(u64::from(k * n) * 4).unwrap();
+    let c = vgpu.alloc_buffer(u64::from(m * n) * 4 + 8).unwrap();
+    a.write_f32(0, &vec![0.5; (m * k) as usize]).unwrap();
+    b.write_f32(0, &vec![2.0; (k * n) as usize]).unwrap();
+    let job = Job::new(vec![
+        Op::GemmF32 {
+            m,
+            n,
+            k,
+            alpha: 1.0,
+            beta: 0.0,
+            a: BufRef::new(&a, 0),
+            b: BufRef::new(&b, 0),
+            c: BufRef::new(&c, 0),
+        },
+        Op::ReduceSumF32 {
+            n: u64::from(m * n),
+            x: BufRef::new(&c, 0),
+            out: BufRef::new(&a, 0),
+        },
+        Op::Crc32c {
+            src: BufRef::new(&b, 0),
+            len: 9,
+            out: BufRef::new(&c, u64::from(m * n) * 4),
+        },
+    ])
+    .unwrap();
+    let (tx, rx) = mpsc::channel();
+    ch.submit_fn(job, move |r| tx.send(r).unwrap()).unwrap();
+    let report = wait_result(&rx).unwrap();
+    assert!(report.chunks >= 3);
+    let mut sum = [0f32];
+    a.read_f32(0, &mut sum).unwrap();
+    assert_eq!(sum[0], (m * n) as f32 * k as f32);
+    let mut crc = [0u8; 4];
+    c.read(u64::from(m * n) * 4, &mut crc).unwrap();
+    let mut nine = [0u8; 9];
+    b.read(0, &mut nine).unwrap();
+    assert_eq!(u32::from_ne_bytes(crc), crc32c::crc32c(&nine));
+    let stats = vgpu.stats();
+    assert_eq!(stats.jobs_completed, 1);
+    assert!(stats.busy_ns > 0);
+    // Another vGPU's buffer is refused at submission.
+    let foreign = other.alloc_buffer(64).unwrap();
+    let bad = Job::single(Op::Fill {
+        dst: BufRef::new(&foreign, 0),
+        len: 4,
+        pattern: 1,
+    })
+    .unwrap();
+    assert_eq!(
+        ch.submit_fn(bad, |_| {}).unwrap_err(),
+        SubmitError::Job(JobError::ForeignBuffer(0))
+    );
+    dev.shutdown();
+    let job = Job::single(Op::Fill {
+        dst: BufRef::new(&a, 0),
+        len: 4,
+        pattern: 1,
+    })
+    .unwrap();
+    assert_eq!(
+        ch.submit_fn(job, |_| {}).unwrap_err(),
+        SubmitError::ShutDown
+    );
+}
+
+/// Test engine: `Fill { len, pattern }` is `len` chunks of `pattern` µs each (sleeping); other
+/// operations run on the CPU engine.
+struct SleepEngine(CpuEngine);
+
+impl Engine for SleepEngine {
+    fn name(&self) -> &'static str {
+        "sleep"
+    }
+
+    fn chunk_target_ns(&self) -> u64 {
+        100_000
+    }
+
+    fn run_chunk(&mut self, op: &Op, progress: &mut OpProgress) -> Result<Step, EngineError> {
+        match op {
+            Op::Fill { len, pattern, .. } => {
+                std::thread::sleep(Duration::from_micros(u64::from(*pattern)));
+                progress.done += 1;
+                progress.chunks += 1;
+                Ok(if progress.done >= *len {
+                    Step::Done
+                } else {
+                    Step::More
+                })
+            }
+            _ => self.0.run_chunk(op, progress),
+        }
+    }
+}
+
+fn sleep_device(memory_mib: u64, policy: Policy) -> Arc<Device> {
+    let config = DeviceConfig {
+        memory_mib,
+        policy,
+        ..DeviceConfig::default()
+    };
+    Device::with_engine(config, Box::new(SleepEngine(CpuEngine::default()))).unwrap()
+}
+
+/// A job of `chunks` chunks of `chunk_us` each (under [`SleepEngine`]).
+fn sleep_job(buf: &Arc<DeviceBuffer>, chunks: u64, chunk_us: u32) -> Job {
+    Job::single(Op::Fill {
+        dst: BufRef::new(buf, 0),
+        len: chunks,
+        pattern: chunk_us,
+    })
+    .unwrap()
+}
+
+/// Keeps a channel busy: every completion submits the job again until `stop` is set.
+struct Feeder {
+    _channel: Arc<Channel>,
+    stop: Arc<AtomicBool>,
+    _buf: Arc<DeviceBuffer>,
+}
+
+fn resubmit(channel: Weak<Channel>, job: Job, stop: Arc<AtomicBool>) {
+    let Some(ch) = channel.upgrade() else { return };
+    if stop.load(Ordering::Relaxed) {
+        return;
+    }
+    let again = job.clone();
+    let _ = ch.submit_fn(job, move |_| resubmit(channel, again, stop));
+}
+
+fn feed(vgpu: &Arc<Vgpu>, chunk_us: u32) -> Feeder {
+    let channel = Arc::new(vgpu.create_channel().unwrap());
+    let buf = vgpu.alloc_buffer(4096).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    for _ in 0..2 {
+        resubmit(
+            Arc::downgrade(&channel),
+            sleep_job(&buf, 20, chunk_us),
+            stop.clone(),
+        );
+    }
+    Feeder {
+        _channel: channel,
+        stop,
+        _buf: buf,
+    }
+}
+
+/// Busy ns of each vGPU over `window` (after a short warm-up), and the window's wall time.
+fn measure(vgpus: &[&Arc<Vgpu>], window: Duration) -> (Vec<u64>, u64) {
+    std::thread::sleep(Duration::from_millis(100));
+    let before: Vec<u64> = vgpus.iter().map(|v| v.stats().busy_ns).collect();
+    let t0 = Instant::now();
+    std::thread::sleep(window);
+    let after: Vec<u64> = vgpus.iter().map(|v| v.stats().busy_ns).collect();
+    let wall = t0.elapsed().as_nanos() as u64;
+    (
+        after.iter().zip(&before).map(|(a, b)| a - b).collect(),
+        wall,
+    )
+}
+
+fn fractions(busy: &[u64]) -> Vec<f64> {
+    let total: u64 = busy.iter().sum();
+    busy.iter().map(|&b| b as f64 / total as f64).collect()
+}
+
+#[test]
+fn equal_share_gives_each_a_quarter_and_holds_idle_shares() {
+    let dev = sleep_device(256, Policy::EqualShare);
+    let vgpus: Vec<_> = (0..4)
+        .map(|i| dev.create_vgpu("vgpu-64m", uuid(i)).unwrap())
+        .collect();
+    let feeders: Vec<_> = vgpus.iter().map(|v| feed(v, 100)).collect();
+    let refs: Vec<&Arc<Vgpu>> = vgpus.iter().collect();
+    let (busy, _) = measure(&refs, Duration::from_millis(600));
+    let shares = fractions(&busy);
+    eprintln!("equal-share, 4 busy: shares {shares:.3?}");
+    for s in &shares {
+        assert!((s - 0.25).abs() < 0.05, "{shares:?}");
+    }
+    assert_eq!(vgpus[0].stats().share_permille, 250);
+    // vGPU 3 goes idle: the others keep 1/4 of the time each; the engine idles for vGPU 3.
+    feeders[3].stop.store(true, Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(50));
+    let (busy, wall) = measure(&refs[..3], Duration::from_millis(600));
+    let of_wall: Vec<f64> = busy.iter().map(|&b| b as f64 / wall as f64).collect();
+    eprintln!("equal-share, 3 busy + 1 idle: fraction of wall time {of_wall:.3?}");
+    for f in &of_wall {
+        assert!((0.17..0.30).contains(f), "{of_wall:?}");
+    }
+    let util = vgpus[0].stats().utilization_permille;
+    assert!((150..=320).contains(&util), "utilization {util}");
+    let log = dev.scheduler_log();
+    assert!(log.iter().any(|r| r.reserved && r.vgpu_id == vgpus[3].id()));
+    dev.shutdown();
+    drop(feeders);
+}
+
+#[test]
+fn fixed_share_follows_type_weights() {
+    let dev = sleep_device(8192, Policy::FixedShare);
+    let vgpus: Vec<_> = ["vgpu-1q", "vgpu-2q", "vgpu-4q"]
+        .iter()
+        .enumerate()
+        .map(|(i, t)| dev.create_vgpu(t, uuid(i as u128)).unwrap())
+        .collect();
+    let feeders: Vec<_> = vgpus.iter().map(|v| feed(v, 100)).collect();
+    let refs: Vec<&Arc<Vgpu>> = vgpus.iter().collect();
+    let (busy, _) = measure(&refs, Duration::from_millis(900));
+    let shares = fractions(&busy);
+    eprintln!("fixed-share 1:2:4: shares {shares:.3?}");
+    for (s, want) in shares.iter().zip([1.0 / 7.0, 2.0 / 7.0, 4.0 / 7.0]) {
+        assert!((s - want).abs() < 0.05, "{shares:?}");
+    }
+    assert!(shares[1] / shares[0] > 1.5 && shares[2] / shares[1] > 1.5);
+    assert_eq!(vgpus[2].stats().share_permille, 571);
+    dev.shutdown();
+    drop(feeders);
+}
+
+#[test]
+fn best_effort_gives_idle_time_to_busy_vgpus() {
+    let dev = sleep_device(256, Policy::BestEffort);
+    let vgpus: Vec<_> = (0..4)
+        .map(|i| dev.create_vgpu("vgpu-64m", uuid(i)).unwrap())
+        .collect();
+    let feeders: Vec<_> = vgpus[..3].iter().map(|v| feed(v, 100)).collect();
+    let refs: Vec<&Arc<Vgpu>> = vgpus.iter().collect();
+    let (busy, wall) = measure(&refs, Duration::from_millis(700));
+    let shares = fractions(&busy[..3]);
+    let engine_busy = busy.iter().sum::<u64>() as f64 / wall as f64;
+    eprintln!("best-effort, 3 busy + 1 idle: shares {shares:.3?}, engine busy {engine_busy:.3}");
+    for s in &shares {
+        assert!((s - 1.0 / 3.0).abs() < 0.05, "{shares:?}");
+    }
+    assert_eq!(busy[3], 0);
+    assert!(engine_busy > 0.75, "engine busy {engine_busy}");
+    assert!(dev.scheduler_log().iter().all(|r| !r.reserved));
+    assert_eq!(vgpus[0].stats().active_vgpus, 3);
+    dev.shutdown();
+    drop(feeders);
+}
+
+#[test]
+fn light_vgpu_waits_at_most_one_round() {
+    let dev = sleep_device(256, Policy::BestEffort);
+    let vgpus: Vec<_> = (0..4)
+        .map(|i| dev.create_vgpu("vgpu-64m", uuid(i)).unwrap())
+        .collect();
+    let feeders: Vec<_> = vgpus[..3].iter().map(|v| feed(v, 100)).collect();
+    std::thread::sleep(Duration::from_millis(50));
+    let light = &vgpus[3];
+    let ch = light.create_channel().unwrap();
+    let buf = light.alloc_buffer(4096).unwrap();
+    let mut waits = Vec::new();
+    for _ in 0..25 {
+        let (tx, rx) = mpsc::channel();
+        ch.submit_fn(sleep_job(&buf, 1, 100), move |r| tx.send(r).unwrap())
+            .unwrap();
+        let report = wait_result(&rx).unwrap();
+        waits.push(report);
+        std::thread::sleep(Duration::from_millis(7));
+    }
+    let max_slices = waits.iter().map(|r| r.wait_slices).max().unwrap();
+    let mut wait_ns: Vec<u64> = waits.iter().map(|r| r.queue_wait_ns).collect();
+    wait_ns.sort();
+    eprintln!(
+        "light vGPU: max other slices waited {max_slices}, wait p50 {} µs, max {} µs",
+        wait_ns[wait_ns.len() / 2] / 1000,
+        wait_ns[wait_ns.len() - 1] / 1000
+    );
+    // At most the slice in progress plus one slice of each other vGPU.
+    assert!(max_slices <= 3, "{waits:?}");
+    // Σ other slices (3 × 2 ms) + a chunk, with generous slack for a loaded host.
+    assert!(wait_ns[wait_ns.len() / 2] < 6_100_000 + 10_000_000);
+    let stats = light.stats();
+    assert_eq!(stats.jobs_completed, 25);
+    assert!(stats.queue_wait_p99_ns >= stats.queue_wait_p50_ns);
+    dev.shutdown();
+    drop(feeders);
+}
+
+#[test]
+fn overrunning_vgpu_is_charged_its_debt() {
+    let dev = sleep_device(256, Policy::BestEffort);
+    let a = dev.create_vgpu("vgpu-64m", uuid(1)).unwrap();
+    let b = dev.create_vgpu("vgpu-64m", uuid(2)).unwrap();
+    // a's chunks are 5 ms, far past the 2 ms slice; b's are 100 µs.
+    let feeders = [feed(&a, 5000), feed(&b, 100)];
+    let (busy, _) = measure(&[&a, &b], Duration::from_millis(900));
+    let shares = fractions(&busy);
+    let log = dev.scheduler_log();
+    let a_slices: Vec<&SliceRecord> = log.iter().filter(|r| r.vgpu_id == a.id()).collect();
+    let shortened = a_slices.iter().filter(|r| r.target_ns < 2_000_000).count();
+    eprintln!(
+        "debt: shares {shares:.3?} (5 ms chunks vs 2 ms slices; 0.71 without compensation), \
+         {shortened} of {} slices of the overrunning vGPU shortened",
+        a_slices.len()
+    );
+    // Without debt a would get 5/(5+2) ≈ 71%; charged its overrun it gets about half.
+    assert!(shares[0] < 0.62, "{shares:?}");
+    assert!(shortened > 0 || a_slices.len() < log.iter().filter(|r| r.vgpu_id == b.id()).count());
+    assert!(a_slices.iter().all(|r| r.chunks >= 1));
+    dev.shutdown();
+    drop(feeders);
+}
+
+#[test]
+fn destroy_and_channel_drop_cancel_queued_jobs() {
+    let dev = sleep_device(256, Policy::BestEffort);
+    let v = dev.create_vgpu("vgpu-64m", uuid(1)).unwrap();
+    let buf = v.alloc_buffer(4096).unwrap();
+    let cancelled = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let submit_many = |ch: &Channel| {
+        for _ in 0..10 {
+            let (c, d) = (cancelled.clone(), done.clone());
+            ch.submit_fn(sleep_job(&buf, 10, 1000), move |r| {
+                match r {
+                    Err(JobFailure::Cancelled) => c.fetch_add(1, Ordering::SeqCst),
+                    _ => d.fetch_add(1, Ordering::SeqCst),
+                };
+            })
+            .unwrap();
+        }
+    };
+    let ch1 = v.create_channel().unwrap();
+    submit_many(&ch1);
+    drop(ch1);
+    let ch2 = v.create_channel().unwrap();
+    submit_many(&ch2);
+    v.destroy();
+    assert!(matches!(v.alloc_buffer(4), Err(DriverError::Destroyed)));
+    assert_eq!(
+        ch2.submit_fn(sleep_job(&buf, 1, 1), |_| {}).unwrap_err(),
+        SubmitError::VgpuDestroyed
+    );
+    dev.shutdown();
+    assert_eq!(
+        cancelled.load(Ordering::SeqCst) + done.load(Ordering::SeqCst),
+        20
+    );
+    assert!(cancelled.load(Ordering::SeqCst) >= 18);
+}

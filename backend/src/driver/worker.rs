@@ -1,0 +1,281 @@
+//! The device thread: asks the scheduler for turns and runs the chosen vGPU's jobs on the
+//! engine, chunk by chunk, with no lock held while a chunk runs.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::channel::JobFailure;
+use super::engine::Engine;
+use super::runlist::{nanos, ActiveJob, QueuedJob, Runlist};
+use super::scheduler::{SchedCore, Turn};
+use super::stats::{SchedulerLog, SliceRecord, VgpuCounters};
+
+/// A vGPU's scheduling state.
+#[derive(Default)]
+pub(crate) struct VgpuSched {
+    pub runlist: Runlist,
+    /// A job preempted mid-way, resumed at the vGPU's next turn.
+    pub current: Option<ActiveJob>,
+    /// The vGPU's job is on the engine now (taken out of `current`).
+    pub running: bool,
+    pub counters: VgpuCounters,
+}
+
+impl VgpuSched {
+    pub fn has_work(&self) -> bool {
+        self.running || self.current.is_some() || !self.runlist.is_empty()
+    }
+
+    /// Jobs waiting or running.
+    pub fn outstanding(&self) -> usize {
+        self.runlist.len() + usize::from(self.running || self.current.is_some())
+    }
+
+    /// Every job not yet finished, for cancellation.
+    pub fn take_all(&mut self) -> Vec<QueuedJob> {
+        let mut jobs = self.runlist.drain();
+        if let Some(active) = self.current.take() {
+            jobs.push(active.queued);
+        }
+        jobs
+    }
+}
+
+/// Everything the scheduler lock protects.
+pub(crate) struct SchedState {
+    pub core: SchedCore,
+    pub vgpus: BTreeMap<u32, VgpuSched>,
+    pub shutdown: bool,
+    /// Slices started so far.
+    pub slice_seq: u64,
+}
+
+impl SchedState {
+    /// Tells the policy core whether vGPU `id` has work.
+    pub fn refresh(&mut self, id: u32) {
+        let has_work = self.vgpus.get(&id).is_some_and(VgpuSched::has_work);
+        self.core.set_has_work(id, has_work);
+    }
+}
+
+/// State shared by the device thread and every vGPU handle.
+pub(crate) struct Shared {
+    state: Mutex<SchedState>,
+    pub wake: Condvar,
+    log: Mutex<SchedulerLog>,
+    pub epoch: Instant,
+}
+
+impl Shared {
+    pub fn new(core: SchedCore) -> Self {
+        Self {
+            state: Mutex::new(SchedState {
+                core,
+                vgpus: BTreeMap::new(),
+                shutdown: false,
+                slice_seq: 0,
+            }),
+            wake: Condvar::new(),
+            log: Mutex::new(SchedulerLog::default()),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Locks the scheduler state. Nothing in it is left half-updated across a panic point,
+    /// so a poisoned lock is recovered rather than propagated.
+    pub fn lock(&self) -> MutexGuard<'_, SchedState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wait_for<'a>(
+        &self,
+        guard: MutexGuard<'a, SchedState>,
+        timeout: Option<Duration>,
+    ) -> MutexGuard<'a, SchedState> {
+        match timeout {
+            Some(t) => {
+                self.wake
+                    .wait_timeout(guard, t)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
+            }
+            None => self.wake.wait(guard).unwrap_or_else(|e| e.into_inner()),
+        }
+    }
+
+    /// ns since the device started.
+    pub fn now_ns(&self, at: Instant) -> u64 {
+        nanos(at.saturating_duration_since(self.epoch))
+    }
+
+    /// The scheduler log, oldest first.
+    pub fn log_snapshot(&self) -> Vec<SliceRecord> {
+        self.log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .snapshot()
+    }
+
+    fn push_log(&self, record: SliceRecord) {
+        self.log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(record);
+    }
+}
+
+/// Cancels jobs (call without the lock).
+pub(crate) fn cancel_all(jobs: Vec<QueuedJob>) {
+    for job in jobs {
+        job.complete(Err(JobFailure::Cancelled));
+    }
+}
+
+/// The device thread's main loop; returns after shutdown, having cancelled unfinished jobs.
+pub(crate) fn run(shared: Arc<Shared>, mut engine: Box<dyn Engine>) {
+    let mut guard = shared.lock();
+    while !guard.shutdown {
+        match guard.core.pick() {
+            Some(turn) => guard = run_slot(&shared, guard, engine.as_mut(), turn),
+            None => guard = shared.wait_for(guard, None),
+        }
+    }
+    let mut pending = Vec::new();
+    for vgpu in guard.vgpus.values_mut() {
+        pending.extend(vgpu.take_all());
+    }
+    drop(guard);
+    cancel_all(pending);
+}
+
+/// What happened to the job that ran in a slice.
+enum Ran {
+    Finished(ActiveJob, Result<(), JobFailure>),
+    Preempted(ActiveJob),
+}
+
+/// Runs one turn: the vGPU's jobs until the first chunk boundary past the target, or until it
+/// has no work (held-share policies then idle for it until the target).
+fn run_slot<'a>(
+    shared: &'a Shared,
+    mut guard: MutexGuard<'a, SchedState>,
+    engine: &mut dyn Engine,
+    turn: Turn,
+) -> MutexGuard<'a, SchedState> {
+    let start = Instant::now();
+    let deadline = start + Duration::from_nanos(turn.target_ns);
+    let seq = guard.slice_seq;
+    guard.slice_seq += 1;
+    let hold = guard.core.policy().holds_share();
+    let mut busy_ns = 0u64;
+    let mut chunks = 0u32;
+    let mut preempted = false;
+    loop {
+        if guard.shutdown {
+            break;
+        }
+        let Some(vgpu) = guard.vgpus.get_mut(&turn.vgpu) else {
+            break; // destroyed
+        };
+        let active = match vgpu.current.take() {
+            Some(active) => Some(active),
+            None => vgpu
+                .runlist
+                .pop()
+                .map(|q| ActiveJob::start(q, Instant::now(), seq)),
+        };
+        let Some(mut active) = active else {
+            let now = Instant::now();
+            if hold && now < deadline {
+                guard = shared.wait_for(guard, Some(deadline - now));
+                continue;
+            }
+            break;
+        };
+        vgpu.running = true;
+        active.slices += 1;
+        drop(guard);
+
+        let mut segment_ns = 0u64;
+        let ran = loop {
+            let t0 = Instant::now();
+            let step = active.step(engine);
+            let dt = nanos(t0.elapsed());
+            segment_ns += dt;
+            active.run_ns += dt;
+            chunks = chunks.saturating_add(1);
+            match step {
+                Ok(true) => break Ran::Finished(active, Ok(())),
+                Err(e) => break Ran::Finished(active, Err(JobFailure::Engine(e))),
+                Ok(false) if Instant::now() >= deadline => break Ran::Preempted(active),
+                Ok(false) => {}
+            }
+        };
+        match ran {
+            Ran::Finished(active, result) => {
+                // Count the job before its completion runs, so stats read after a completion
+                // include it.
+                guard = shared.lock();
+                busy_ns += segment_ns;
+                if let Some(vgpu) = guard.vgpus.get_mut(&turn.vgpu) {
+                    vgpu.running = false;
+                    vgpu.counters
+                        .add_busy(shared.now_ns(Instant::now()), segment_ns);
+                    vgpu.counters.record_wait(active.wait_ns);
+                    if result.is_ok() {
+                        vgpu.counters.jobs_completed += 1;
+                    } else {
+                        vgpu.counters.jobs_failed += 1;
+                    }
+                }
+                drop(guard);
+                let report = active.report();
+                active.queued.complete(result.map(|()| report));
+                guard = shared.lock();
+                if Instant::now() >= deadline {
+                    preempted = guard.vgpus.get(&turn.vgpu).is_some_and(VgpuSched::has_work);
+                    break;
+                }
+            }
+            Ran::Preempted(active) => {
+                guard = shared.lock();
+                busy_ns += segment_ns;
+                match guard.vgpus.get_mut(&turn.vgpu) {
+                    Some(vgpu) => {
+                        vgpu.running = false;
+                        vgpu.counters
+                            .add_busy(shared.now_ns(Instant::now()), segment_ns);
+                        vgpu.current = Some(active);
+                    }
+                    None => {
+                        drop(guard);
+                        cancel_all(vec![active.queued]);
+                        guard = shared.lock();
+                    }
+                }
+                preempted = true;
+                break;
+            }
+        }
+    }
+    let end = Instant::now();
+    let elapsed = nanos(end.saturating_duration_since(start));
+    guard.core.account(&turn, elapsed);
+    guard.refresh(turn.vgpu);
+    if let Some(vgpu) = guard.vgpus.get_mut(&turn.vgpu) {
+        vgpu.counters.slices += 1;
+    }
+    shared.push_log(SliceRecord {
+        seq,
+        vgpu_id: turn.vgpu,
+        start_ns: shared.now_ns(start),
+        target_ns: turn.target_ns,
+        time_run_ns: busy_ns,
+        elapsed_ns: elapsed,
+        preempted,
+        reserved: turn.reserved,
+        chunks,
+    });
+    guard
+}
