@@ -102,6 +102,16 @@ fn run_display_test(kind: BackendKind) {
     if let Err(e) = end {
         panic!("{e}\n{report}");
     }
+    let vhost_errors: Vec<String> = guest
+        .qemu_log_text()
+        .lines()
+        .filter(|l| l.to_ascii_lowercase().contains("vhost"))
+        .map(str::to_string)
+        .collect();
+    assert!(
+        vhost_errors.is_empty(),
+        "QEMU reports vhost-user errors: {vhost_errors:#?}\n{report}"
+    );
     if let Err(why) = pixels {
         panic!("screendump does not show the pattern: {why}\n{report}");
     }
@@ -114,7 +124,14 @@ fn run_display_test(kind: BackendKind) {
         failed.is_empty(),
         "guest checks failed: {failed:?}\n{report}"
     );
-    for name in ["card0", "driver", "modes", "fb-write", "fb-pattern"] {
+    for name in [
+        "card0",
+        "driver",
+        "modes",
+        "fb-write",
+        "fb-pattern",
+        "drm-errors",
+    ] {
         assert!(
             guest.marker(name, MarkerKind::Pass).is_some(),
             "no PASS for `{name}`\n{report}"

@@ -52,9 +52,15 @@ else
 fi
 rm -f top bottom
 sleep 2 # deferred io flushes damage about every 1/HZ; give the host a stable picture
-if host_sync fb-pattern "w=$w h=$h stride=$stride top=red,green,blue,white bottom=32,192,160" 60; then
+if ! host_sync fb-pattern "w=$w h=$h stride=$stride top=red,green,blue,white bottom=32,192,160" 60; then
+    fail fb-pattern "no answer from the host"
+elif [ "${HOST_REPLY#ACK pixels ok}" != "$HOST_REPLY" ]; then
     pass fb-pattern "host: $HOST_REPLY"
 else
-    fail fb-pattern "no answer from the host"
+    fail fb-pattern "host: $HOST_REPLY"
 fi
+
+# 4. The driver saw no error responses or timeouts along the way.
+errs=$(dmesg | grep -E 'virtio_gpu.*\*ERROR\*|virtio-gpu.*(timeout|timed out)' | head -n 5 | tr '\n' ';')
+if [ -z "$errs" ]; then pass drm-errors "none"; else fail drm-errors "$errs"; fi
 exit $FAILED

@@ -304,6 +304,11 @@ impl Guest {
         std::fs::read_to_string(&self.serial_log).unwrap_or_default()
     }
 
+    /// QEMU's own stderr so far (vhost-user errors land here).
+    pub fn qemu_log_text(&self) -> String {
+        std::fs::read_to_string(&self.qemu_log).unwrap_or_default()
+    }
+
     /// Serial tail and QEMU's own log, for error messages.
     pub fn diagnostics(&self) -> String {
         let serial = self.serial_text();
@@ -313,7 +318,7 @@ impl Guest {
             "serial log {} (tail):\n{}\nQEMU log:\n{}",
             self.serial_log.display(),
             tail.join("\n"),
-            std::fs::read_to_string(&self.qemu_log).unwrap_or_default()
+            self.qemu_log_text()
         )
     }
 }
