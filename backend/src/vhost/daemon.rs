@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 
 use thiserror::Error;
-use vhost::vhost_user::Listener;
+use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::event::{
@@ -273,7 +273,13 @@ impl Server {
         backend.disconnect();
         // Dropping the daemon ends and joins its vring worker threads.
         drop(daemon);
-        result
+        match result {
+            // The frontend closing the connection is the normal end of a VM.
+            Err(vhost_user_backend::Error::HandleRequest(
+                VhostUserError::Disconnected | VhostUserError::PartialMessage,
+            )) => Ok(()),
+            other => other,
+        }
     }
 }
 
