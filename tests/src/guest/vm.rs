@@ -367,3 +367,28 @@ pub(crate) fn stop_child(child: &mut Child, grace: Duration) {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_markers() {
+        let m = Marker::parse("VGPU-TEST: modes PASS status=connected first=1280x800 count=26")
+            .unwrap();
+        assert_eq!(m.name, "modes");
+        assert_eq!(m.kind, MarkerKind::Pass);
+        assert_eq!(m.field("first"), Some("1280x800"));
+        assert_eq!(m.field("count"), Some("26"));
+        assert_eq!(m.field("firs"), None);
+        let m = Marker::parse("[  3.1] noise VGPU-TEST: END rc=0\r").unwrap();
+        assert_eq!(
+            (m.name.as_str(), m.kind, m.detail.as_str()),
+            ("END", MarkerKind::Other, "rc=0")
+        );
+        let m = Marker::parse("VGPU-TEST: fb-pattern READY").unwrap();
+        assert_eq!((m.kind, m.detail.as_str()), (MarkerKind::Ready, ""));
+        assert!(Marker::parse("VGPU-TEST:nothing").is_none());
+        assert!(Marker::parse("plain kernel line").is_none());
+    }
+}
