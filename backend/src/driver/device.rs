@@ -19,7 +19,7 @@ use super::memory::{DeviceFull, DeviceMemory};
 use super::partition::MemoryPartition;
 use super::runlist::QueuedJob;
 use super::scheduler::{Policy, SchedCore};
-use super::stats::{SliceRecord, VgpuStats};
+use super::stats::{percentile, SliceRecord, VgpuStats};
 use super::worker::{self, Shared, VgpuSched};
 
 /// Default device memory (MiB).
@@ -386,7 +386,7 @@ impl Vgpu {
     ) -> Result<(), SubmitError> {
         job.check_owner(self.id)?;
         let shared = &self.device.shared;
-        {
+        let rejected = {
             let mut state = shared.lock();
             if state.shutdown {
                 return Err(SubmitError::ShutDown);
@@ -403,10 +403,14 @@ impl Vgpu {
                 submitted: Instant::now(),
                 submitted_slice,
             };
-            if vgpu.runlist.push(queued).is_err() {
-                return Err(SubmitError::QueueFull);
-            }
+            let rejected = vgpu.runlist.push(queued).err();
             state.refresh(self.id);
+            rejected
+        };
+        if rejected.is_some() {
+            // Dropped here, not under the lock: a completion may own a channel whose drop locks.
+            drop(rejected);
+            return Err(SubmitError::QueueFull);
         }
         shared.wake.notify_all();
         Ok(())
@@ -481,16 +485,21 @@ impl Vgpu {
             queue_wait_p99_ns: 0,
             debt_ns,
         };
+        let mut waits = Vec::new();
         if let Some(vgpu) = state.vgpus.get_mut(&self.id) {
             let c = &mut vgpu.counters;
             stats.utilization_permille = c.window.permille(now_ns);
             stats.jobs_completed = c.jobs_completed;
             stats.jobs_failed = c.jobs_failed;
             stats.busy_ns = c.busy_ns;
-            stats.queue_wait_p50_ns = c.wait_percentile(50);
-            stats.queue_wait_p99_ns = c.wait_percentile(99);
+            waits = c.wait_samples();
             stats.queued_jobs = u32::try_from(vgpu.outstanding()).unwrap_or(u32::MAX);
         }
+        drop(state);
+        // Sorted outside the scheduler lock.
+        waits.sort_unstable();
+        stats.queue_wait_p50_ns = percentile(&waits, 50);
+        stats.queue_wait_p99_ns = percentile(&waits, 99);
         stats
     }
 }

@@ -129,16 +129,19 @@ impl VgpuCounters {
         self.waits.push_back(wait_ns);
     }
 
-    /// The `p`-th percentile (0..=100) of recent queue waits, 0 with no samples.
-    pub fn wait_percentile(&self, p: u32) -> u64 {
-        if self.waits.is_empty() {
-            return 0;
-        }
-        let mut sorted: Vec<u64> = self.waits.iter().copied().collect();
-        sorted.sort_unstable();
-        let rank = (sorted.len() - 1) * p.min(100) as usize / 100;
-        sorted.get(rank).copied().unwrap_or(0)
+    /// The recent queue-wait samples (ns), oldest first.
+    pub fn wait_samples(&self) -> Vec<u64> {
+        self.waits.iter().copied().collect()
     }
+}
+
+/// The `p`-th percentile (0..=100, nearest rank below) of `sorted`; 0 when empty.
+pub fn percentile(sorted: &[u64], p: u32) -> u64 {
+    let Some(last) = sorted.len().checked_sub(1) else {
+        return 0;
+    };
+    let rank = last * p.min(100) as usize / 100;
+    sorted.get(rank).copied().unwrap_or(0)
 }
 
 /// A vGPU's scheduling and memory figures, as reported to tools and the guest.
@@ -213,11 +216,15 @@ mod tests {
         assert_eq!(snap.len(), LOG_CAPACITY);
         assert_eq!(snap[0].seq, 10);
         let mut c = VgpuCounters::default();
-        assert_eq!(c.wait_percentile(50), 0);
-        for v in 1..=100 {
+        assert_eq!(percentile(&c.wait_samples(), 50), 0);
+        for v in (1..=2000).rev() {
             c.record_wait(v);
         }
-        assert_eq!(c.wait_percentile(50), 50);
-        assert_eq!(c.wait_percentile(99), 99);
+        let mut waits = c.wait_samples();
+        assert_eq!(waits.len(), WAIT_SAMPLES);
+        waits.sort_unstable();
+        assert_eq!(percentile(&waits, 0), 1);
+        assert_eq!(percentile(&waits, 50), 512);
+        assert_eq!(percentile(&waits, 100), 1024);
     }
 }
