@@ -382,6 +382,93 @@ mod tests {
         );
     }
 
+    use std::os::unix::net::UnixStream;
+
+    use vgpu_protocol::virtio_gpu::{
+        CtrlHeader, ResourceCreate2d, ResourceUnref, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM,
+        VIRTIO_GPU_RESP_ERR_INVALID_RESOURCE_ID, VIRTIO_GPU_RESP_OK_NODATA,
+    };
+    use vgpu_protocol::{decode_request, GpuCommand};
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+    use crate::device::{DeviceConfig, HostMemoryLimit, VirtioGpuDevice};
+
+    fn backend() -> Arc<GpuBackendImpl<VirtioGpuDevice>> {
+        let device = VirtioGpuDevice::new(
+            DeviceConfig::default(),
+            Arc::new(HostMemoryLimit::new(64 << 20)),
+        );
+        GpuBackendImpl::new("test", GpuFeatures::base(), device)
+    }
+
+    /// Runs `cmd` through the backend's control path; returns the response type.
+    fn control(b: &GpuBackendImpl<VirtioGpuDevice>, cmd: GpuCommand<'_>) -> u32 {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
+        let mut bytes = Vec::new();
+        cmd.encode(CtrlHeader::default(), &mut bytes);
+        let req = decode_request(&bytes).unwrap();
+        let mut resp = [0u8; 64];
+        let n = b.control(&mem, &req, &mut resp);
+        assert!(n >= 24);
+        u32::from_le_bytes(resp[0..4].try_into().unwrap())
+    }
+
+    fn create(id: u32) -> GpuCommand<'static> {
+        GpuCommand::ResourceCreate2d(ResourceCreate2d {
+            resource_id: id,
+            format: VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM,
+            width: 64,
+            height: 64,
+        })
+    }
+
+    fn unref(id: u32) -> GpuCommand<'static> {
+        GpuCommand::ResourceUnref(ResourceUnref {
+            resource_id: id,
+            padding: 0,
+        })
+    }
+
+    #[test]
+    fn config_space_reads_are_bounded() {
+        let b = backend();
+        let all = b.get_config(0, 16);
+        assert_eq!(all.len(), 16);
+        assert_eq!(u32::from_le_bytes(all[8..12].try_into().unwrap()), 1);
+        assert_eq!(b.get_config(8, 4), all[8..12].to_vec());
+        assert!(b.get_config(8, 100).is_empty());
+        assert!(b.get_config(u32::MAX, u32::MAX).is_empty());
+        assert!(b.set_config(0, &[1, 2, 3, 4]).is_ok());
+    }
+
+    #[test]
+    fn new_gpu_socket_and_disconnect_free_everything() {
+        let b = backend();
+        assert_eq!(control(&b, create(1)), VIRTIO_GPU_RESP_OK_NODATA);
+        let (ours, _qemu) = UnixStream::pair().unwrap();
+        b.set_gpu_socket(GpuBackend::from_stream(ours)).unwrap();
+        assert!(b.has_gpu_socket());
+        assert_eq!(
+            control(&b, unref(1)),
+            VIRTIO_GPU_RESP_ERR_INVALID_RESOURCE_ID
+        );
+
+        assert_eq!(control(&b, create(2)), VIRTIO_GPU_RESP_OK_NODATA);
+        b.reset_device();
+        assert_eq!(
+            control(&b, unref(2)),
+            VIRTIO_GPU_RESP_ERR_INVALID_RESOURCE_ID
+        );
+
+        assert_eq!(control(&b, create(3)), VIRTIO_GPU_RESP_OK_NODATA);
+        b.disconnect();
+        assert!(!b.has_gpu_socket());
+        assert_eq!(
+            control(&b, unref(3)),
+            VIRTIO_GPU_RESP_ERR_INVALID_RESOURCE_ID
+        );
+    }
+
     #[test]
     fn protocol_features_are_the_implemented_ones() {
         let p = protocol_features();

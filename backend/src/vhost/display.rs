@@ -292,3 +292,64 @@ impl DisplaySink for VmDisplay {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    use std::thread;
+
+    fn read_msg(s: &mut UnixStream) -> (u32, Vec<u8>) {
+        let mut hdr = [0u8; 12];
+        s.read_exact(&mut hdr).unwrap();
+        let req = u32::from_le_bytes(hdr[0..4].try_into().unwrap());
+        let size = u32::from_le_bytes(hdr[8..12].try_into().unwrap()) as usize;
+        let mut body = vec![0u8; size];
+        s.read_exact(&mut body).unwrap();
+        (req, body)
+    }
+
+    #[test]
+    fn handshake_then_messages_then_headless_after_socket_dies() {
+        let (ours, mut qemu) = UnixStream::pair().unwrap();
+        let peer = thread::spawn(move || {
+            // GET_PROTOCOL_FEATURES -> EDID | DMABUF2, as QEMU 10 answers.
+            let (req, body) = read_msg(&mut qemu);
+            assert_eq!((req, body.len()), (1, 0));
+            let mut reply = Vec::new();
+            for v in [1u32, 0x4, 8] {
+                reply.extend_from_slice(&v.to_le_bytes());
+            }
+            reply.extend_from_slice(&3u64.to_le_bytes());
+            qemu.write_all(&reply).unwrap();
+            // SET_PROTOCOL_FEATURES with EDID only.
+            let (req, body) = read_msg(&mut qemu);
+            assert_eq!(req, 2);
+            assert_eq!(u64::from_le_bytes(body[..8].try_into().unwrap()), 1);
+            // SCANOUT 0, 640x480.
+            let (req, body) = read_msg(&mut qemu);
+            assert_eq!(req, 7);
+            assert_eq!(u32::from_le_bytes(body[4..8].try_into().unwrap()), 640);
+            // UPDATE 2x1 with 8 bytes of pixels.
+            let (req, body) = read_msg(&mut qemu);
+            assert_eq!((req, body.len()), (8, 20 + 8));
+        });
+        let mut d = VmDisplay::socket(GpuBackend::from_stream(ours));
+        d.scanout(0, 640, 480);
+        d.update(0, 0, 0, 2, 1, &[1; 8]);
+        // A pixel buffer that does not match the rectangle is not sent.
+        d.update(0, 0, 0, 2, 2, &[1; 8]);
+        peer.join().unwrap();
+        if let VmDisplay::Socket(s) = &d {
+            assert!(s.edid_enabled());
+        }
+        assert!(d.has_socket());
+        // The peer is gone: the first failing call drops the socket, the VM goes headless.
+        d.cursor_move(0, 1, 1);
+        d.scanout(0, 640, 480);
+        d.cursor_move(0, 1, 1);
+        assert!(!d.has_socket());
+        assert_eq!(d.display_info(), None);
+    }
+}
