@@ -55,6 +55,9 @@ pub fn gemm_f32_block(
         })
     };
     let GemmDims { m, n, k } = dims;
+    if m == 0 || n == 0 || k == 0 {
+        return fail("dimensions must be non-zero");
+    }
     let sizes_ok = m.checked_mul(k) == Some(a.len())
         && k.checked_mul(n) == Some(b.len())
         && m.checked_mul(n) == Some(c.len());
@@ -198,6 +201,8 @@ mod tests {
         assert!(gemm_f32_block(d, (0..2, 0..2), 1.0, &a[..3], &b, 0.0, &mut c).is_err());
         assert!(gemm_f32_block(d, (0..3, 0..2), 1.0, &a, &b, 0.0, &mut c).is_err());
         assert!(gemm_f32_block(d, (1..1, 0..2), 1.0, &a, &b, 0.0, &mut c).is_ok());
+        let zero_k = GemmDims { m: 2, n: 2, k: 0 };
+        assert!(gemm_f32_block(zero_k, (0..2, 1..2), 1.0, &[], &[], 0.0, &mut c).is_err());
     }
 
     #[test]
