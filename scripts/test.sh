@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The project's test command: installs what the tests need (QEMU 10, the guest kernel — needs root or
+# sudo; cached after the first run), builds the daemon and the static guest tool, and runs every test,
+# the real-guest tests included.
+set -euo pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+
+step() { printf '\n=== %s\n' "$*"; }
+
+step "dependencies"
+.ci/install-deps.sh
+
+step "build vgpud and the tools"
+cargo build --workspace --bins
+if [ -x guest-tools/build-static.sh ]; then
+    guest-tools/build-static.sh
+fi
+
+step "cargo test"
+unset VGPU_SKIP_GUEST VGPU_TEST_BACKEND
+export VGPU_REQUIRE_VGPUD=1
+cargo test --workspace "$@"
