@@ -59,6 +59,11 @@ pub struct GpuPeerConfig {
     pub displays: [DisplayOne; VIRTIO_GPU_MAX_SCANOUTS],
     /// EDID blob returned by GET_EDID (for every scanout).
     pub edid: Vec<u8>,
+    /// Keep the pixels of UPDATE and CURSOR_UPDATE messages (default). When false (benchmarks),
+    /// pixels are drained through a small reused buffer and not stored: the recorded messages
+    /// carry empty `data`, UPDATE sizes are validated (`20 + width * height * 4` bytes, anything
+    /// else ends the peer with an error) and counted in [`GpuPeer::update_stats`].
+    pub record_pixels: bool,
 }
 
 impl Default for GpuPeerConfig {
@@ -71,6 +76,7 @@ impl Default for GpuPeerConfig {
             protocol_features: GPU_PROTOCOL_F_EDID | GPU_PROTOCOL_F_DMABUF2,
             displays,
             edid: test_edid(),
+            record_pixels: true,
         }
     }
 }
@@ -217,6 +223,17 @@ struct Log {
     msgs: Vec<Arc<GpuMsg>>,
     closed: bool,
     error: Option<String>,
+    updates: u64,
+    update_pixel_bytes: u64,
+}
+
+/// Counters of the UPDATE messages a peer received.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct UpdateStats {
+    /// UPDATE messages received.
+    pub updates: u64,
+    /// Pixel bytes they carried (without the 20-byte update header).
+    pub pixel_bytes: u64,
 }
 
 struct Shared {
@@ -263,6 +280,53 @@ impl GpuPeer {
             .lock()
             .map(|l| l.msgs.clone())
             .unwrap_or_default()
+    }
+
+    /// UPDATE messages (and their pixel bytes) received so far.
+    pub fn update_stats(&self) -> UpdateStats {
+        self.shared
+            .log
+            .lock()
+            .map(|l| UpdateStats {
+                updates: l.updates,
+                pixel_bytes: l.update_pixel_bytes,
+            })
+            .unwrap_or_default()
+    }
+
+    /// Waits until at least `n` UPDATE messages were received in total; returns the counters.
+    pub fn wait_updates(&self, n: u64, timeout: Duration) -> Result<UpdateStats> {
+        let deadline = Instant::now() + timeout;
+        let mut log = self
+            .shared
+            .log
+            .lock()
+            .map_err(|_| FrontendError::Poisoned)?;
+        loop {
+            if log.updates >= n {
+                return Ok(UpdateStats {
+                    updates: log.updates,
+                    pixel_bytes: log.update_pixel_bytes,
+                });
+            }
+            let now = Instant::now();
+            if log.closed || now >= deadline {
+                return Err(FrontendError::Timeout(format!(
+                    "{n} UPDATE messages (got {}{})",
+                    log.updates,
+                    log.error
+                        .as_deref()
+                        .map(|e| format!("; GPU socket closed: {e}"))
+                        .unwrap_or_default()
+                )));
+            }
+            log = self
+                .shared
+                .cond
+                .wait_timeout(log, deadline - now)
+                .map_err(|_| FrontendError::Poisoned)?
+                .0;
+        }
     }
 
     /// True once the backend closed its end.
@@ -503,8 +567,26 @@ fn serve(mut sock: UnixStream, config: GpuPeerConfig, shared: Arc<Shared>) {
     shared.cond.notify_all();
 }
 
+/// Size of the buffer UPDATE pixels are drained through when they are not recorded.
+const DRAIN_CHUNK: usize = 256 << 10;
+
+/// Reads and discards `n` bytes through `scratch`.
+fn drain(sock: &mut UnixStream, scratch: &mut [u8], mut n: usize) -> std::io::Result<()> {
+    while n > 0 {
+        let want = n.min(scratch.len());
+        let got = sock.read(&mut scratch[..want])?;
+        if got == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        n -= got;
+    }
+    Ok(())
+}
+
 fn serve_loop(sock: &mut UnixStream, config: &GpuPeerConfig, shared: &Shared) -> Result<()> {
+    // Grows to the largest message seen and is reused (never re-zeroed).
     let mut payload = Vec::new();
+    let mut scratch = Vec::new();
     loop {
         let Some((hdr, fd)) = recv_header(sock)? else {
             return Ok(());
@@ -517,10 +599,43 @@ fn serve_loop(sock: &mut UnixStream, config: &GpuPeerConfig, shared: &Shared) ->
                 "GPU socket message {request} of {size} bytes"
             )));
         }
-        payload.clear();
-        payload.resize(size as usize, 0);
-        sock.read_exact(&mut payload)?;
-        let p = &payload[..];
+        let size = size as usize;
+        if !config.record_pixels && request == GPU_UPDATE && size >= 20 {
+            let mut h = [0u8; 20];
+            sock.read_exact(&mut h)?;
+            let (w, hgt) = (u32_at(&h, 12), u32_at(&h, 16));
+            let pixels = size - 20;
+            if u64::from(w) * u64::from(hgt) * 4 != pixels as u64 {
+                return Err(FrontendError::Protocol(format!(
+                    "UPDATE {w}x{hgt} with {pixels} pixel bytes"
+                )));
+            }
+            if scratch.is_empty() {
+                scratch.resize(DRAIN_CHUNK, 0);
+            }
+            drain(sock, &mut scratch, pixels)?;
+            let msg = GpuMsg::Update {
+                scanout: u32_at(&h, 0),
+                x: u32_at(&h, 4),
+                y: u32_at(&h, 8),
+                width: w,
+                height: hgt,
+                data: Vec::new(),
+            };
+            let mut log = shared.log.lock().map_err(|_| FrontendError::Poisoned)?;
+            log.updates += 1;
+            log.update_pixel_bytes += pixels as u64;
+            log.msgs.push(Arc::new(msg));
+            drop(log);
+            shared.cond.notify_all();
+            continue;
+        }
+        if payload.len() < size {
+            payload.resize(size, 0);
+        }
+        let p = &mut payload[..size];
+        sock.read_exact(p)?;
+        let p = &p[..];
         let msg = match request {
             GPU_GET_PROTOCOL_FEATURES => {
                 reply(sock, request, &config.protocol_features.to_le_bytes())?;
@@ -582,7 +697,11 @@ fn serve_loop(sock: &mut UnixStream, config: &GpuPeerConfig, shared: &Shared) ->
                 y: u32_at(p, 8),
                 hot_x: u32_at(p, 12),
                 hot_y: u32_at(p, 16),
-                data: p.get(20..).map(<[u8]>::to_vec).unwrap_or_default(),
+                data: if config.record_pixels {
+                    p.get(20..).map(<[u8]>::to_vec).unwrap_or_default()
+                } else {
+                    Vec::new()
+                },
             },
             GPU_DMABUF_SCANOUT | GPU_DMABUF_SCANOUT2 => GpuMsg::DmabufScanout {
                 request,
@@ -602,6 +721,10 @@ fn serve_loop(sock: &mut UnixStream, config: &GpuPeerConfig, shared: &Shared) ->
             },
         };
         let mut log = shared.log.lock().map_err(|_| FrontendError::Poisoned)?;
+        if let GpuMsg::Update { data, .. } = &msg {
+            log.updates += 1;
+            log.update_pixel_bytes += data.len() as u64;
+        }
         log.msgs.push(Arc::new(msg));
         drop(log);
         shared.cond.notify_all();
@@ -681,5 +804,42 @@ mod tests {
         drop(backend);
         peer.wait_closed(Duration::from_secs(5)).unwrap();
         assert!(peer.error().is_none());
+    }
+
+    #[test]
+    fn counting_mode_validates_and_drops_pixels() {
+        let cfg = GpuPeerConfig {
+            record_pixels: false,
+            ..Default::default()
+        };
+        let (mut peer, mut backend) = GpuPeer::start(cfg).unwrap();
+        let upd = |w: u32, h: u32, bytes: usize| {
+            let mut v = Vec::new();
+            for x in [0u32, 0, 0, w, h] {
+                v.extend_from_slice(&x.to_le_bytes());
+            }
+            v.resize(20 + bytes, 0xab);
+            v
+        };
+        // Larger than the drain chunk, so the pixels take several reads.
+        send_msg_with_fds(
+            &mut backend,
+            GPU_UPDATE,
+            0,
+            &upd(512, 300, 512 * 300 * 4),
+            &[],
+        )
+        .unwrap();
+        send_msg_with_fds(&mut backend, GPU_UPDATE, 0, &upd(1, 1, 4), &[]).unwrap();
+        let stats = peer.wait_updates(2, Duration::from_secs(5)).unwrap();
+        assert_eq!(stats.pixel_bytes, 512 * 300 * 4 + 4);
+        let m = peer.wait_for(GPU_UPDATE, Duration::from_secs(5)).unwrap();
+        assert!(
+            matches!(&*m, GpuMsg::Update { width: 512, height: 300, data, .. } if data.is_empty())
+        );
+        // A size that does not match the rectangle ends the peer with an error.
+        send_msg_with_fds(&mut backend, GPU_UPDATE, 0, &upd(2, 2, 4), &[]).unwrap();
+        peer.wait_closed(Duration::from_secs(5)).unwrap();
+        assert!(peer.error().is_some());
     }
 }
