@@ -1,14 +1,23 @@
-//! vgpud entry point: parse options, start the listeners, wait for a signal or for the served
-//! connection to end, shut down cleanly.
+//! vgpud entry point: parse options and the config file, create the driver core and every vGPU
+//! (failing before any socket exists if they do not fit), start one listener per vGPU socket,
+//! then wait for a signal or for the served connection to end and shut down cleanly.
+//!
+//! Exit status: 0 success; 1 runtime failure (socket in use, I/O, unreachable `--attach`
+//! socket); 2 invalid command line or config file; 3 the device cannot hold the vGPUs asked for.
 
+use std::path::Path;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
-use vgpu_backend::device::DeviceConfig;
+use vgpu_backend::config::{self, ConfigError, Plan};
+use vgpu_backend::control::{self, ControlState, ControlVgpu};
+use vgpu_backend::driver::scheduler::{DEFAULT_TIMESLICE_US, DENSE_TIMESLICE_US, DENSE_VGPU_COUNT};
+use vgpu_backend::driver::{Device, DriverError};
 use vgpu_backend::options::{Capabilities, Options};
 use vgpu_backend::vhost::backend::GpuFeatures;
-use vgpu_backend::vhost::daemon::{Daemon, VgpuConfig};
+use vgpu_backend::vhost::daemon::{Daemon, ServerStatus, VgpuConfig};
 
 /// Signals that end the daemon.
 const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
@@ -16,6 +25,31 @@ const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHU
 const POLL: Duration = Duration::from_millis(100);
 /// How long shutdown waits for connection threads before exiting anyway.
 const STOP_TIMEOUT: Duration = Duration::from_secs(3);
+const MIB: u64 = 1 << 20;
+
+/// A failure with its exit status.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn runtime(message: impl Into<String>) -> Self {
+        Failure {
+            code: 1,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Self {
+        Failure {
+            code: e.exit_code(),
+            message: e.to_string(),
+        }
+    }
+}
 
 /// Blocks the stop signals in this thread (and every thread spawned later), so that only
 /// [`wait_signal`] receives them.
@@ -47,62 +81,190 @@ fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> Option<libc::c_int> {
     (r > 0).then_some(r)
 }
 
-fn run(opts: Options) -> Result<(), String> {
-    let set = block_stop_signals().map_err(|e| format!("blocking signals: {e}"))?;
-    let config = VgpuConfig {
-        device: DeviceConfig {
-            num_scanouts: opts.scanouts,
-            width: opts.resolution.width,
-            height: opts.resolution.height,
-            edid: true,
-        },
-        max_hostmem: opts.max_hostmem_bytes(),
-        features: GpuFeatures::base(),
-    };
-    let mut daemon = Daemon::new().map_err(|e| e.to_string())?;
-    match (&opts.socket_path, opts.fd) {
-        (Some(path), None) => daemon.add_socket(path, config),
-        (None, Some(fd)) => daemon.add_connected_fd(fd, config),
-        _ => return Err("exactly one of --socket-path and --fd is needed".into()),
-    }
-    .map_err(|e| e.to_string())?;
-    log::info!(
-        "vgpud {} serving: {} scanout(s) at {}, {} MiB host memory per VM",
-        env!("CARGO_PKG_VERSION"),
-        opts.scanouts,
-        opts.resolution,
-        opts.max_hostmem
-    );
+/// Waits for a stop signal or for every daemon thread to end; logs stats every `interval`.
+fn wait_until_done(
+    set: &libc::sigset_t,
+    daemon: &Daemon,
+    stats: Option<(&ControlState, Duration)>,
+) {
+    let mut next_stats = stats.map(|(_, every)| Instant::now() + every);
     loop {
-        if let Some(sig) = wait_signal(&set, POLL) {
+        if let Some(sig) = wait_signal(set, POLL) {
             log::info!("signal {sig}: shutting down");
-            break;
+            return;
         }
         if daemon.finished() {
             log::info!("connection ended: exiting");
-            break;
+            return;
+        }
+        if let (Some((state, every)), Some(due)) = (stats, next_stats) {
+            if Instant::now() >= due {
+                for line in state.stats_lines() {
+                    log::info!("stats {line}");
+                }
+                next_stats = Some(due + every);
+            }
         }
     }
+}
+
+fn stop(mut daemon: Daemon) {
     if !daemon.stop(STOP_TIMEOUT) {
         log::warn!("some connections did not end within {STOP_TIMEOUT:?}; exiting anyway");
     }
     // Dropping the daemon removes its socket files and temporary directories.
     drop(daemon);
+}
+
+/// `vgpud --fd N --attach SOCKET`: hand a libvirt connection to the shared daemon.
+fn run_attach(fd: i32, socket: &Path) -> Result<(), Failure> {
+    let set = block_stop_signals().map_err(|e| Failure::runtime(format!("signals: {e}")))?;
+    let mut daemon = Daemon::new().map_err(|e| Failure::runtime(e.to_string()))?;
+    daemon
+        .attach_fd(fd, socket)
+        .map_err(|e| Failure::runtime(e.to_string()))?;
+    log::info!("--fd {fd}: relaying to {}", socket.display());
+    wait_until_done(&set, &daemon, None);
+    stop(daemon);
+    Ok(())
+}
+
+fn driver_failure(name: &str, e: DriverError) -> Failure {
+    let code = match e {
+        DriverError::Config(_) | DriverError::UnknownType(_) | DriverError::DuplicateUuid(_) => 2,
+        DriverError::TooManyInstances { .. } | DriverError::DeviceFull { .. } => 3,
+        _ => 1,
+    };
+    Failure {
+        code,
+        message: format!("{name}: {e}"),
+    }
+}
+
+fn run(plan: Plan, fd: Option<i32>) -> Result<(), Failure> {
+    let set = block_stop_signals().map_err(|e| Failure::runtime(format!("signals: {e}")))?;
+    let settings = &plan.settings;
+    let device = Device::new(settings.driver.clone()).map_err(|e| driver_failure("device", e))?;
+    // Every partition is reserved before any socket exists.
+    let mut served = Vec::with_capacity(plan.vgpus.len());
+    for v in &plan.vgpus {
+        let vgpu = device
+            .create_vgpu(&v.type_name, v.uuid)
+            .map_err(|e| driver_failure(&v.name, e))?;
+        served.push(ControlVgpu {
+            name: v.name.clone(),
+            socket: v.socket.clone(),
+            vgpu,
+            status: Arc::new(ServerStatus::default()),
+        });
+    }
+    let (total, reserved) = device.memory();
+    let slice = settings
+        .driver
+        .timeslice_us
+        .unwrap_or(if plan.vgpus.len() <= DENSE_VGPU_COUNT {
+            DEFAULT_TIMESLICE_US
+        } else {
+            DENSE_TIMESLICE_US
+        });
+    log::info!(
+        "vgpud {}: device {} MiB ({} MiB reserved by {} vGPUs), policy {}, time slice {slice} µs",
+        env!("CARGO_PKG_VERSION"),
+        total / MIB,
+        reserved / MIB,
+        plan.vgpus.len(),
+        settings.driver.policy.as_str(),
+    );
+    let mut daemon = Daemon::new().map_err(|e| Failure::runtime(e.to_string()))?;
+    for (v, s) in plan.vgpus.iter().zip(&served) {
+        let config = VgpuConfig {
+            name: v.name.clone(),
+            device: v.device,
+            features: GpuFeatures::base(),
+            vgpu: Arc::clone(&s.vgpu),
+            status: Arc::clone(&s.status),
+        };
+        let added = match (&v.socket, fd) {
+            (Some(path), _) => daemon.add_socket(path, config),
+            (None, Some(fd)) => daemon.add_connected_fd(fd, config),
+            (None, None) => continue,
+        };
+        added.map_err(|e| Failure::runtime(format!("{}: {e}", v.name)))?;
+        log::info!(
+            "{} type={} fb={}M uuid={} socket={} scanouts={} resolution={}x{}",
+            v.name,
+            v.type_name,
+            s.vgpu.vgpu_type().framebuffer_bytes / MIB,
+            v.uuid,
+            v.socket.as_ref().map_or_else(
+                || format!("fd:{}", fd.unwrap_or(-1)),
+                |p| p.display().to_string()
+            ),
+            v.device.num_scanouts,
+            v.device.width,
+            v.device.height,
+        );
+    }
+    let state = ControlState {
+        device: Arc::clone(&device),
+        vgpus: served,
+    };
+    if let Some(path) = &settings.control_socket {
+        let handler_state = state.clone();
+        daemon
+            .add_control(path, Arc::new(move |line: &str| handler_state.handle(line)))
+            .map_err(|e| Failure::runtime(format!("control socket: {e}")))?;
+    }
+    let stats = (settings.stats_interval > 0)
+        .then(|| (&state, Duration::from_secs(settings.stats_interval)));
+    wait_until_done(&set, &daemon, stats);
+    stop(daemon);
+    drop(state);
+    device.shutdown();
+    Ok(())
+}
+
+fn list_types(opts: &Options) -> Result<(), Failure> {
+    let settings = config::settings(opts)?;
+    let list = config::list_types(&settings.driver.types, settings.driver.memory_mib);
+    if opts.json {
+        let text = serde_json::to_string_pretty(&list)
+            .map_err(|e| Failure::runtime(format!("json: {e}")))?;
+        println!("{text}");
+    } else {
+        print!("{}", config::format_types(&list));
+    }
     Ok(())
 }
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(verb @ ("ctl" | "status")) = args.get(1).map(String::as_str) {
+        return ExitCode::from(control::client_main(
+            verb,
+            args.get(2..).unwrap_or_default(),
+        ));
+    }
     let opts = Options::parse();
     if opts.print_capabilities {
         println!("{}", Capabilities::current().to_json());
         return ExitCode::SUCCESS;
     }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    match run(opts) {
+    let result = if opts.list_types {
+        list_types(&opts)
+    } else if let (Some(fd), Some(socket)) = (opts.fd, &opts.attach) {
+        run_attach(fd, socket)
+    } else {
+        config::plan(&opts)
+            .map_err(Failure::from)
+            .and_then(|plan| run(plan, opts.fd))
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("vgpud: {e}");
-            ExitCode::FAILURE
+        Err(f) => {
+            eprintln!("vgpud: {}", f.message);
+            ExitCode::from(f.code)
         }
     }
 }

@@ -1,5 +1,7 @@
 //! Command-line options of `vgpud`, following QEMU's vhost-user backend conventions
-//! (docs/interop/vhost-user.rst, "Backend program conventions").
+//! (docs/interop/vhost-user.rst, "Backend program conventions"), plus the multi-VM options:
+//! repeated `--vgpu socket=PATH,type=TYPE[,uuid=UUID]`, `--config FILE` and the driver core's
+//! device settings. [`crate::config`] merges them into a [`crate::config::Plan`].
 
 use std::fmt;
 use std::os::fd::RawFd;
@@ -8,15 +10,22 @@ use std::str::FromStr;
 
 use clap::Parser;
 use serde::Serialize;
+use uuid::Uuid;
+
+use crate::driver::Policy;
 
 /// Smallest accepted scanout width or height.
 pub const MIN_DIMENSION: u32 = 16;
 /// Largest accepted scanout width or height.
 pub const MAX_DIMENSION: u32 = 8192;
-/// Default per-VM host memory budget in MiB.
-pub const DEFAULT_MAX_HOSTMEM_MIB: u64 = 1024;
-/// Largest accepted per-VM host memory budget in MiB (1 TiB).
-pub const MAX_HOSTMEM_MIB: u64 = 1 << 20;
+/// Largest accepted `--device-memory` in MiB (1 TiB).
+pub const MAX_DEVICE_MEMORY_MIB: u64 = 1 << 20;
+/// The vGPU type of `--socket-path`/`--fd` when `--type` is not given.
+pub const DEFAULT_TYPE: &str = "vgpu-1q";
+/// Valid `--timeslice-us` values (NVIDIA vGPU: 1–30 ms).
+pub const TIMESLICE_RANGE_US: std::ops::RangeInclusive<u32> = vgpu_mdev::TIMESLICE_RANGE_US;
+/// Largest `--stats-interval` in seconds (one day).
+pub const MAX_STATS_INTERVAL: u64 = 86_400;
 
 /// A scanout resolution, `WIDTHxHEIGHT`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,49 +67,216 @@ impl FromStr for Resolution {
     }
 }
 
-/// `vgpud`: a vhost-user virtio-gpu backend.
-#[derive(Debug, Clone, Parser)]
+/// Parses a scanout count (1..=16).
+pub fn parse_scanouts(s: &str) -> Result<u32, String> {
+    let n: u32 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number"))?;
+    if (1..=16).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("scanouts must be 1..=16, got {n}"))
+    }
+}
+
+/// Parses `best-effort`, `equal-share` or `fixed-share`.
+pub fn parse_policy(s: &str) -> Result<Policy, String> {
+    match s {
+        "best-effort" => Ok(Policy::BestEffort),
+        "equal-share" => Ok(Policy::EqualShare),
+        "fixed-share" => Ok(Policy::FixedShare),
+        _ => Err(format!(
+            "unknown policy {s:?} (expected best-effort, equal-share or fixed-share)"
+        )),
+    }
+}
+
+/// Parses and range-checks a device time slice in µs.
+pub fn parse_timeslice(s: &str) -> Result<u32, String> {
+    let us: u32 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of microseconds"))?;
+    check_timeslice(us)
+}
+
+/// Checks a device time slice: 1000..=30000 µs.
+pub fn check_timeslice(us: u32) -> Result<u32, String> {
+    if TIMESLICE_RANGE_US.contains(&us) {
+        Ok(us)
+    } else {
+        Err(format!(
+            "time slice {us} µs is outside {}..={} µs (1-30 ms)",
+            TIMESLICE_RANGE_US.start(),
+            TIMESLICE_RANGE_US.end()
+        ))
+    }
+}
+
+/// One `--vgpu socket=PATH,type=TYPE[,uuid=UUID][,scanouts=N][,resolution=WxH]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VgpuSpec {
+    /// The vhost-user socket this vGPU listens on.
+    pub socket: PathBuf,
+    /// Its vGPU type; `None` takes `--type` (default [`DEFAULT_TYPE`]).
+    pub type_name: Option<String>,
+    /// Its UUID; `None` derives a stable one from the socket path.
+    pub uuid: Option<Uuid>,
+    /// Scanouts; `None` takes `--scanouts`, else the type's `max_heads`.
+    pub scanouts: Option<u32>,
+    /// Preferred resolution; `None` takes `--resolution`, else 1280x800 within the type's limit.
+    pub resolution: Option<Resolution>,
+}
+
+impl FromStr for VgpuSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut socket = None;
+        let mut spec = VgpuSpec {
+            socket: PathBuf::new(),
+            type_name: None,
+            uuid: None,
+            scanouts: None,
+            resolution: None,
+        };
+        for part in s.split(',').filter(|p| !p.is_empty()) {
+            let (key, value) = part
+                .split_once('=')
+                .ok_or_else(|| format!("expected KEY=VALUE, got {part:?}"))?;
+            let dup = || format!("{key} given twice");
+            match key.trim() {
+                "socket" | "path" => {
+                    if socket.is_some() {
+                        return Err(dup());
+                    }
+                    if value.is_empty() {
+                        return Err("empty socket path".into());
+                    }
+                    socket = Some(PathBuf::from(value));
+                }
+                "type" => {
+                    if spec.type_name.replace(value.to_string()).is_some() {
+                        return Err(dup());
+                    }
+                }
+                "uuid" => {
+                    let uuid = Uuid::parse_str(value)
+                        .map_err(|e| format!("uuid {value:?} is not a UUID: {e}"))?;
+                    if spec.uuid.replace(uuid).is_some() {
+                        return Err(dup());
+                    }
+                }
+                "scanouts" => {
+                    if spec.scanouts.replace(parse_scanouts(value)?).is_some() {
+                        return Err(dup());
+                    }
+                }
+                "resolution" => {
+                    if spec.resolution.replace(value.parse()?).is_some() {
+                        return Err(dup());
+                    }
+                }
+                other => {
+                    return Err(format!(
+                        "unknown key {other:?} (expected socket, type, uuid, scanouts, resolution)"
+                    ))
+                }
+            }
+        }
+        spec.socket = socket.ok_or("socket=PATH is required")?;
+        Ok(spec)
+    }
+}
+
+/// `vgpud`: a vhost-user virtio-gpu backend; one process shares a GPU driver core among many VMs.
+///
+/// Subcommand: `vgpud ctl CONTROL_SOCKET list|stats|sched-log` queries a running daemon's
+/// `--control-socket`.
+#[derive(Debug, Clone, Default, Parser)]
 #[command(name = "vgpud", version, about)]
 pub struct Options {
-    /// Listen on this UNIX socket path; serves one VM at a time, again after each disconnect.
-    #[arg(
-        short = 's',
-        long,
-        value_name = "PATH",
-        conflicts_with = "fd",
-        required_unless_present_any = ["fd", "print_capabilities"]
-    )]
+    /// Serve one vGPU on this UNIX socket (shorthand for `--vgpu socket=PATH,type=--type`), one VM
+    /// at a time, again after each disconnect.
+    #[arg(short = 's', long, value_name = "PATH", conflicts_with = "fd")]
     pub socket_path: Option<PathBuf>,
 
     /// Serve this inherited, already connected socket (as libvirt passes it); exit when it closes.
+    /// With `--attach`, hand it to a running shared daemon instead.
     #[arg(short = 'f', long, value_name = "FDNUM", value_parser = clap::value_parser!(i32).range(0..))]
     pub fd: Option<RawFd>,
+
+    /// With `--fd`: relay the connection into this vGPU socket of a running shared vgpud and live
+    /// until the connection ends or SIGTERM.
+    #[arg(long, value_name = "SOCKET", requires = "fd")]
+    pub attach: Option<PathBuf>,
 
     /// Print the backend capabilities as JSON and exit.
     #[arg(short = 'c', long)]
     pub print_capabilities: bool,
 
-    /// Number of scanouts (heads).
-    #[arg(long, value_name = "N", default_value_t = 1,
-          value_parser = clap::value_parser!(u32).range(1..=16))]
-    pub scanouts: u32,
+    /// A vGPU to serve: `socket=PATH,type=TYPE[,uuid=UUID][,scanouts=N][,resolution=WxH]`.
+    /// Repeat for more VMs.
+    #[arg(long = "vgpu", value_name = "SPEC")]
+    pub vgpus: Vec<VgpuSpec>,
 
-    /// Preferred resolution of each scanout.
-    #[arg(long, value_name = "WxH", default_value = "1280x800")]
-    pub resolution: Resolution,
+    /// Read settings and `[[vgpu]]` entries from this file (TOML, or JSON if it ends in `.json`).
+    /// Command-line settings override the file's; vGPUs from both are served.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 
-    /// Host memory budget per VM in MiB (resources, backing copies).
-    #[arg(long, value_name = "MiB", default_value_t = DEFAULT_MAX_HOSTMEM_MIB,
-          value_parser = clap::value_parser!(u64).range(1..=MAX_HOSTMEM_MIB))]
-    pub max_hostmem: u64,
-}
+    /// vGPU type of `--socket-path`/`--fd` and of `--vgpu` entries without `type=`
+    /// [default: vgpu-1q].
+    #[arg(long = "type", value_name = "TYPE")]
+    pub type_name: Option<String>,
 
-impl Options {
-    /// The per-VM host memory budget in bytes.
-    pub fn max_hostmem_bytes(&self) -> u64 {
-        // Bounded by MAX_HOSTMEM_MIB, so this cannot overflow.
-        self.max_hostmem.saturating_mul(1 << 20)
-    }
+    /// UUID of the `--socket-path`/`--fd` vGPU [default: derived from the socket path].
+    #[arg(long, value_name = "UUID")]
+    pub uuid: Option<Uuid>,
+
+    /// Device memory shared by all vGPU partitions, in MiB [default: 4096].
+    #[arg(long, value_name = "MiB",
+          value_parser = clap::value_parser!(u64).range(1..=MAX_DEVICE_MEMORY_MIB))]
+    pub device_memory: Option<u64>,
+
+    /// Scheduling policy: best-effort, equal-share or fixed-share [default: best-effort].
+    #[arg(long, value_name = "POLICY", value_parser = parse_policy)]
+    pub policy: Option<Policy>,
+
+    /// Device time slice in µs, 1000..=30000 [default: 2000 with ≤ 8 vGPUs, 1000 above].
+    #[arg(long, value_name = "N", value_parser = parse_timeslice)]
+    pub timeslice_us: Option<u32>,
+
+    /// vGPU type file (TOML or JSON) that overrides or extends the built-in types.
+    #[arg(long = "types", value_name = "FILE")]
+    pub types_file: Option<PathBuf>,
+
+    /// Print the vGPU types (one per line: name, mdev-style description, available instances
+    /// given `--device-memory`) and exit.
+    #[arg(long)]
+    pub list_types: bool,
+
+    /// With `--list-types`: print JSON.
+    #[arg(long, requires = "list_types")]
+    pub json: bool,
+
+    /// Scanouts (heads) of every vGPU [default: the type's max_heads].
+    #[arg(long, value_name = "N", value_parser = parse_scanouts)]
+    pub scanouts: Option<u32>,
+
+    /// Preferred resolution of each scanout [default: 1280x800 within the type's maximum].
+    #[arg(long, value_name = "WxH")]
+    pub resolution: Option<Resolution>,
+
+    /// Log per-vGPU utilization, memory and share every SECS seconds (0: off) [default: 0].
+    #[arg(long, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(0..=MAX_STATS_INTERVAL))]
+    pub stats_interval: Option<u64>,
+
+    /// Serve JSON status requests (`{"cmd":"list"|"stats"|"sched-log"}`) on this UNIX socket.
+    #[arg(long, value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
 }
 
 /// The `--print-capabilities` document.
@@ -137,18 +313,14 @@ mod tests {
     }
 
     #[test]
-    fn defaults() {
+    fn defaults_are_unset_until_resolved() {
         let o = parse(&["--socket-path", "/tmp/s"]).unwrap();
         assert_eq!(o.socket_path, Some(PathBuf::from("/tmp/s")));
-        assert_eq!(o.scanouts, 1);
-        assert_eq!(
-            o.resolution,
-            Resolution {
-                width: 1280,
-                height: 800
-            }
-        );
-        assert_eq!(o.max_hostmem_bytes(), DEFAULT_MAX_HOSTMEM_MIB << 20);
+        assert_eq!(o.scanouts, None);
+        assert_eq!(o.resolution, None);
+        assert_eq!(o.device_memory, None);
+        assert_eq!(o.policy, None);
+        assert!(o.vgpus.is_empty());
     }
 
     #[test]
@@ -159,8 +331,8 @@ mod tests {
             "--resolution=1920x1080",
         ])
         .unwrap();
-        assert_eq!(o.scanouts, 4);
-        assert_eq!(o.resolution.width, 1920);
+        assert_eq!(o.scanouts, Some(4));
+        assert_eq!(o.resolution.unwrap().width, 1920);
         let o = parse(&["-f", "3"]).unwrap();
         assert_eq!(o.fd, Some(3));
         assert!(parse(&["-c"]).unwrap().print_capabilities);
@@ -171,16 +343,84 @@ mod tests {
     }
 
     #[test]
+    fn multi_vgpu_options() {
+        let o = parse(&[
+            "--vgpu",
+            "socket=/a.sock,type=vgpu-64m",
+            "--vgpu=socket=/b.sock,type=vgpu-2q,uuid=6c1e0d7e-4e8e-4bd4-8c36-0b0e8a3b2f10,scanouts=2,resolution=1024x768",
+            "--device-memory",
+            "8192",
+            "--policy",
+            "fixed-share",
+            "--timeslice-us",
+            "4000",
+            "--stats-interval",
+            "5",
+        ])
+        .unwrap();
+        assert_eq!(o.vgpus.len(), 2);
+        assert_eq!(o.vgpus[0].socket, PathBuf::from("/a.sock"));
+        assert_eq!(o.vgpus[0].type_name.as_deref(), Some("vgpu-64m"));
+        assert_eq!(o.vgpus[1].scanouts, Some(2));
+        assert_eq!(
+            o.vgpus[1].uuid.unwrap().to_string(),
+            "6c1e0d7e-4e8e-4bd4-8c36-0b0e8a3b2f10"
+        );
+        assert_eq!(o.device_memory, Some(8192));
+        assert_eq!(o.policy, Some(Policy::FixedShare));
+        assert_eq!(o.timeslice_us, Some(4000));
+        assert_eq!(o.stats_interval, Some(5));
+        let o = parse(&["--fd", "4", "--attach", "/run/vgpud/vm1.sock"]).unwrap();
+        assert_eq!(o.attach, Some(PathBuf::from("/run/vgpud/vm1.sock")));
+        assert!(parse(&["--list-types", "--json"]).unwrap().json);
+    }
+
+    #[test]
+    fn vgpu_spec_errors() {
+        for bad in [
+            "",
+            "type=vgpu-1q",
+            "socket=",
+            "socket=/a,socket=/b",
+            "socket=/a,type=x,type=y",
+            "socket=/a,uuid=nope",
+            "socket=/a,scanouts=0",
+            "socket=/a,scanouts=17",
+            "socket=/a,resolution=8x8",
+            "socket=/a,color=blue",
+            "socket=/a,justakey",
+        ] {
+            assert!(bad.parse::<VgpuSpec>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn timeslice_range_is_enforced_with_exit_2() {
+        for bad in ["999", "30001", "0", "x"] {
+            let e = parse(&["--socket-path", "/a", "--timeslice-us", bad]).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad}");
+        }
+        let e = parse(&["--socket-path", "/a", "--timeslice-us", "500"]).unwrap_err();
+        assert!(e.to_string().contains("1000..=30000"), "{e}");
+        for good in ["1000", "30000", "2000"] {
+            parse(&["--socket-path", "/a", "--timeslice-us", good]).unwrap();
+        }
+    }
+
+    #[test]
     fn rejects_bad_options() {
-        assert!(parse(&[]).is_err(), "needs a socket or fd");
         assert!(parse(&["--socket-path", "/a", "--fd", "3"]).is_err());
         assert!(parse(&["--fd", "-1"]).is_err());
+        assert!(parse(&["--attach", "/x"]).is_err(), "--attach needs --fd");
+        assert!(parse(&["--json"]).is_err(), "--json needs --list-types");
         assert!(parse(&["--socket-path", "/a", "--scanouts", "0"]).is_err());
         assert!(parse(&["--socket-path", "/a", "--scanouts", "17"]).is_err());
         assert!(parse(&["--socket-path", "/a", "--resolution", "8x8"]).is_err());
         assert!(parse(&["--socket-path", "/a", "--resolution", "9000x100"]).is_err());
         assert!(parse(&["--socket-path", "/a", "--resolution", "1280"]).is_err());
-        assert!(parse(&["--socket-path", "/a", "--max-hostmem", "0"]).is_err());
+        assert!(parse(&["--socket-path", "/a", "--device-memory", "0"]).is_err());
+        assert!(parse(&["--socket-path", "/a", "--policy", "fair"]).is_err());
+        assert!(parse(&["--socket-path", "/a", "--uuid", "zz"]).is_err());
         assert!(parse(&["--socket-path", "/a", "--bogus"]).is_err());
     }
 

@@ -3,8 +3,14 @@
 //!
 //! Each connection gets a new `VhostUserDaemon` and a new [`GpuBackendImpl`]: vhost-user-backend
 //! keeps per-connection state (owner flag, vrings) in the daemon, so a second `start()` on the
-//! same daemon would refuse QEMU's `SET_OWNER` and drop the connection. The per-socket host-memory
-//! budget outlives connections; everything a VM allocated is freed when its connection ends.
+//! same daemon would refuse QEMU's `SET_OWNER` and drop the connection. The socket's vGPU (its
+//! partition and scheduler entry) outlives connections; everything a VM allocated is freed when its
+//! connection ends.
+//!
+//! Isolation: each socket has its own listener thread, and each connection its own device, guest
+//! memory map and queue worker. The only state shared between VMs' paths is the driver core
+//! (whose scheduler lock is held for bookkeeping only) and the shutdown registry, touched once per
+//! connect and disconnect.
 //!
 //! Shutdown: [`ShutdownSignal::trigger`] wakes listener threads blocked waiting for a connection
 //! (they poll the listener together with an eventfd) and shuts down live connections.
@@ -31,7 +37,11 @@ use vmm_sys_util::tempdir::TempDir;
 
 use super::backend::{GpuBackendImpl, GpuFeatures};
 use super::fd_relay;
-use crate::device::{DeviceConfig, HostMemoryLimit, MemoryBudget, VirtioGpuDevice};
+use crate::device::{DeviceConfig, VirtioGpuDevice};
+use crate::driver::Vgpu;
+
+/// Stack size of the threads the daemon spawns (listeners, relays, the control socket).
+pub const THREAD_STACK: usize = 256 * 1024;
 
 /// Errors setting up or running the daemon.
 #[derive(Debug, Error)]
@@ -53,20 +63,51 @@ pub enum DaemonError {
     /// `--fd` is not an open socket.
     #[error("--fd {0} is not an open socket")]
     BadFd(RawFd),
+    /// `--attach`: the shared daemon's socket cannot be reached.
+    #[error("cannot attach to {path}: {source}")]
+    Attach {
+        /// The vGPU socket of the shared daemon.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
     /// Any other I/O failure (threads, eventfds, temp dirs).
     #[error("{0}")]
     Io(#[from] io::Error),
 }
 
-/// Configuration of one vGPU (one VM's device).
-#[derive(Debug, Clone, Copy)]
+/// Configuration of one vGPU socket (one VM at a time).
+#[derive(Debug, Clone)]
 pub struct VgpuConfig {
+    /// Name for logs and thread names (`vgpu0`, ...).
+    pub name: String,
     /// Device configuration (scanouts, preferred mode, EDID).
     pub device: DeviceConfig,
-    /// Host memory budget of the VM in bytes.
-    pub max_hostmem: u64,
     /// Virtio features offered.
     pub features: GpuFeatures,
+    /// The driver-core vGPU; its partition is the VM's memory budget. Persists across connections.
+    pub vgpu: Arc<Vgpu>,
+    /// Connection state, for status reports.
+    pub status: Arc<ServerStatus>,
+}
+
+/// Connection state of one vGPU socket, readable from other threads.
+#[derive(Debug, Default)]
+pub struct ServerStatus {
+    connected: AtomicBool,
+    connections: AtomicU64,
+}
+
+impl ServerStatus {
+    /// True while a frontend is connected.
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    /// Connections served so far (including a current one).
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Acquire)
+    }
 }
 
 /// Wakes every thread of the daemon when it must end.
@@ -129,7 +170,7 @@ impl ShutdownSignal {
 }
 
 /// Waits until `fd` is readable (true) or the shutdown signal fires (false).
-fn wait_readable(fd: RawFd, shutdown: &ShutdownSignal) -> io::Result<bool> {
+pub(crate) fn wait_readable(fd: RawFd, shutdown: &ShutdownSignal) -> io::Result<bool> {
     loop {
         if shutdown.requested() {
             return Ok(false);
@@ -196,7 +237,7 @@ pub fn prepare_socket_path(path: &Path) -> Result<(), DaemonError> {
 }
 
 /// A bound socket file, removed when dropped if it is still ours.
-struct SocketFile {
+pub(crate) struct SocketFile {
     path: PathBuf,
     ino: u64,
 }
@@ -209,7 +250,7 @@ impl Drop for SocketFile {
     }
 }
 
-fn bind(path: &Path) -> Result<(UnixListener, SocketFile), DaemonError> {
+pub(crate) fn bind(path: &Path) -> Result<(UnixListener, SocketFile), DaemonError> {
     prepare_socket_path(path)?;
     let err = |source| DaemonError::Socket {
         path: path.into(),
@@ -230,7 +271,6 @@ fn bind(path: &Path) -> Result<(UnixListener, SocketFile), DaemonError> {
 struct Server {
     name: String,
     config: VgpuConfig,
-    budget: Arc<dyn MemoryBudget>,
     listener: Listener,
     /// Serve one connection and end (`--fd`).
     once: bool,
@@ -258,12 +298,15 @@ impl Server {
     }
 
     fn serve_one(&mut self, shutdown: &ShutdownSignal) -> Result<(), vhost_user_backend::Error> {
-        let mut device = VirtioGpuDevice::new(self.config.device, Arc::clone(&self.budget));
+        let mut device = VirtioGpuDevice::new(self.config.device, self.config.vgpu.budget());
         device.set_log_label(self.name.clone());
         let backend = GpuBackendImpl::new(self.name.clone(), self.config.features, device);
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let mut daemon = VhostUserDaemon::new(self.name.clone(), Arc::clone(&backend), mem)?;
         daemon.start(&mut self.listener)?;
+        let status = &self.config.status;
+        status.connections.fetch_add(1, Ordering::AcqRel);
+        status.connected.store(true, Ordering::Release);
         log::info!("{}: frontend connected", self.name);
         let id = daemon.shutdown_handle().map(|h| shutdown.register(h));
         let result = daemon.wait();
@@ -271,6 +314,7 @@ impl Server {
             shutdown.unregister(id);
         }
         backend.disconnect();
+        status.connected.store(false, Ordering::Release);
         // Dropping the daemon ends and joins its vring worker threads.
         drop(daemon);
         match result {
@@ -289,6 +333,8 @@ pub struct Daemon {
     threads: Vec<JoinHandle<()>>,
     sockets: Vec<SocketFile>,
     temp_dirs: Vec<TempDir>,
+    /// Streams of `--attach` relays, shut down to end them.
+    relays: Vec<UnixStream>,
 }
 
 impl Daemon {
@@ -299,6 +345,7 @@ impl Daemon {
             threads: Vec::new(),
             sockets: Vec::new(),
             temp_dirs: Vec::new(),
+            relays: Vec::new(),
         })
     }
 
@@ -314,24 +361,21 @@ impl Daemon {
         once: bool,
     ) -> Result<(), DaemonError> {
         let (listener, file) = bind(path)?;
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "vgpu".into());
+        let name = config.name.clone();
         let server = Server {
-            name: format!("vgpu[{name}]"),
+            name: name.clone(),
             config,
-            budget: Arc::new(HostMemoryLimit::new(config.max_hostmem)),
             listener: Listener::from(listener),
             once,
         };
         let shutdown = Arc::clone(&self.shutdown);
         let handle = thread::Builder::new()
             .name(format!("vgpud-{name}"))
+            .stack_size(THREAD_STACK)
             .spawn(move || server.run(&shutdown))?;
         self.sockets.push(file);
         self.threads.push(handle);
-        log::info!("listening on {}", path.display());
+        log::debug!("{name}: listening on {}", path.display());
         Ok(())
     }
 
@@ -351,11 +395,54 @@ impl Daemon {
         self.temp_dirs.push(dir);
         let handle = thread::Builder::new()
             .name(format!("vgpud-relay-fd{fd}"))
+            .stack_size(THREAD_STACK)
             .spawn(move || match fd_relay::relay_to_path(conn, &path) {
                 Ok(()) => log::info!("--fd {fd}: frontend closed the connection"),
                 Err(e) => log::warn!("--fd {fd}: relay ended: {e}"),
             })?;
         self.threads.push(handle);
+        Ok(())
+    }
+
+    /// `--fd N --attach SOCKET`: relays the connected socket `fd` into the vGPU socket `path` of a
+    /// running shared daemon until either side closes or [`Daemon::stop`] runs.
+    pub fn attach_fd(&mut self, fd: RawFd, path: &Path) -> Result<(), DaemonError> {
+        let conn = connected_socket(fd)?;
+        let upstream = UnixStream::connect(path).map_err(|source| DaemonError::Attach {
+            path: path.into(),
+            source,
+        })?;
+        self.relays.push(conn.try_clone()?);
+        self.relays.push(upstream.try_clone()?);
+        let shown = path.display().to_string();
+        let handle = thread::Builder::new()
+            .name(format!("vgpud-attach-fd{fd}"))
+            .stack_size(THREAD_STACK)
+            .spawn(move || match fd_relay::relay(conn, upstream) {
+                Ok(()) => log::info!("--fd {fd}: connection to {shown} ended"),
+                Err(e) => log::warn!("--fd {fd}: relay to {shown} ended: {e}"),
+            })?;
+        self.threads.push(handle);
+        Ok(())
+    }
+
+    /// Serves the control socket at `path`: each connection sends one request line and gets the
+    /// line `handler` returns.
+    pub fn add_control(
+        &mut self,
+        path: &Path,
+        handler: Arc<dyn Fn(&str) -> String + Send + Sync>,
+    ) -> Result<(), DaemonError> {
+        let (listener, file) = bind(path)?;
+        listener.set_nonblocking(true)?;
+        let shutdown = Arc::clone(&self.shutdown);
+        let handle = thread::Builder::new()
+            .name("vgpud-control".into())
+            .stack_size(THREAD_STACK)
+            .spawn(move || crate::control::serve(&listener, &shutdown, &*handler))?;
+        self.sockets.push(file);
+        self.threads.push(handle);
+        log::info!("control socket {}", path.display());
         Ok(())
     }
 
@@ -368,6 +455,9 @@ impl Daemon {
     /// ended. Socket files are removed either way when the daemon is dropped.
     pub fn stop(&mut self, timeout: std::time::Duration) -> bool {
         self.shutdown.trigger();
+        for stream in &self.relays {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
         let deadline = std::time::Instant::now() + timeout;
         while !self.finished() && std::time::Instant::now() < deadline {
             thread::sleep(std::time::Duration::from_millis(5));
@@ -441,13 +531,23 @@ mod tests {
     fn shutdown_wakes_a_waiting_listener() {
         let dir = TempDir::new_with_prefix("/tmp/vgpud-daemon-test").unwrap();
         let path = dir.as_path().join("s.sock");
+        let device = crate::driver::Device::new(crate::driver::DeviceConfig {
+            memory_mib: 64,
+            ..Default::default()
+        })
+        .unwrap();
+        let vgpu = device
+            .create_vgpu("vgpu-64m", crate::driver::Uuid::nil())
+            .unwrap();
         let mut d = Daemon::new().unwrap();
         d.add_socket(
             &path,
             VgpuConfig {
+                name: "vgpu0".into(),
                 device: DeviceConfig::default(),
-                max_hostmem: 64 << 20,
                 features: GpuFeatures::base(),
+                vgpu,
+                status: Arc::default(),
             },
         )
         .unwrap();

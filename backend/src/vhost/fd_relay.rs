@@ -29,6 +29,9 @@ pub const MAX_PAYLOAD: usize = 64 * 1024;
 /// Most descriptors one message may carry (vhost-user sends at most 8, one per memory region).
 pub const MAX_FDS: usize = 32;
 
+/// Stack size of the relay's second thread (its buffers live on the heap).
+const RELAY_STACK: usize = 256 * 1024;
+
 /// Why a relay stopped other than by a clean end of stream.
 #[derive(Debug, Error)]
 pub enum RelayError {
@@ -148,6 +151,7 @@ pub fn relay(a: UnixStream, b: UnixStream) -> Result<(), RelayError> {
     let (a2, b2) = (a.try_clone()?, b.try_clone()?);
     let back = thread::Builder::new()
         .name("vgpud-relay".into())
+        .stack_size(RELAY_STACK)
         .spawn(move || {
             let r = pump(&b2, &a2);
             let _ = a2.shutdown(Shutdown::Both);
