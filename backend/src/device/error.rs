@@ -6,6 +6,8 @@ use vgpu_protocol::virtio_gpu::Rect;
 use vgpu_protocol::ErrorCode;
 
 use super::budget::OutOfBudget;
+use crate::driver::{BufferError, JobError, SubmitError};
+use vgpu_protocol::ChannelError;
 
 /// A failed virtio-gpu command.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -132,6 +134,89 @@ pub enum GpuError {
     /// A capset index or id that does not exist.
     #[error("no capset {0}")]
     NoCapset(u32),
+    /// GET_CAPSET for our capset id with a version we do not have.
+    #[error("capset {id} has no version {version}")]
+    NoCapsetVersion {
+        /// Capset id.
+        id: u32,
+        /// Version asked for.
+        version: u32,
+    },
+    /// A context id that is 0, unknown, or (for CTX_CREATE) already in use.
+    #[error("invalid context id {0}")]
+    InvalidContext(u32),
+    /// CTX_CREATE asked for a capset other than ours.
+    #[error("context {ctx_id}: unsupported context_init capset {capset}")]
+    ContextInit {
+        /// Context.
+        ctx_id: u32,
+        /// The capset asked for.
+        capset: u32,
+    },
+    /// The VM already has the most contexts allowed.
+    #[error("too many contexts (limit {0})")]
+    TooManyContexts(usize),
+    /// A RESOURCE_CREATE_3D, transfer or command stream the channel protocol rejects.
+    #[error("{0}")]
+    Channel(#[from] ChannelError),
+    /// A 2D-only command (scanout, flush, 2D transfer) names a buffer.
+    #[error("resource {0} is a buffer, not a 2D resource")]
+    BufferNotAllowed(u32),
+    /// A 3D command names a resource that is not a buffer.
+    #[error("resource {0} is not a buffer")]
+    NotABuffer(u32),
+    /// A command stream names a buffer not attached to the submitting context.
+    #[error("resource {resource} is not attached to context {ctx_id}")]
+    NotAttached {
+        /// Context.
+        ctx_id: u32,
+        /// Resource.
+        resource: u32,
+    },
+    /// A byte range lies outside a buffer.
+    #[error("resource {resource}: range {offset}+{len} outside {size} bytes")]
+    RangeOutside {
+        /// Resource.
+        resource: u32,
+        /// First byte.
+        offset: u64,
+        /// Length.
+        len: u64,
+        /// Buffer size.
+        size: u64,
+    },
+    /// A transfer writes past the end of the guest backing.
+    #[error("resource {resource}: backing range {offset}+{len} beyond {total} bytes")]
+    BeyondBacking {
+        /// Resource.
+        resource: u32,
+        /// First backing byte.
+        offset: u64,
+        /// Length.
+        len: u64,
+        /// Backing length.
+        total: u64,
+    },
+    /// Guest memory could not be written.
+    #[error("guest memory write of {len} bytes at {addr:#x} failed")]
+    GuestMemoryWrite {
+        /// Guest address.
+        addr: u64,
+        /// Length.
+        len: usize,
+    },
+    /// Device memory: the vGPU's partition is full, or the buffer is unusable.
+    #[error("{0}")]
+    Buffer(#[from] BufferError),
+    /// The driver rejected the job built from a command stream.
+    #[error("{0}")]
+    Job(#[from] JobError),
+    /// The driver refused the submission (queue full, vGPU destroyed, shut down).
+    #[error("{0}")]
+    Submit(#[from] SubmitError),
+    /// The vGPU is gone (destroyed or shut down).
+    #[error("vGPU unavailable")]
+    VgpuGone,
     /// A command this device does not implement (3D, blob, contexts).
     #[error("unsupported command {0:#x}")]
     Unsupported(u32),
@@ -157,7 +242,26 @@ impl GpuError {
             | GpuError::UnknownResource(_)
             // QEMU (both its built-in device and its vhost-user-gpu) answers a transfer or detach
             // on a resource without backing with INVALID_RESOURCE_ID.
-            | GpuError::NoBacking(_) => ErrorCode::InvalidResourceId,
+            | GpuError::NoBacking(_)
+            | GpuError::NotABuffer(_)
+            | GpuError::NotAttached { .. } => ErrorCode::InvalidResourceId,
+            GpuError::InvalidContext(_) => ErrorCode::InvalidContextId,
+            GpuError::NoCapsetVersion { .. }
+            | GpuError::ContextInit { .. }
+            | GpuError::Channel(_)
+            | GpuError::BufferNotAllowed(_)
+            | GpuError::RangeOutside { .. }
+            | GpuError::BeyondBacking { .. }
+            | GpuError::Job(_) => ErrorCode::InvalidParameter,
+            GpuError::TooManyContexts(_) => ErrorCode::OutOfMemory,
+            GpuError::Buffer(BufferError::OutOfMemory(_) | BufferError::HostAlloc(_)) => {
+                ErrorCode::OutOfMemory
+            }
+            GpuError::Buffer(BufferError::OutOfRange { .. }) => ErrorCode::InvalidParameter,
+            GpuError::Buffer(BufferError::Poisoned)
+            | GpuError::Submit(_)
+            | GpuError::VgpuGone
+            | GpuError::GuestMemoryWrite { .. } => ErrorCode::Unspec,
             GpuError::UnknownFormat { .. }
             | GpuError::InvalidSize { .. }
             | GpuError::RectOutside { .. }

@@ -9,6 +9,8 @@
 
 pub mod backing;
 pub mod budget;
+pub mod capset;
+pub mod context;
 pub mod cursor;
 pub mod display;
 pub mod edid;
@@ -17,6 +19,7 @@ pub mod format;
 pub mod log_limit;
 pub mod resource;
 pub mod scanout;
+pub mod staging;
 pub mod transfer;
 
 #[cfg(test)]
@@ -39,6 +42,7 @@ pub use format::Format;
 pub use scanout::Scanout;
 
 use backing::Backing;
+use context::Gpu3d;
 use cursor::Cursor;
 use log_limit::LogLimiter;
 use resource::{AttachedBacking, Resource2d};
@@ -84,6 +88,8 @@ enum Reply {
     DisplayInfo([DisplayOne; VIRTIO_GPU_MAX_SCANOUTS]),
     Edid([u8; 1024], usize),
     Uuid([u8; 16]),
+    CapsetInfo(u32, u32, u32),
+    Capset(vgpu_protocol::VgpuCapset),
 }
 
 /// One VM's virtio-gpu 2D device.
@@ -94,6 +100,7 @@ pub struct VirtioGpuDevice {
     scanouts: Scanouts,
     cursor: Cursor,
     log: LogLimiter,
+    gpu3d: Option<Gpu3d>,
 }
 
 impl std::fmt::Debug for VirtioGpuDevice {
@@ -122,7 +129,27 @@ impl VirtioGpuDevice {
             scanouts: Scanouts::new(config.num_scanouts),
             cursor: Cursor::new(),
             log: LogLimiter::new("virtio-gpu"),
+            gpu3d: None,
         }
+    }
+
+    /// A device with 3D: contexts, buffers and submissions run on `vgpu`, every allocation (2D
+    /// surfaces included) is charged to the vGPU's partition, and one capset
+    /// ([`vgpu_protocol::VGPU_CAPSET_ID`]) is advertised. The glue offers `VIRTIO_GPU_F_VIRGL`.
+    pub fn with_vgpu(config: DeviceConfig, vgpu: Arc<crate::driver::Vgpu>) -> Self {
+        let mut device = Self::new(config, vgpu.budget());
+        device.gpu3d = Some(Gpu3d::new(vgpu));
+        device
+    }
+
+    /// True when the device has a vGPU (3D commands and the capset are served).
+    pub fn has_3d(&self) -> bool {
+        self.gpu3d.is_some()
+    }
+
+    /// The vGPU, if the device has one.
+    pub fn vgpu(&self) -> Option<&Arc<crate::driver::Vgpu>> {
+        self.gpu3d.as_ref().map(Gpu3d::vgpu)
     }
 
     /// Sets the prefix of this device's log lines (e.g. the VM name).
@@ -165,9 +192,9 @@ impl VirtioGpuDevice {
         }
     }
 
-    /// Number of capsets (none: 2D only).
+    /// Number of capsets: 1 with a vGPU, none for a 2D-only device.
     pub fn num_capsets(&self) -> u32 {
-        0
+        u32::from(self.has_3d())
     }
 
     /// Frees every resource and its charge and clears scanouts and cursor (guest reset, reboot,
@@ -176,6 +203,9 @@ impl VirtioGpuDevice {
         self.resources = HashMap::new();
         self.scanouts.clear();
         self.cursor = Cursor::new();
+        if let Some(g) = self.gpu3d.as_mut() {
+            g.reset();
+        }
     }
 
     /// Handles one control-queue request; writes the encoded response into `resp` and returns
@@ -193,6 +223,12 @@ impl VirtioGpuDevice {
             Ok(Reply::DisplayInfo(modes)) => Response::OkDisplayInfo(modes),
             Ok(Reply::Edid(bytes, len)) => Response::OkEdid(bytes.get(..*len).unwrap_or(bytes)),
             Ok(Reply::Uuid(uuid)) => Response::OkResourceUuid(*uuid),
+            Ok(Reply::CapsetInfo(id, version, size)) => Response::OkCapsetInfo {
+                capset_id: *id,
+                max_version: *version,
+                max_size: *size,
+            },
+            Ok(Reply::Capset(c)) => Response::OkCapset(c.as_bytes()),
             Err(e) => {
                 self.log
                     .warn(format_args!("command {:#x} failed: {e}", req.cmd.type_()));
@@ -262,8 +298,15 @@ impl VirtioGpuDevice {
                     .map(|_| Reply::NoData)
                     .ok_or(GpuError::NoBacking(c.resource_id))
             }
-            GpuCommand::GetCapsetInfo(c) => Err(GpuError::NoCapset(c.capset_index)),
-            GpuCommand::GetCapset(c) => Err(GpuError::NoCapset(c.capset_id)),
+            GpuCommand::GetCapsetInfo(c) => {
+                let (id, version, size) = capset::capset_info(self.num_capsets(), c.capset_index)?;
+                Ok(Reply::CapsetInfo(id, version, size))
+            }
+            GpuCommand::GetCapset(c) => Ok(Reply::Capset(capset::capset(
+                self.vgpu().map(|v| &**v),
+                c.capset_id,
+                c.capset_version,
+            )?)),
             GpuCommand::GetEdid(c) => self.edid(c.scanout, display),
             GpuCommand::ResourceAssignUuid(c) => {
                 let res = self.resource_mut(c.resource_id)?;

@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use log::Level;
-use vgpu_protocol::virtio_gpu::{VirtioGpuConfig, VIRTIO_GPU_F_EDID, VIRTIO_GPU_F_RESOURCE_UUID};
+use vgpu_protocol::virtio_gpu::{
+    VirtioGpuConfig, VIRTIO_GPU_F_EDID, VIRTIO_GPU_F_RESOURCE_UUID, VIRTIO_GPU_F_VIRGL,
+};
 use vgpu_protocol::Request;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost::vhost_user::GpuBackend;
@@ -123,6 +125,11 @@ pub trait VmDevice: Send + 'static {
     fn reset(&mut self);
     /// The virtio-gpu config space.
     fn config_space(&self) -> VirtioGpuConfig;
+    /// True when the device serves 3D (contexts, SUBMIT_3D): the backend then offers
+    /// `VIRTIO_GPU_F_VIRGL`.
+    fn has_3d(&self) -> bool {
+        false
+    }
 }
 
 impl VmDevice for crate::device::VirtioGpuDevice {
@@ -146,6 +153,10 @@ impl VmDevice for crate::device::VirtioGpuDevice {
 
     fn config_space(&self) -> VirtioGpuConfig {
         crate::device::VirtioGpuDevice::config_space(self)
+    }
+
+    fn has_3d(&self) -> bool {
+        crate::device::VirtioGpuDevice::has_3d(self)
     }
 }
 
@@ -172,7 +183,14 @@ pub struct GpuBackendImpl<D: VmDevice> {
 
 impl<D: VmDevice> GpuBackendImpl<D> {
     /// A backend named `name` (for logs) offering `features`, driving `device`.
+    /// `VIRTIO_GPU_F_VIRGL` is offered exactly when the device has 3D ([`VmDevice::has_3d`]),
+    /// whatever `features` says.
     pub fn new(name: impl Into<String>, features: GpuFeatures, device: D) -> Arc<Self> {
+        let features = if device.has_3d() {
+            features.with_device_feature(VIRTIO_GPU_F_VIRGL)
+        } else {
+            features.without_device_feature(VIRTIO_GPU_F_VIRGL)
+        };
         Arc::new(GpuBackendImpl {
             name: name.into(),
             features,
@@ -187,6 +205,11 @@ impl<D: VmDevice> GpuBackendImpl<D> {
                 Mutex::new(QueueWorker::new(QueueKind::Cursor)),
             ],
         })
+    }
+
+    /// The virtio features this backend offers.
+    pub fn offered_features(&self) -> GpuFeatures {
+        self.features
     }
 
     /// The features the frontend acknowledged.

@@ -1,0 +1,50 @@
+//! The one capset a device with a vGPU advertises: [`VGPU_CAPSET_ID`] version 1, a
+//! [`VgpuCapset`] describing the vGPU type.
+
+use std::mem::size_of;
+
+use vgpu_protocol::channel::{Kernel, MAX_COMMANDS_PER_SUBMIT, VGPU_CAPSET_ID};
+use vgpu_protocol::command::MAX_SUBMIT_SIZE;
+use vgpu_protocol::VgpuCapset;
+use vgpu_protocol::VGPU_PROTOCOL_VERSION;
+
+use super::error::GpuError;
+use crate::driver::Vgpu;
+
+/// Engines the driver core runs jobs on (one CPU engine thread).
+pub const ENGINE_COUNT: u32 = 1;
+/// `capset_max_size` advertised for our capset.
+pub const CAPSET_MAX_SIZE: u32 = size_of::<VgpuCapset>() as u32;
+
+/// GET_CAPSET_INFO: `(capset_id, max_version, max_size)` for capset `index` of a device with
+/// `num_capsets` capsets (0 or 1).
+pub fn capset_info(num_capsets: u32, index: u32) -> Result<(u32, u32, u32), GpuError> {
+    if index >= num_capsets {
+        return Err(GpuError::NoCapset(index));
+    }
+    Ok((VGPU_CAPSET_ID, VGPU_PROTOCOL_VERSION, CAPSET_MAX_SIZE))
+}
+
+/// GET_CAPSET: the capset of `vgpu` for `(id, version)`; only `(42, 1)` exists.
+pub fn capset(vgpu: Option<&Vgpu>, id: u32, version: u32) -> Result<VgpuCapset, GpuError> {
+    let vgpu = vgpu.ok_or(GpuError::NoCapset(id))?;
+    if id != VGPU_CAPSET_ID {
+        return Err(GpuError::NoCapset(id));
+    }
+    if version != VGPU_PROTOCOL_VERSION {
+        return Err(GpuError::NoCapsetVersion { id, version });
+    }
+    let ty = vgpu.vgpu_type();
+    let mut c = VgpuCapset::new(&ty.name);
+    c.framebuffer_bytes = ty.framebuffer_bytes;
+    c.max_heads = ty.max_heads;
+    c.max_width = ty.max_width;
+    c.max_height = ty.max_height;
+    c.engine_count = ENGINE_COUNT;
+    c.kernel_mask = Kernel::mask_all();
+    // A buffer's size is a RESOURCE_CREATE_3D width (u32), and at most the framebuffer.
+    c.max_buffer_bytes = ty.framebuffer_bytes.min(u64::from(u32::MAX));
+    c.max_submit_bytes = MAX_SUBMIT_SIZE;
+    c.max_commands_per_submit = MAX_COMMANDS_PER_SUBMIT as u32;
+    Ok(c)
+}
