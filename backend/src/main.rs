@@ -141,8 +141,25 @@ fn driver_failure(name: &str, e: DriverError) -> Failure {
     }
 }
 
+/// Raises the open-file limit to its hard maximum: each connected VM holds a dozen descriptors
+/// (socket, memory regions, eventfds, GPU socket, epoll).
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write one rlimit struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 fn run(plan: Plan, fd: Option<i32>) -> Result<(), Failure> {
     let set = block_stop_signals().map_err(|e| Failure::runtime(format!("signals: {e}")))?;
+    raise_fd_limit();
     let settings = &plan.settings;
     let device = Device::new(settings.driver.clone()).map_err(|e| driver_failure("device", e))?;
     // Every partition is reserved before any socket exists.

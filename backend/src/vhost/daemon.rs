@@ -85,7 +85,8 @@ pub struct VgpuConfig {
     pub device: DeviceConfig,
     /// Virtio features offered.
     pub features: GpuFeatures,
-    /// The driver-core vGPU; its partition is the VM's memory budget. Persists across connections.
+    /// The driver-core vGPU: the device's 3D engine and its partition the VM's memory budget.
+    /// Persists across connections.
     pub vgpu: Arc<Vgpu>,
     /// Connection state, for status reports.
     pub status: Arc<ServerStatus>,
@@ -298,7 +299,8 @@ impl Server {
     }
 
     fn serve_one(&mut self, shutdown: &ShutdownSignal) -> Result<(), vhost_user_backend::Error> {
-        let mut device = VirtioGpuDevice::new(self.config.device, self.config.vgpu.budget());
+        let mut device =
+            VirtioGpuDevice::with_vgpu(self.config.device, Arc::clone(&self.config.vgpu));
         device.set_log_label(self.name.clone());
         let backend = GpuBackendImpl::new(self.name.clone(), self.config.features, device);
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
