@@ -1,18 +1,64 @@
-//! The 3D side of a device with a vGPU: contexts (driver channels), buffer resources, transfers
-//! and command-stream submission. [`Gpu3d`] is owned by [`super::VirtioGpuDevice`], which routes
-//! every 3D command here.
+//! The 3D side of a device with a vGPU: contexts (driver channels), buffer resources, 3D
+//! transfers and command-stream submission. [`Gpu3d`] is owned by [`super::VirtioGpuDevice`],
+//! which routes every 3D command here.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use crate::driver::Vgpu;
+use vgpu_protocol::channel::{buffer_size, buffer_transfer, VGPU_CAPSET_ID};
+use vgpu_protocol::virtio_gpu::{
+    CtxCreate, ResourceCreate3d, Transfer3d, VIRTIO_GPU_CMD_SUBMIT_3D,
+};
+use vgpu_protocol::MemEntries;
+use vm_memory::GuestMemory;
 
-use super::budget::MemoryBudget;
+use crate::driver::partition::PartitionCharge;
+use crate::driver::{Channel, DeviceBuffer, DriverError, Vgpu};
+
+use super::budget::{Charge, MemoryBudget};
+use super::buffer_resource::{AttachedStaging, BufferResource};
+use super::error::GpuError;
+use super::staging::Staging;
+use super::submit::{self, JobNotifier};
+
+/// Most contexts one VM may have.
+pub const MAX_CONTEXTS: usize = 64;
+/// Device memory charged per context (its channel and bookkeeping).
+pub const CONTEXT_CHARGE_BYTES: u64 = 64 << 10;
+/// Largest bounce buffer a transfer uses; bigger transfers go in pieces.
+pub const TRANSFER_CHUNK_BYTES: usize = 1 << 20;
+
+/// A guest 3D context: a channel on the vGPU and the resources attached to it.
+pub struct Context {
+    channel: Channel,
+    attached: HashSet<u32>,
+    _charge: PartitionCharge,
+}
 
 /// The 3D state of one VM.
 pub struct Gpu3d {
     vgpu: Arc<Vgpu>,
-    contexts: HashMap<u32, ()>,
+    contexts: HashMap<u32, Context>,
+    buffers: HashMap<u32, BufferResource>,
+    notifier: Option<Arc<dyn JobNotifier>>,
+    bounce: Vec<u8>,
+    noop: Option<Arc<DeviceBuffer>>,
+}
+
+fn driver_err(e: DriverError) -> GpuError {
+    match e {
+        DriverError::Buffer(b) => GpuError::Buffer(b),
+        _ => GpuError::VgpuGone,
+    }
+}
+
+/// Direction of a 3D transfer.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Guest backing → device buffer (TRANSFER_TO_HOST_3D).
+    ToHost,
+    /// Device buffer → guest backing (TRANSFER_FROM_HOST_3D).
+    FromHost,
 }
 
 impl Gpu3d {
@@ -21,6 +67,10 @@ impl Gpu3d {
         Gpu3d {
             vgpu,
             contexts: HashMap::new(),
+            buffers: HashMap::new(),
+            notifier: None,
+            bounce: Vec::new(),
+            noop: None,
         }
     }
 
@@ -34,13 +84,268 @@ impl Gpu3d {
         self.vgpu.budget()
     }
 
+    /// Where completions of submitted jobs are reported.
+    pub fn set_notifier(&mut self, notifier: Arc<dyn JobNotifier>) {
+        self.notifier = Some(notifier);
+    }
+
     /// Number of live contexts.
     pub fn context_count(&self) -> usize {
         self.contexts.len()
     }
 
+    /// True if `id` is a buffer resource.
+    pub fn has_buffer(&self, id: u32) -> bool {
+        self.buffers.contains_key(&id)
+    }
+
+    /// A buffer resource.
+    pub fn buffer(&self, id: u32) -> Option<&BufferResource> {
+        self.buffers.get(&id)
+    }
+
     /// Drops every context (cancelling queued jobs) and buffer.
     pub fn reset(&mut self) {
         self.contexts = HashMap::new();
+        self.buffers = HashMap::new();
+        self.bounce = Vec::new();
+    }
+
+    /// CTX_CREATE for `ctx_id` (from the header).
+    pub fn ctx_create(&mut self, ctx_id: u32, c: &CtxCreate) -> Result<(), GpuError> {
+        if ctx_id == 0 || self.contexts.contains_key(&ctx_id) {
+            return Err(GpuError::InvalidContext(ctx_id));
+        }
+        if c.context_init != 0 && c.context_init != VGPU_CAPSET_ID {
+            return Err(GpuError::ContextInit {
+                ctx_id,
+                capset: c.context_init,
+            });
+        }
+        if self.contexts.len() >= MAX_CONTEXTS {
+            return Err(GpuError::TooManyContexts(MAX_CONTEXTS));
+        }
+        let charge = self.vgpu.partition().charge_guard(CONTEXT_CHARGE_BYTES)?;
+        let channel = self.vgpu.create_channel().map_err(driver_err)?;
+        self.contexts
+            .try_reserve(1)
+            .map_err(|_| GpuError::AllocFailed(CONTEXT_CHARGE_BYTES))?;
+        self.contexts.insert(
+            ctx_id,
+            Context {
+                channel,
+                attached: HashSet::new(),
+                _charge: charge,
+            },
+        );
+        Ok(())
+    }
+
+    /// CTX_DESTROY: drops the context and its channel (queued jobs are cancelled).
+    pub fn ctx_destroy(&mut self, ctx_id: u32) -> Result<(), GpuError> {
+        let ctx = self
+            .contexts
+            .remove(&ctx_id)
+            .ok_or(GpuError::InvalidContext(ctx_id))?;
+        drop(ctx);
+        Ok(())
+    }
+
+    /// CTX_ATTACH_RESOURCE / CTX_DETACH_RESOURCE. `exists` tells whether a 2D resource has the id
+    /// (2D resources may be attached, but never used by a stream).
+    pub fn ctx_attach(
+        &mut self,
+        ctx_id: u32,
+        resource: u32,
+        attach: bool,
+        exists_2d: bool,
+    ) -> Result<(), GpuError> {
+        let known = exists_2d || self.buffers.contains_key(&resource);
+        let ctx = self
+            .contexts
+            .get_mut(&ctx_id)
+            .ok_or(GpuError::InvalidContext(ctx_id))?;
+        if !known {
+            return Err(GpuError::UnknownResource(resource));
+        }
+        if attach {
+            ctx.attached
+                .try_reserve(1)
+                .map_err(|_| GpuError::AllocFailed(4))?;
+            ctx.attached.insert(resource);
+        } else {
+            ctx.attached.remove(&resource);
+        }
+        Ok(())
+    }
+
+    /// RESOURCE_CREATE_3D; the caller has checked that the id is free and non-zero.
+    pub fn create_buffer(&mut self, c: &ResourceCreate3d) -> Result<(), GpuError> {
+        let size = buffer_size(c)?;
+        let buffer = self.vgpu.alloc_buffer(size).map_err(driver_err)?;
+        self.buffers
+            .try_reserve(1)
+            .map_err(|_| GpuError::AllocFailed(size))?;
+        self.buffers
+            .insert(c.resource_id, BufferResource::new(buffer));
+        Ok(())
+    }
+
+    /// RESOURCE_UNREF of a buffer: frees it (a job still using it keeps the memory until it
+    /// ends) and detaches it from every context. False if `id` is not a buffer.
+    pub fn unref_buffer(&mut self, id: u32) -> bool {
+        if self.buffers.remove(&id).is_none() {
+            return false;
+        }
+        for ctx in self.contexts.values_mut() {
+            ctx.attached.remove(&id);
+        }
+        true
+    }
+
+    /// ATTACH_BACKING on a buffer: stores the guest staging area.
+    pub fn attach_backing<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        id: u32,
+        entries: MemEntries<'_>,
+        budget: &Arc<dyn MemoryBudget>,
+    ) -> Result<(), GpuError> {
+        let res = self
+            .buffers
+            .get_mut(&id)
+            .ok_or(GpuError::UnknownResource(id))?;
+        if res.staging.is_some() {
+            return Err(GpuError::BackingAttached(id));
+        }
+        let charge = Charge::new(budget, Staging::host_bytes(entries.len()))?;
+        let staging = Staging::new(mem, entries)?;
+        res.staging = Some(AttachedStaging::new(staging, charge));
+        Ok(())
+    }
+
+    /// DETACH_BACKING on a buffer.
+    pub fn detach_backing(&mut self, id: u32) -> Result<(), GpuError> {
+        let res = self
+            .buffers
+            .get_mut(&id)
+            .ok_or(GpuError::UnknownResource(id))?;
+        res.staging
+            .take()
+            .map(|_| ())
+            .ok_or(GpuError::NoBacking(id))
+    }
+
+    /// RESOURCE_ASSIGN_UUID on a buffer.
+    pub fn assign_uuid(
+        &mut self,
+        id: u32,
+        make: impl FnOnce() -> [u8; 16],
+    ) -> Result<[u8; 16], GpuError> {
+        let res = self
+            .buffers
+            .get_mut(&id)
+            .ok_or(GpuError::UnknownResource(id))?;
+        Ok(*res.uuid.get_or_insert_with(make))
+    }
+
+    /// TRANSFER_TO_HOST_3D / TRANSFER_FROM_HOST_3D on a buffer: moves `box.w` bytes between
+    /// buffer bytes `[box.x, +w)` and backing bytes `[offset, +w)`. Every check happens before
+    /// any byte moves. `is_2d` tells whether a 2D resource has the id.
+    pub fn transfer<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        t: &Transfer3d,
+        dir: Direction,
+        is_2d: bool,
+    ) -> Result<(), GpuError> {
+        let id = t.resource_id;
+        let res = self.buffers.get(&id).ok_or(if is_2d {
+            GpuError::NotABuffer(id)
+        } else {
+            GpuError::UnknownResource(id)
+        })?;
+        let staging = &res.staging.as_ref().ok_or(GpuError::NoBacking(id))?.staging;
+        let bt = buffer_transfer(t)?;
+        res.check_range(id, bt.resource_offset, bt.len)?;
+        if bt
+            .backing_offset
+            .checked_add(bt.len)
+            .is_none_or(|end| end > staging.len())
+        {
+            return Err(GpuError::BeyondBacking {
+                resource: id,
+                offset: bt.backing_offset,
+                len: bt.len,
+                total: staging.len(),
+            });
+        }
+        let chunk = usize::try_from(bt.len)
+            .unwrap_or(usize::MAX)
+            .min(TRANSFER_CHUNK_BYTES);
+        if self.bounce.len() < chunk {
+            self.bounce
+                .try_reserve_exact(chunk - self.bounce.len())
+                .map_err(|_| GpuError::AllocFailed(chunk as u64))?;
+            self.bounce.resize(chunk, 0);
+        }
+        let mut done = 0u64;
+        while done < bt.len {
+            let n = usize::try_from(bt.len - done)
+                .unwrap_or(usize::MAX)
+                .min(chunk);
+            let piece = self
+                .bounce
+                .get_mut(..n)
+                .ok_or(GpuError::AllocFailed(n as u64))?;
+            let (ro, bo) = (bt.resource_offset + done, bt.backing_offset + done);
+            match dir {
+                Direction::ToHost => {
+                    staging.read(mem, bo, piece)?;
+                    res.buffer.write(ro, piece)?;
+                }
+                Direction::FromHost => {
+                    res.buffer.read(ro, piece)?;
+                    staging.write(mem, bo, piece)?;
+                }
+            }
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    /// SUBMIT_3D on `ctx_id`: validates the whole stream, builds the jobs and submits them.
+    /// `Ok(true)`: submitted, the notifier will be called with `token`; `Ok(false)`: nothing to
+    /// run (empty stream), answer now. `is_2d` tells whether a 2D resource has an id.
+    pub fn submit(
+        &mut self,
+        ctx_id: u32,
+        stream: &[u8],
+        token: u64,
+        is_2d: impl Fn(u32) -> bool,
+    ) -> Result<bool, GpuError> {
+        let ctx = self
+            .contexts
+            .get(&ctx_id)
+            .ok_or(GpuError::InvalidContext(ctx_id))?;
+        submit::check_stream(stream, ctx_id, &ctx.attached, &self.buffers, is_2d)?;
+        let noop = match &self.noop {
+            Some(b) => Arc::clone(b),
+            None => {
+                let b = self.vgpu.alloc_buffer(0).map_err(driver_err)?;
+                self.noop = Some(Arc::clone(&b));
+                b
+            }
+        };
+        let prepared = submit::prepare(stream, &self.buffers, &noop)?;
+        if prepared.is_empty() {
+            return Ok(false);
+        }
+        let notifier = self
+            .notifier
+            .clone()
+            .ok_or(GpuError::Unsupported(VIRTIO_GPU_CMD_SUBMIT_3D))?;
+        submit::submit(prepared, &ctx.channel, &self.vgpu, token, notifier)?;
+        Ok(true)
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod backing;
 pub mod budget;
+pub mod buffer_resource;
 pub mod capset;
 pub mod context;
 pub mod cursor;
@@ -20,6 +21,7 @@ pub mod log_limit;
 pub mod resource;
 pub mod scanout;
 pub mod staging;
+pub mod submit;
 pub mod transfer;
 
 #[cfg(test)]
@@ -42,11 +44,12 @@ pub use format::Format;
 pub use scanout::Scanout;
 
 use backing::Backing;
-use context::Gpu3d;
+use context::{Direction, Gpu3d};
 use cursor::Cursor;
 use log_limit::LogLimiter;
 use resource::{AttachedBacking, Resource2d};
 use scanout::Scanouts;
+pub use submit::JobNotifier;
 
 /// Default scanout width.
 pub const DEFAULT_WIDTH: u32 = 1280;
@@ -90,6 +93,19 @@ enum Reply {
     Uuid([u8; 16]),
     CapsetInfo(u32, u32, u32),
     Capset(vgpu_protocol::VgpuCapset),
+    /// Submitted to the driver: the response comes through the [`JobNotifier`].
+    Pending,
+}
+
+/// What [`VirtioGpuDevice::process_ctrl_async`] did with a request.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum CtrlOutcome {
+    /// The response (this many bytes) is in the response buffer.
+    Done(usize),
+    /// The request runs on the driver; the notifier set with
+    /// [`VirtioGpuDevice::set_job_notifier`] is called with its token when it ends, and the
+    /// response is then `OK_NODATA` (or `ERR_UNSPEC` if it failed or was cancelled).
+    Pending,
 }
 
 /// One VM's virtio-gpu 2D device.
@@ -145,6 +161,18 @@ impl VirtioGpuDevice {
     /// True when the device has a vGPU (3D commands and the capset are served).
     pub fn has_3d(&self) -> bool {
         self.gpu3d.is_some()
+    }
+
+    /// Where the completions of submitted jobs are reported (the vhost glue's completion queue).
+    pub fn set_job_notifier(&mut self, notifier: Arc<dyn JobNotifier>) {
+        if let Some(g) = self.gpu3d.as_mut() {
+            g.set_notifier(notifier);
+        }
+    }
+
+    /// The 3D state, if the device has a vGPU.
+    pub fn gpu3d(&self) -> Option<&Gpu3d> {
+        self.gpu3d.as_ref()
     }
 
     /// The vGPU, if the device has one.
@@ -210,6 +238,8 @@ impl VirtioGpuDevice {
 
     /// Handles one control-queue request; writes the encoded response into `resp` and returns
     /// its length (0 only if `resp` cannot even hold a header; [`MAX_RESPONSE_LEN`] always fits).
+    /// A SUBMIT_3D that runs on the driver returns 0 here: use
+    /// [`VirtioGpuDevice::process_ctrl_async`] to learn when it completes.
     pub fn process_ctrl<M: GuestMemory + ?Sized>(
         &mut self,
         mem: &M,
@@ -217,7 +247,27 @@ impl VirtioGpuDevice {
         display: &mut dyn DisplaySink,
         resp: &mut [u8],
     ) -> usize {
-        let result = self.dispatch(mem, req, display);
+        match self.process_ctrl_async(mem, req, display, resp, 0) {
+            CtrlOutcome::Done(n) => n,
+            CtrlOutcome::Pending => 0,
+        }
+    }
+
+    /// Handles one control-queue request. Synchronous commands write their response into `resp`
+    /// ([`CtrlOutcome::Done`]); a SUBMIT_3D accepted by the driver returns
+    /// [`CtrlOutcome::Pending`] and is reported to the job notifier with `token`.
+    pub fn process_ctrl_async<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        req: &Request<'_>,
+        display: &mut dyn DisplaySink,
+        resp: &mut [u8],
+        token: u64,
+    ) -> CtrlOutcome {
+        let result = self.dispatch(mem, req, display, token);
+        if matches!(result, Ok(Reply::Pending)) {
+            return CtrlOutcome::Pending;
+        }
         let response = match &result {
             Ok(Reply::NoData) => Response::OkNoData,
             Ok(Reply::DisplayInfo(modes)) => Response::OkDisplayInfo(modes),
@@ -229,6 +279,7 @@ impl VirtioGpuDevice {
                 max_size: *size,
             },
             Ok(Reply::Capset(c)) => Response::OkCapset(c.as_bytes()),
+            Ok(Reply::Pending) => Response::OkNoData,
             Err(e) => {
                 self.log
                     .warn(format_args!("command {:#x} failed: {e}", req.cmd.type_()));
@@ -236,7 +287,7 @@ impl VirtioGpuDevice {
             }
         };
         if let Some(n) = response.encode(&req.hdr, resp) {
-            return n;
+            return CtrlOutcome::Done(n);
         }
         let e = GpuError::ResponseTooLarge {
             needed: response.encoded_len(),
@@ -244,9 +295,11 @@ impl VirtioGpuDevice {
         };
         self.log
             .warn(format_args!("command {:#x}: {e}", req.cmd.type_()));
-        Response::Err(ErrorCode::Unspec)
-            .encode(&req.hdr, resp)
-            .unwrap_or(0)
+        CtrlOutcome::Done(
+            Response::Err(ErrorCode::Unspec)
+                .encode(&req.hdr, resp)
+                .unwrap_or(0),
+        )
     }
 
     /// Handles one cursor-queue request (no response is written for cursor commands).
@@ -267,6 +320,7 @@ impl VirtioGpuDevice {
         mem: &M,
         req: &Request<'_>,
         display: &mut dyn DisplaySink,
+        token: u64,
     ) -> Result<Reply, GpuError> {
         match req.cmd {
             GpuCommand::GetDisplayInfo => Ok(Reply::DisplayInfo(self.display_info(display))),
@@ -274,8 +328,12 @@ impl VirtioGpuDevice {
             GpuCommand::ResourceUnref(c) => {
                 self.unref(c.resource_id, display).map(|_| Reply::NoData)
             }
-            GpuCommand::SetScanout(c) => self.set_scanout(&c, display).map(|_| Reply::NoData),
+            GpuCommand::SetScanout(c) => {
+                self.not_a_buffer(c.resource_id)?;
+                self.set_scanout(&c, display).map(|_| Reply::NoData)
+            }
             GpuCommand::ResourceFlush(c) => {
+                self.not_a_buffer(c.resource_id)?;
                 let res = self
                     .resources
                     .get(&c.resource_id)
@@ -285,11 +343,16 @@ impl VirtioGpuDevice {
                     .map(|_| Reply::NoData)
             }
             GpuCommand::TransferToHost2d(t) => {
+                self.not_a_buffer(t.resource_id)?;
                 let res = self.resource_mut(t.resource_id)?;
                 transfer::transfer_to_host_2d(res, mem, &t).map(|_| Reply::NoData)
             }
             GpuCommand::ResourceAttachBacking(c, entries) => self
                 .attach_backing(mem, c.resource_id, entries)
+                .map(|_| Reply::NoData),
+            GpuCommand::ResourceDetachBacking(c) if self.is_buffer(c.resource_id) => self
+                .gpu3d_mut()?
+                .detach_backing(c.resource_id)
                 .map(|_| Reply::NoData),
             GpuCommand::ResourceDetachBacking(c) => {
                 let res = self.resource_mut(c.resource_id)?;
@@ -308,6 +371,10 @@ impl VirtioGpuDevice {
                 c.capset_version,
             )?)),
             GpuCommand::GetEdid(c) => self.edid(c.scanout, display),
+            GpuCommand::ResourceAssignUuid(c) if self.is_buffer(c.resource_id) => self
+                .gpu3d_mut()?
+                .assign_uuid(c.resource_id, random_uuid_v4)
+                .map(Reply::Uuid),
             GpuCommand::ResourceAssignUuid(c) => {
                 let res = self.resource_mut(c.resource_id)?;
                 Ok(Reply::Uuid(*res.uuid.get_or_insert_with(random_uuid_v4)))
@@ -326,13 +393,74 @@ impl VirtioGpuDevice {
             | GpuCommand::ResourceCreate3d(_)
             | GpuCommand::TransferToHost3d(_)
             | GpuCommand::TransferFromHost3d(_)
-            | GpuCommand::Submit3d(..) => self.context_command(req),
+            | GpuCommand::Submit3d(..) => self.context_command(mem, req, token),
         }
     }
 
-    /// 3D context commands. The 2D device has no contexts; a `context` module plugs in here.
-    fn context_command(&mut self, req: &Request<'_>) -> Result<Reply, GpuError> {
-        Err(GpuError::Unsupported(req.cmd.type_()))
+    /// 3D commands, served by the [`Gpu3d`] state (ERR_UNSPEC without a vGPU).
+    fn context_command<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        req: &Request<'_>,
+        token: u64,
+    ) -> Result<Reply, GpuError> {
+        let ctx_id = req.hdr.ctx_id;
+        let resources = &self.resources;
+        let Some(g) = self.gpu3d.as_mut() else {
+            return Err(GpuError::Unsupported(req.cmd.type_()));
+        };
+        match req.cmd {
+            GpuCommand::CtxCreate(c) => g.ctx_create(ctx_id, &c)?,
+            GpuCommand::CtxDestroy => g.ctx_destroy(ctx_id)?,
+            GpuCommand::CtxAttachResource(c) | GpuCommand::CtxDetachResource(c) => {
+                let attach = matches!(req.cmd, GpuCommand::CtxAttachResource(_));
+                let is_2d = resources.contains_key(&c.resource_id);
+                g.ctx_attach(ctx_id, c.resource_id, attach, is_2d)?
+            }
+            GpuCommand::ResourceCreate3d(c) => {
+                if c.resource_id == 0 {
+                    return Err(GpuError::ResourceIdZero);
+                }
+                if resources.contains_key(&c.resource_id) || g.has_buffer(c.resource_id) {
+                    return Err(GpuError::ResourceExists(c.resource_id));
+                }
+                g.create_buffer(&c)?
+            }
+            GpuCommand::TransferToHost3d(t) => {
+                let is_2d = resources.contains_key(&t.resource_id);
+                g.transfer(mem, &t, Direction::ToHost, is_2d)?
+            }
+            GpuCommand::TransferFromHost3d(t) => {
+                let is_2d = resources.contains_key(&t.resource_id);
+                g.transfer(mem, &t, Direction::FromHost, is_2d)?
+            }
+            GpuCommand::Submit3d(_, stream) => {
+                if g.submit(ctx_id, stream, token, |id| resources.contains_key(&id))? {
+                    return Ok(Reply::Pending);
+                }
+            }
+            _ => return Err(GpuError::Unsupported(req.cmd.type_())),
+        }
+        Ok(Reply::NoData)
+    }
+
+    fn is_buffer(&self, id: u32) -> bool {
+        self.gpu3d.as_ref().is_some_and(|g| g.has_buffer(id))
+    }
+
+    /// 2D-only commands refuse buffers with INVALID_PARAMETER.
+    fn not_a_buffer(&self, id: u32) -> Result<(), GpuError> {
+        if self.is_buffer(id) {
+            Err(GpuError::BufferNotAllowed(id))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn gpu3d_mut(&mut self) -> Result<&mut Gpu3d, GpuError> {
+        self.gpu3d
+            .as_mut()
+            .ok_or(GpuError::Unsupported(VIRTIO_GPU_CMD_CTX_CREATE))
     }
 
     fn resource_mut(&mut self, id: u32) -> Result<&mut Resource2d, GpuError> {
@@ -345,7 +473,7 @@ impl VirtioGpuDevice {
         if c.resource_id == 0 {
             return Err(GpuError::ResourceIdZero);
         }
-        if self.resources.contains_key(&c.resource_id) {
+        if self.resources.contains_key(&c.resource_id) || self.is_buffer(c.resource_id) {
             return Err(GpuError::ResourceExists(c.resource_id));
         }
         let res = Resource2d::create(c, &self.budget)?;
@@ -357,6 +485,11 @@ impl VirtioGpuDevice {
     }
 
     fn unref(&mut self, id: u32, display: &mut dyn DisplaySink) -> Result<(), GpuError> {
+        if let Some(g) = self.gpu3d.as_mut() {
+            if g.unref_buffer(id) {
+                return Ok(());
+            }
+        }
         let res = self
             .resources
             .remove(&id)
@@ -373,6 +506,9 @@ impl VirtioGpuDevice {
         entries: MemEntries<'_>,
     ) -> Result<(), GpuError> {
         let budget = Arc::clone(&self.budget);
+        if let Some(g) = self.gpu3d.as_mut().filter(|g| g.has_buffer(id)) {
+            return g.attach_backing(mem, id, entries, &budget);
+        }
         let res = self.resource_mut(id)?;
         if res.backing.is_some() {
             return Err(GpuError::BackingAttached(id));

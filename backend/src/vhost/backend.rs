@@ -30,10 +30,11 @@ use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
+use super::completion::CompletionQueue;
 use super::display::VmDisplay;
 use super::queue::{CommandSink, GuestMemory, GuestMemoryHandle, QueueKind, QueueWorker};
 use super::ratelimit::LogRateLimiter;
-use crate::device::DisplaySink;
+use crate::device::{CtrlOutcome, DisplaySink, JobNotifier};
 
 /// Index of the control queue.
 pub const CONTROL_QUEUE: u16 = 0;
@@ -44,6 +45,9 @@ pub const NUM_QUEUES: usize = 2;
 /// Largest queue size accepted (QEMU uses 256 for the control queue with VIRGL, else 64; 16 for
 /// the cursor queue).
 pub const MAX_QUEUE_SIZE: usize = 256;
+
+/// Epoll event id of the completion eventfd (ids up to `NUM_QUEUES` belong to vhost-user-backend).
+pub const COMPLETION_EVENT: u16 = NUM_QUEUES as u16 + 1;
 
 /// How long `GET_VRING_BASE` waits for a request the device is still running.
 const STOP_VRING_WAIT: Duration = Duration::from_secs(1);
@@ -111,14 +115,18 @@ pub fn protocol_features() -> VhostUserProtocolFeatures {
 
 /// What the vhost-user glue needs from a VM's virtio-gpu device.
 pub trait VmDevice: Send + 'static {
-    /// Runs a control-queue request; writes the response into `resp` and returns its length.
+    /// Runs a control-queue request: writes the response into `resp` ([`CtrlOutcome::Done`]) or
+    /// starts a job reported to the job notifier with `token` ([`CtrlOutcome::Pending`]).
     fn process_ctrl(
         &mut self,
         mem: &GuestMemory,
         req: &Request<'_>,
         display: &mut dyn DisplaySink,
         resp: &mut [u8],
-    ) -> usize;
+        token: u64,
+    ) -> CtrlOutcome;
+    /// Where the device reports finished jobs (devices without 3D ignore it).
+    fn set_job_notifier(&mut self, _notifier: Arc<dyn JobNotifier>) {}
     /// Runs a cursor-queue request.
     fn process_cursor(&mut self, req: &Request<'_>, display: &mut dyn DisplaySink);
     /// Frees every resource, context and scanout: the device is as new.
@@ -139,8 +147,13 @@ impl VmDevice for crate::device::VirtioGpuDevice {
         req: &Request<'_>,
         display: &mut dyn DisplaySink,
         resp: &mut [u8],
-    ) -> usize {
-        crate::device::VirtioGpuDevice::process_ctrl(self, mem, req, display, resp)
+        token: u64,
+    ) -> CtrlOutcome {
+        crate::device::VirtioGpuDevice::process_ctrl_async(self, mem, req, display, resp, token)
+    }
+
+    fn set_job_notifier(&mut self, notifier: Arc<dyn JobNotifier>) {
+        crate::device::VirtioGpuDevice::set_job_notifier(self, notifier)
     }
 
     fn process_cursor(&mut self, req: &Request<'_>, display: &mut dyn DisplaySink) {
@@ -179,6 +192,7 @@ pub struct GpuBackendImpl<D: VmDevice> {
     vm: Mutex<VmState<D>>,
     mem: Mutex<Option<GuestMemoryHandle>>,
     workers: [Mutex<QueueWorker>; NUM_QUEUES],
+    completions: Option<Arc<CompletionQueue>>,
 }
 
 impl<D: VmDevice> GpuBackendImpl<D> {
@@ -191,8 +205,21 @@ impl<D: VmDevice> GpuBackendImpl<D> {
         } else {
             features.without_device_feature(VIRTIO_GPU_F_VIRGL)
         };
+        let name = name.into();
+        let mut device = device;
+        let completions = match CompletionQueue::new() {
+            Ok(q) => {
+                let q = Arc::new(q);
+                device.set_job_notifier(q.clone());
+                Some(q)
+            }
+            Err(e) => {
+                log::error!("{name}: no completion eventfd, 3D submissions will fail: {e}");
+                None
+            }
+        };
         Arc::new(GpuBackendImpl {
-            name: name.into(),
+            name,
             features,
             acked: AtomicU64::new(0),
             vm: Mutex::new(VmState {
@@ -204,7 +231,38 @@ impl<D: VmDevice> GpuBackendImpl<D> {
                 Mutex::new(QueueWorker::new(QueueKind::Control)),
                 Mutex::new(QueueWorker::new(QueueKind::Cursor)),
             ],
+            completions,
         })
+    }
+
+    /// The eventfd to register with the connection's epoll loop under [`COMPLETION_EVENT`]
+    /// (see [`GpuBackendImpl::register_completions`]).
+    pub fn completion_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.completions.as_ref().map(|q| q.fd())
+    }
+
+    /// Registers the completion eventfd with the vhost-user daemon's first epoll handler, so
+    /// finished jobs are answered on the queue thread. Call after `VhostUserDaemon::new`.
+    pub fn register_completions(
+        &self,
+        daemon: &vhost_user_backend::VhostUserDaemon<Arc<Self>>,
+    ) -> io::Result<()> {
+        let Some(fd) = self.completion_fd() else {
+            return Ok(());
+        };
+        let handlers = daemon.get_epoll_handlers();
+        let handler = handlers
+            .first()
+            .ok_or_else(|| io::Error::other("no epoll handler"))?;
+        handler
+            .register_listener(fd, EventSet::IN, u64::from(COMPLETION_EVENT))
+            .map_err(|e| io::Error::other(format!("{e}")))
+    }
+
+    fn reset_inflight(&self) {
+        for w in &self.workers {
+            lock(w).reset_inflight();
+        }
     }
 
     /// The virtio features this backend offers.
@@ -224,6 +282,7 @@ impl<D: VmDevice> GpuBackendImpl<D> {
 
     /// The connection ended: free everything the VM had, drop its GPU socket and guest memory.
     pub fn disconnect(&self) {
+        self.reset_inflight();
         let mut vm = lock(&self.vm);
         vm.device.reset();
         vm.display = VmDisplay::default();
@@ -246,10 +305,16 @@ impl<D: VmDevice> GpuBackendImpl<D> {
 }
 
 impl<D: VmDevice> CommandSink for GpuBackendImpl<D> {
-    fn control(&self, mem: &GuestMemory, req: &Request<'_>, resp: &mut [u8]) -> usize {
+    fn control(
+        &self,
+        mem: &GuestMemory,
+        req: &Request<'_>,
+        resp: &mut [u8],
+        token: u64,
+    ) -> CtrlOutcome {
         let mut vm = lock(&self.vm);
         let VmState { device, display } = &mut *vm;
-        device.process_ctrl(mem, req, display, resp)
+        device.process_ctrl(mem, req, display, resp, token)
     }
 
     fn cursor(&self, req: &Request<'_>) {
@@ -292,6 +357,7 @@ impl<D: VmDevice> VhostUserBackend for GpuBackendImpl<D> {
     }
 
     fn reset_device(&self) {
+        self.reset_inflight();
         lock(&self.vm).device.reset();
         self.acked.store(0, Ordering::Release);
         log::info!("{}: device reset by the frontend", self.name);
@@ -322,6 +388,7 @@ impl<D: VmDevice> VhostUserBackend for GpuBackendImpl<D> {
     fn set_gpu_socket(&self, gpu: GpuBackend) -> io::Result<()> {
         // A new socket comes with every DRIVER_OK: the guest (re)started its driver, so nothing
         // it created before may survive.
+        self.reset_inflight();
         let mut vm = lock(&self.vm);
         vm.device.reset();
         vm.display = VmDisplay::socket(gpu);
@@ -359,6 +426,9 @@ impl<D: VmDevice> VhostUserBackend for GpuBackendImpl<D> {
         if !evset.contains(EventSet::IN) {
             return Ok(());
         }
+        if device_event == COMPLETION_EVENT {
+            return self.handle_completions(vrings);
+        }
         let (Some(vring), Some(worker)) = (
             vrings.get(device_event as usize),
             self.workers.get(device_event as usize),
@@ -376,6 +446,35 @@ impl<D: VmDevice> VhostUserBackend for GpuBackendImpl<D> {
                 &EVENT_LOG,
                 Level::Error,
                 format_args!("{}: queue {device_event}: {e}", self.name),
+            );
+        }
+        Ok(())
+    }
+}
+
+impl<D: VmDevice> GpuBackendImpl<D> {
+    /// Answers finished jobs on the control queue (the completion eventfd fired).
+    fn handle_completions(&self, vrings: &[VringMutex<GuestMemoryHandle>]) -> io::Result<()> {
+        let (Some(queue), Some(vring), Some(worker)) = (
+            self.completions.as_ref(),
+            vrings.get(CONTROL_QUEUE as usize),
+            self.workers.get(CONTROL_QUEUE as usize),
+        ) else {
+            return Ok(());
+        };
+        let mut worker = lock(worker);
+        let Some(handle) = self.memory() else {
+            // No guest memory (disconnected): drop the completions.
+            let mut sink = Vec::new();
+            queue.take_into(&mut sink);
+            return Ok(());
+        };
+        let mem = handle.memory();
+        if let Err(e) = worker.complete(vring, &mem, self, queue) {
+            super::log_limited(
+                &EVENT_LOG,
+                Level::Error,
+                format_args!("{}: completions: {e}", self.name),
             );
         }
         Ok(())
@@ -431,7 +530,9 @@ mod tests {
         cmd.encode(CtrlHeader::default(), &mut bytes);
         let req = decode_request(&bytes).unwrap();
         let mut resp = [0u8; 64];
-        let n = b.control(&mem, &req, &mut resp);
+        let CtrlOutcome::Done(n) = b.control(&mem, &req, &mut resp, 1) else {
+            panic!("2D commands complete at once");
+        };
         assert!(n >= 24);
         u32::from_le_bytes(resp[0..4].try_into().unwrap())
     }

@@ -11,9 +11,11 @@ use std::fmt;
 use log::Level;
 
 pub mod backend;
+pub mod completion;
 pub mod daemon;
 pub mod display;
 pub mod fd_relay;
+pub mod inflight;
 pub mod queue;
 pub mod ratelimit;
 

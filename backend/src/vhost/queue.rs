@@ -28,7 +28,11 @@ use vm_memory::{
     GuestMemoryMmap,
 };
 
+use super::completion::CompletionQueue;
+use super::inflight::{classify, EntryState, Inflight};
 use super::ratelimit::LogRateLimiter;
+use crate::device::CtrlOutcome;
+use vgpu_protocol::virtio_gpu::{VIRTIO_GPU_FLAG_FENCE, VIRTIO_GPU_RESP_OK_NODATA};
 
 /// Largest readable part of a chain we accept: a header, the largest memory-entry list
 /// (`MAX_MEM_ENTRIES` entries, 256 KiB) and the largest SUBMIT_3D stream.
@@ -91,8 +95,16 @@ pub enum QueueKind {
 
 /// What the worker hands decoded requests to. Implementors lock their own per-VM state.
 pub trait CommandSink {
-    /// Runs a control-queue request, writing its response into `resp`; returns the response length.
-    fn control(&self, mem: &GuestMemory, req: &Request<'_>, resp: &mut [u8]) -> usize;
+    /// Runs a control-queue request: either writes its response into `resp`
+    /// ([`CtrlOutcome::Done`]) or starts a job whose completion is reported with `token`
+    /// ([`CtrlOutcome::Pending`]).
+    fn control(
+        &self,
+        mem: &GuestMemory,
+        req: &Request<'_>,
+        resp: &mut [u8],
+        token: u64,
+    ) -> CtrlOutcome;
     /// Runs a cursor-queue request.
     fn cursor(&self, req: &Request<'_>);
 }
@@ -192,24 +204,39 @@ impl ChainBuffers {
         !self.writable.is_empty()
     }
 
+    /// Copies the writable descriptors recorded for this chain into `out` (for a held request).
+    pub fn copy_writable(&self, out: &mut Vec<(GuestAddress, usize)>) {
+        out.clear();
+        out.extend_from_slice(&self.writable);
+    }
+
     /// Writes `data` across the writable descriptors in order; returns the bytes written, which is
     /// less than `data.len()` if the writable space is too small.
     pub fn scatter<M: GuestMemoryBackend>(&self, mem: &M, data: &[u8]) -> usize {
-        let mut done = 0;
-        for &(addr, len) in &self.writable {
-            let Some(rest) = data.get(done..) else { break };
-            if rest.is_empty() {
-                break;
-            }
-            let n = len.min(rest.len());
-            let Some(chunk) = rest.get(..n) else { break };
-            if mem.write_slice(chunk, addr).is_err() {
-                break;
-            }
-            done += n;
-        }
-        done
+        scatter(mem, &self.writable, data)
     }
+}
+
+/// Writes `data` across `writable` in order; returns the bytes written.
+pub fn scatter<M: GuestMemoryBackend>(
+    mem: &M,
+    writable: &[(GuestAddress, usize)],
+    data: &[u8],
+) -> usize {
+    let mut done = 0;
+    for &(addr, len) in writable {
+        let Some(rest) = data.get(done..) else { break };
+        if rest.is_empty() {
+            break;
+        }
+        let n = len.min(rest.len());
+        let Some(chunk) = rest.get(..n) else { break };
+        if mem.write_slice(chunk, addr).is_err() {
+            break;
+        }
+        done += n;
+    }
+    done
 }
 
 /// Serves one virtqueue: reusable buffers plus the loop over available chains.
@@ -219,6 +246,8 @@ pub struct QueueWorker {
     chain: ChainBuffers,
     response: Vec<u8>,
     notify_on_empty: bool,
+    inflight: Inflight,
+    done: Vec<(u64, bool)>,
 }
 
 impl QueueWorker {
@@ -229,7 +258,104 @@ impl QueueWorker {
             chain: ChainBuffers::new(),
             response: vec![0; MAX_RESPONSE_LEN],
             notify_on_empty: false,
+            inflight: Inflight::default(),
+            done: Vec::new(),
         }
+    }
+
+    /// Requests taken from the ring and not yet returned (running, held or deferred).
+    pub fn inflight(&self) -> &Inflight {
+        &self.inflight
+    }
+
+    /// Forgets every held request (device reset or disconnect: the rings are reset with it).
+    pub fn reset_inflight(&mut self) {
+        self.inflight.clear();
+    }
+
+    /// Answers the jobs reported in `completions`, runs the requests that waited for them, and
+    /// returns every response fence order allows.
+    pub fn complete<V, S>(
+        &mut self,
+        vring: &V,
+        mem: &GuestMemory,
+        sink: &S,
+        completions: &CompletionQueue,
+    ) -> Result<(), QueueError>
+    where
+        V: VringT<GuestMemoryHandle>,
+        S: CommandSink + ?Sized,
+    {
+        completions.take_into(&mut self.done);
+        for &(token, ok) in &self.done {
+            let type_ = if ok {
+                VIRTIO_GPU_RESP_OK_NODATA
+            } else {
+                VIRTIO_GPU_RESP_ERR_UNSPEC
+            };
+            self.inflight.complete(token, |e, resp| {
+                resp.clear();
+                resp.extend_from_slice(response_header(&e.hdr, type_).as_slice());
+            });
+        }
+        self.pump(vring, mem, sink)
+    }
+
+    /// Runs deferred requests that may run now and returns what fence order lets go.
+    fn pump<V, S>(&mut self, vring: &V, mem: &GuestMemory, sink: &S) -> Result<(), QueueError>
+    where
+        V: VringT<GuestMemoryHandle>,
+        S: CommandSink + ?Sized,
+    {
+        while let Some(i) = self.inflight.next_runnable() {
+            let token = self.inflight.token();
+            let Some(e) = self.inflight.get_mut(i) else {
+                break;
+            };
+            let request = std::mem::take(&mut e.request);
+            let outcome = match decode_request(&request) {
+                Ok(req) => sink.control(mem, &req, &mut self.response, token),
+                Err(err) => {
+                    let hdr = response_header(&e.hdr, err.response_type());
+                    let bytes = hdr.as_slice();
+                    let n = bytes.len().min(self.response.len());
+                    if let (Some(d), Some(s)) = (self.response.get_mut(..n), bytes.get(..n)) {
+                        d.copy_from_slice(s);
+                    }
+                    CtrlOutcome::Done(n)
+                }
+            };
+            let Some(e) = self.inflight.get_mut(i) else {
+                break;
+            };
+            e.request = request;
+            match outcome {
+                CtrlOutcome::Done(n) => {
+                    let data = self.response.get(..n).unwrap_or_default();
+                    e.response.clear();
+                    e.response.extend_from_slice(data);
+                    e.set_state(EntryState::Ready(data.len()));
+                }
+                CtrlOutcome::Pending => self.inflight.mark_running(i, token),
+            }
+        }
+        if self.inflight.is_empty() || !Self::ready(vring) {
+            return Ok(());
+        }
+        let mut state = vring.get_mut();
+        let mut result = Ok(());
+        let released = self.inflight.release(|e| {
+            let written = scatter(mem, &e.writable, &e.response);
+            let len = u32::try_from(written).unwrap_or(0);
+            if let Err(err) = state.get_queue_mut().add_used(mem, e.head, len) {
+                result = Err(err);
+            }
+        });
+        result?;
+        if released > 0 {
+            Self::notify(&mut state, mem, false)?;
+        }
+        Ok(())
     }
 
     /// Whether `VIRTIO_F_NOTIFY_ON_EMPTY` was negotiated.
@@ -254,7 +380,13 @@ impl QueueWorker {
                 let chain = vring.get_mut().get_queue_mut().iter(mem)?.next();
                 let Some(chain) = chain else { break };
                 let head = chain.head_index();
-                let len = self.serve_chain(mem, chain, sink);
+                let len = match self.kind {
+                    QueueKind::Control => match self.serve_control(mem, head, chain, sink) {
+                        Some(len) => len,
+                        None => continue,
+                    },
+                    QueueKind::Cursor => self.serve_chain(mem, chain, sink),
+                };
                 let mut state = vring.get_mut();
                 // The frontend may have stopped the ring while the device ran.
                 if !state.get_queue().ready() {
@@ -274,7 +406,85 @@ impl QueueWorker {
                 Self::notify(&mut state, mem, true)?;
             }
         }
+        if self.kind == QueueKind::Control {
+            self.pump(vring, mem, sink)?;
+        }
         Ok(())
+    }
+
+    /// Serves one control chain. `Some(len)`: return it now with `len` bytes written; `None`:
+    /// it is held (running on the driver, waiting for fence order, or deferred).
+    pub fn serve_control<S, I>(
+        &mut self,
+        mem: &GuestMemory,
+        head: u16,
+        descs: I,
+        sink: &S,
+    ) -> Option<u32>
+    where
+        S: CommandSink + ?Sized,
+        I: IntoIterator<Item = Descriptor>,
+    {
+        let gathered = self.chain.gather(mem, descs);
+        let hdr = read_obj::<CtrlHeader>(self.chain.request()).unwrap_or_default();
+        let resp_len = match gathered {
+            Err(e) => {
+                crate::vhost::log_limited(
+                    &CHAIN_LOG,
+                    Level::Warn,
+                    format_args!("control queue: malformed chain: {e}"),
+                );
+                self.error_response(VIRTIO_GPU_RESP_ERR_UNSPEC)
+            }
+            Ok(()) => match decode_request(self.chain.request()) {
+                Err(e) => {
+                    crate::vhost::log_limited(
+                        &CHAIN_LOG,
+                        Level::Warn,
+                        format_args!("control queue: undecodable request: {e}"),
+                    );
+                    let t = e.response_type();
+                    self.error_response(t)
+                }
+                Ok(req) => {
+                    let class = classify(&req.cmd);
+                    if self.inflight.must_defer(&class) {
+                        let mut e = self.inflight.new_entry(head, req.hdr);
+                        e.request.extend_from_slice(self.chain.request());
+                        e.resource = class.resource;
+                        e.hazard = class.hazard;
+                        self.chain.copy_writable(&mut e.writable);
+                        e.set_state(EntryState::Deferred);
+                        self.inflight.push(e);
+                        return None;
+                    }
+                    let token = self.inflight.token();
+                    match sink.control(mem, &req, &mut self.response, token) {
+                        CtrlOutcome::Done(n) => n.min(self.response.len()),
+                        CtrlOutcome::Pending => {
+                            let mut e = self.inflight.new_entry(head, req.hdr);
+                            e.token = token;
+                            self.chain.copy_writable(&mut e.writable);
+                            e.set_state(EntryState::Running);
+                            self.inflight.push(e);
+                            return None;
+                        }
+                    }
+                }
+            },
+        };
+        let data = self.response.get(..resp_len).unwrap_or_default();
+        if hdr.flags & VIRTIO_GPU_FLAG_FENCE != 0 && self.inflight.has_fenced() {
+            // An earlier fenced request is still out: this response waits for it.
+            let mut e = self.inflight.new_entry(head, hdr);
+            e.response.extend_from_slice(data);
+            self.chain.copy_writable(&mut e.writable);
+            e.set_state(EntryState::Ready(data.len()));
+            self.inflight.push(e);
+            return None;
+        }
+        let written = self.chain.scatter(mem, data);
+        Some(u32::try_from(written).unwrap_or(0))
     }
 
     fn ready<V: VringT<GuestMemoryHandle>>(vring: &V) -> bool {
@@ -320,8 +530,12 @@ impl QueueWorker {
                 }
                 Ok(req) => match kind {
                     QueueKind::Control => {
-                        let n = sink.control(mem, &req, &mut self.response);
-                        n.min(self.response.len())
+                        let token = self.inflight.token();
+                        match sink.control(mem, &req, &mut self.response, token) {
+                            CtrlOutcome::Done(n) => n.min(self.response.len()),
+                            // Synchronous callers cannot wait: the request is answered ERR_UNSPEC.
+                            CtrlOutcome::Pending => self.error_response(VIRTIO_GPU_RESP_ERR_UNSPEC),
+                        }
                     }
                     QueueKind::Cursor => {
                         sink.cursor(&req);

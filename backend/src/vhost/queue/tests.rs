@@ -25,12 +25,18 @@ struct MockSink {
 }
 
 impl CommandSink for MockSink {
-    fn control(&self, _mem: &GuestMemory, req: &Request<'_>, resp: &mut [u8]) -> usize {
+    fn control(
+        &self,
+        _mem: &GuestMemory,
+        req: &Request<'_>,
+        resp: &mut [u8],
+        _token: u64,
+    ) -> CtrlOutcome {
         self.control.borrow_mut().push(req.hdr.type_);
         for (i, b) in resp.iter_mut().take(self.reply_len).enumerate() {
             *b = i as u8;
         }
-        self.reply_len
+        CtrlOutcome::Done(self.reply_len)
     }
 
     fn cursor(&self, req: &Request<'_>) {
