@@ -26,6 +26,8 @@ pub mod transfer;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_3d;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
