@@ -5,6 +5,30 @@
 //! Precedence: a command-line setting overrides the file's; vGPUs come from `--socket-path`
 //! (or `--fd`) first, then the file's `[[vgpu]]` entries, then each `--vgpu`, named `vgpu0`,
 //! `vgpu1`, … in that order.
+//!
+//! ```toml
+//! device_memory_mib = 4096          # --device-memory
+//! policy = "equal-share"            # --policy
+//! timeslice_us = 2000               # --timeslice-us (1000..=30000)
+//! types_file = "types.toml"         # --types, relative to this file
+//! type = "vgpu-1q"                  # --type: default for entries without one
+//! scanouts = 1                      # --scanouts (default: the type's max_heads)
+//! resolution = "1280x800"           # --resolution (default: 1280x800 within the type)
+//! stats_interval = 10               # --stats-interval (0: off)
+//! control_socket = "/run/vgpud/control.sock"
+//!
+//! [[vgpu]]
+//! socket = "/run/vgpud/vm1.sock"
+//! type = "vgpu-1q"
+//! uuid = "6c1e0d7e-4e8e-4bd4-8c36-0b0e8a3b2f10"   # default: derived from the socket path
+//!
+//! [[vgpu]]
+//! socket = "/run/vgpud/vm2.sock"
+//! type = "vgpu-2q"
+//! scanouts = 2
+//! ```
+//!
+//! The same in JSON: `{"device_memory_mib": 4096, "vgpu": [{"socket": "...", "type": "..."}]}`.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
