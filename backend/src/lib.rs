@@ -1,6 +1,7 @@
 //! vgpud library: vhost-user glue, virtio-gpu device and the GPU driver core.
 pub mod config;
 pub mod control;
+pub mod demo;
 pub mod device;
 pub mod driver;
 pub mod options;
