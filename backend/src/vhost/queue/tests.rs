@@ -300,3 +300,150 @@ fn drain_ignores_a_ring_that_is_not_ready() {
     let mut w = QueueWorker::new(QueueKind::Control);
     w.drain(&vring, &mem, &sink).unwrap();
 }
+
+/// Answers SUBMIT_3D asynchronously (records the token), everything else at once with OK_NODATA.
+#[derive(Default)]
+struct AsyncSink {
+    seen: RefCell<Vec<u32>>,
+    tokens: RefCell<Vec<u64>>,
+}
+
+impl CommandSink for AsyncSink {
+    fn control(
+        &self,
+        _mem: &GuestMemory,
+        req: &Request<'_>,
+        resp: &mut [u8],
+        token: u64,
+    ) -> CtrlOutcome {
+        self.seen.borrow_mut().push(req.hdr.type_);
+        if req.hdr.type_ == vgpu_protocol::virtio_gpu::VIRTIO_GPU_CMD_SUBMIT_3D {
+            self.tokens.borrow_mut().push(token);
+            return CtrlOutcome::Pending;
+        }
+        let h = response_header(&req.hdr, VIRTIO_GPU_RESP_OK_NODATA);
+        resp[..24].copy_from_slice(h.as_slice());
+        CtrlOutcome::Done(24)
+    }
+
+    fn cursor(&self, _req: &Request<'_>) {}
+}
+
+#[test]
+fn fenced_responses_keep_order_and_hazards_wait_for_jobs() {
+    use vgpu_protocol::virtio_gpu::*;
+    use vgpu_protocol::GpuCommand;
+    let mem = memory(0x10_0000);
+    let t3 = Transfer3d {
+        box_: Box3d {
+            w: 4,
+            h: 1,
+            d: 1,
+            ..Default::default()
+        },
+        resource_id: 5,
+        ..Default::default()
+    };
+    let cmds: [(GpuCommand<'_>, Option<u64>); 5] = [
+        (GpuCommand::Submit3d(Submit3d::default(), &[]), Some(1)),
+        (
+            GpuCommand::ResourceFlush(ResourceFlush {
+                r: Default::default(),
+                resource_id: 9,
+                padding: 0,
+            }),
+            Some(2),
+        ),
+        (GpuCommand::GetDisplayInfo, None),
+        (GpuCommand::TransferFromHost3d(t3), None),
+        (
+            GpuCommand::TransferToHost2d(TransferToHost2d {
+                r: Default::default(),
+                offset: 0,
+                resource_id: 9,
+                padding: 0,
+            }),
+            None,
+        ),
+    ];
+    let mut descs = Vec::new();
+    for (i, (cmd, fence)) in cmds.iter().enumerate() {
+        let mut bytes = Vec::new();
+        let hdr = CtrlHeader {
+            flags: if fence.is_some() {
+                VIRTIO_GPU_FLAG_FENCE
+            } else {
+                0
+            },
+            fence_id: fence.unwrap_or(0),
+            ctx_id: 1,
+            ..Default::default()
+        };
+        cmd.encode(hdr, &mut bytes);
+        let at = REQ + i as u64 * 0x100;
+        mem.write_slice(&bytes, GuestAddress(at)).unwrap();
+        let next = (2 * i + 1) as u16;
+        descs.push(RawDescriptor::from(SplitDescriptor::new(
+            at,
+            bytes.len() as u32,
+            1,
+            next,
+        )));
+        descs.push(desc(RESP_A + i as u64 * 0x100, 64, true));
+    }
+    let vq = MockSplitQueue::new(&mem, 16);
+    vq.add_desc_chains(&descs, 0).unwrap();
+    let vring =
+        VringMutex::<GuestMemoryHandle>::new(GuestMemoryAtomic::new(mem.clone()), 16).unwrap();
+    vring.set_queue_size(16);
+    vring
+        .set_queue_info(vq.desc_table_addr().0, vq.avail_addr().0, vq.used_addr().0)
+        .unwrap();
+    vring.set_queue_ready(true);
+    vring.set_enabled(true);
+
+    let sink = AsyncSink::default();
+    let completions = CompletionQueue::new().unwrap();
+    let mut w = QueueWorker::new(QueueKind::Control);
+    w.drain(&vring, &mem, &sink).unwrap();
+    // The 3D read-back waits for the job; the fenced flush waits for the fenced submit; the
+    // unfenced display commands flow.
+    assert_eq!(
+        *sink.seen.borrow(),
+        vec![
+            VIRTIO_GPU_CMD_SUBMIT_3D,
+            VIRTIO_GPU_CMD_RESOURCE_FLUSH,
+            VIRTIO_GPU_CMD_GET_DISPLAY_INFO,
+            VIRTIO_GPU_CMD_TRANSFER_TO_HOST_2D,
+        ]
+    );
+    assert_eq!(vq.used().idx().load(), 2);
+    let ids = |n: u16| -> Vec<u16> {
+        (0..n)
+            .map(|i| vq.used().ring().ref_at(i as usize).unwrap().load().id() as u16)
+            .collect()
+    };
+    assert_eq!(ids(2), vec![4, 8]);
+    assert_eq!(w.inflight().len(), 3);
+
+    // A completion for an unknown token (e.g. from before a reset) is ignored.
+    use crate::device::JobNotifier;
+    completions.job_done(999, true);
+    w.complete(&vring, &mem, &sink, &completions).unwrap();
+    assert_eq!(vq.used().idx().load(), 2);
+
+    let token = sink.tokens.borrow()[0];
+    completions.job_done(token, false);
+    w.complete(&vring, &mem, &sink, &completions).unwrap();
+    assert_eq!(
+        sink.seen.borrow().last(),
+        Some(&VIRTIO_GPU_CMD_TRANSFER_FROM_HOST_3D)
+    );
+    assert_eq!(vq.used().idx().load(), 5);
+    assert_eq!(ids(5), vec![4, 8, 0, 2, 6]);
+    // The failed job is answered ERR_UNSPEC with its fence echoed.
+    let r = read_header(&mem, RESP_A);
+    assert_eq!((r.type_, r.fence_id), (VIRTIO_GPU_RESP_ERR_UNSPEC, 1));
+    assert_eq!(read_header(&mem, RESP_A + 0x100).fence_id, 2);
+    assert!(w.inflight().is_empty());
+}
