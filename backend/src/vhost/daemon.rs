@@ -305,6 +305,9 @@ impl Server {
         let backend = GpuBackendImpl::new(self.name.clone(), self.config.features, device);
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let mut daemon = VhostUserDaemon::new(self.name.clone(), Arc::clone(&backend), mem)?;
+        backend
+            .register_completions(&daemon)
+            .map_err(vhost_user_backend::Error::StartDaemon)?;
         daemon.start(&mut self.listener)?;
         let status = &self.config.status;
         status.connections.fetch_add(1, Ordering::AcqRel);
