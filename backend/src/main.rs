@@ -254,8 +254,33 @@ fn list_types(opts: &Options) -> Result<(), Failure> {
     Ok(())
 }
 
+/// `vgpud demo [...]`: the in-process demo of the driver core (see `vgpud demo --help`).
+fn run_demo(args: &[String]) -> ExitCode {
+    #[derive(Parser)]
+    #[command(
+        name = "vgpud demo",
+        about = "Several vGPUs with different workloads under each policy"
+    )]
+    struct DemoCommand {
+        #[command(flatten)]
+        args: vgpu_backend::demo::DemoArgs,
+    }
+    let cmd = DemoCommand::parse_from(args);
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    match vgpu_backend::demo::run(&cmd.args) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vgpud demo: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("demo") {
+        return run_demo(&args[1..]);
+    }
     if let Some(verb @ ("ctl" | "status")) = args.get(1).map(String::as_str) {
         return ExitCode::from(control::client_main(
             verb,
