@@ -12,7 +12,8 @@
 //! - (b) queue wait of a light vGPU (small jobs, think time) under 3 busy ones, against
 //!   Σ other slices + 1 ms.
 //! - (c) 256³ f32 GEMM throughput called directly vs through one vGPU's driver channel.
-//! - (d) `vgpud` RSS with 64 `--vgpu` sockets, before and after 64 idle test frontends connect.
+//! - (d) `vgpud` RSS with 32 `--vgpu` sockets (the per-device maximum), before and after 32 idle
+//!   test frontends connect.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -30,6 +31,7 @@ use vgpu_tests::{FrontendConfig, GpuClient};
 const USAGE: &str = "usage: vgpu-sched-bench [--json] [--skip-rss] [--windows N]
   --json       print the results as JSON instead of a table
   --skip-rss   leave out (d), the vgpud RSS measurement
+  --only S     run only these sections, e.g. --only ad (default abcd)
   --windows N  1 s fairness windows per policy (default 4)
   env: VGPUD (vgpud binary; default target/<profile>/vgpud)";
 
@@ -41,8 +43,9 @@ const SHARE_ERR_TARGET: f64 = 0.03;
 const OVERHEAD_TARGET: f64 = 0.03;
 /// RSS target per idle vGPU (bytes).
 const RSS_TARGET: u64 = 4 << 20;
-/// vGPUs started for (d).
-const RSS_VGPUS: usize = 64;
+/// vGPUs started for (d): 32, the most one device allows (time-sliced vGPUs per GPU, as NVIDIA;
+/// also `vgpu-64m`'s `max_instance`).
+const RSS_VGPUS: usize = 32;
 /// GEMM sizes for (c): the headline one first.
 const GEMM_DIMS: [u32; 2] = [256, 512];
 /// The engine's chunk target (ns), for the row-chunked direct baseline.
@@ -50,21 +53,29 @@ const CHUNK_TARGET_NS: f64 = 100_000.0;
 
 struct Args {
     json: bool,
-    skip_rss: bool,
+    /// Sections to run, from "abcd".
+    only: String,
     windows: u32,
 }
 
 fn parse(args: &[String]) -> Result<Args, String> {
     let mut out = Args {
         json: false,
-        skip_rss: false,
+        only: "abcd".into(),
         windows: 4,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--json" => out.json = true,
-            "--skip-rss" => out.skip_rss = true,
+            "--skip-rss" => out.only.retain(|c| c != 'd'),
+            "--only" => {
+                let v = it.next().ok_or("--only needs a value")?;
+                if v.is_empty() || !v.chars().all(|c| "abcd".contains(c)) {
+                    return Err(format!("bad --only {v:?} (letters from abcd)"));
+                }
+                out.only = v.clone();
+            }
             "--windows" => {
                 let v = it.next().ok_or("--windows needs a value")?;
                 out.windows = v
@@ -500,6 +511,7 @@ fn rss(bin: &Path) -> Result<Rss, String> {
         .collect();
     let log = std::fs::File::create(dir.path().join("vgpud.log")).map_err(|e| e.to_string())?;
     let mut cmd = Command::new(bin);
+    cmd.arg("--device-memory").arg((RSS_VGPUS * 64).to_string());
     for s in &sockets {
         cmd.arg("--vgpu")
             .arg(format!("socket={},type=vgpu-64m", s.display()));
@@ -586,19 +598,30 @@ fn run(args: &Args) -> Result<(), String> {
         }
     };
 
-    say("(a) fairness, equal-share");
-    let eq = fairness(Policy::EqualShare, args.windows)?;
-    fairness_rows(&eq, ["a1", "a2"], &mut rows);
-    say("(a) fairness, fixed-share");
-    let fx = fairness(Policy::FixedShare, args.windows)?;
-    fairness_rows(&fx, ["a3", "a4"], &mut rows);
-    doc.insert(
-        "fairness".into(),
-        json!([fairness_json(&eq), fairness_json(&fx)]),
-    );
+    let mut fair = Vec::new();
+    if args.only.contains('a') {
+        for (ids, policy) in [
+            (["a1", "a2"], Policy::EqualShare),
+            (["a3", "a4"], Policy::FixedShare),
+        ] {
+            say(&format!("(a) fairness, {policy}"));
+            let f = fairness(policy, args.windows)?;
+            fairness_rows(&f, ids, &mut rows);
+            fair.push(f);
+        }
+        doc.insert(
+            "fairness".into(),
+            Value::Array(fair.iter().map(fairness_json).collect()),
+        );
+    }
 
     let mut lat_json = Vec::new();
-    for (id, policy) in [("b1", Policy::BestEffort), ("b2", Policy::EqualShare)] {
+    let b_runs = if args.only.contains('b') {
+        vec![("b1", Policy::BestEffort), ("b2", Policy::EqualShare)]
+    } else {
+        Vec::new()
+    };
+    for (id, policy) in b_runs {
         say(&format!("(b) light vGPU under 3 busy ones, {policy}"));
         let l = light_latency(policy, 2.5)?;
         rows.push(
@@ -619,9 +642,16 @@ fn run(args: &Args) -> Result<(), String> {
     }
     doc.insert("light_wait".into(), Value::Array(lat_json));
 
-    say("(c) GEMM direct vs through a vGPU channel");
+    if args.only.contains('c') {
+        say("(c) GEMM direct vs through a vGPU channel");
+    }
     let mut gemm_json = Vec::new();
-    for (i, dim) in GEMM_DIMS.into_iter().enumerate() {
+    let dims: &[u32] = if args.only.contains('c') {
+        &GEMM_DIMS
+    } else {
+        &[]
+    };
+    for (i, &dim) in dims.iter().enumerate() {
         let g = gemm_overhead(dim)?;
         let headline = i == 0;
         rows.push(Row::new(
@@ -668,10 +698,10 @@ fn run(args: &Args) -> Result<(), String> {
     }
     doc.insert("gemm".into(), Value::Array(gemm_json));
 
-    if args.skip_rss {
+    if !args.only.contains('d') {
         doc.insert("rss".into(), Value::Null);
     } else {
-        say("(d) vgpud RSS with 64 idle vGPUs");
+        say(&format!("(d) vgpud RSS with {RSS_VGPUS} idle vGPUs"));
         let result = vgpud_path()
             .ok_or_else(|| "vgpud not built (cargo build --release -p vgpu-backend)".to_string())
             .and_then(|bin| rss(&bin));
@@ -728,7 +758,7 @@ fn run(args: &Args) -> Result<(), String> {
     println!();
     print_table(&rows);
     println!();
-    for f in [&eq, &fx] {
+    for f in &fair {
         println!(
             "{} shares per 1 s window (vgpu-1q, vgpu-1q, vgpu-2q, vgpu-4q):",
             f.policy
