@@ -203,6 +203,14 @@ impl Gpu3d {
         true
     }
 
+    /// Forgets `id` in every context's attachments (a 2D resource was unreferenced, so a later
+    /// resource with the same id is not attached implicitly).
+    pub fn forget_attachments(&mut self, id: u32) {
+        for ctx in self.contexts.values_mut() {
+            ctx.attached.remove(&id);
+        }
+    }
+
     /// ATTACH_BACKING on a buffer: stores the guest staging area.
     pub fn attach_backing<M: GuestMemory + ?Sized>(
         &mut self,

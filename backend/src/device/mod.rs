@@ -496,6 +496,9 @@ impl VirtioGpuDevice {
             .resources
             .remove(&id)
             .ok_or(GpuError::UnknownResource(id))?;
+        if let Some(g) = self.gpu3d.as_mut() {
+            g.forget_attachments(id);
+        }
         self.scanouts.disable_resource(id, display);
         drop(res);
         Ok(())
