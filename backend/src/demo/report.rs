@@ -372,7 +372,7 @@ pub fn print_summary(out: &mut dyn Write, s: &PolicySummary, style: Style) -> io
     )?;
     writeln!(
         out,
-        "   {:<4} {:<8} {:>3}  {:<10} {:>8} {:>8}  {:>6} {:>7} {:>9} {:>9} {:>9}  {:<19}",
+        "   {:<4} {:<8} {:>3}  {:<11} {:>7} {:>8}  {:>6} {:>7} {:>9} {:>9} {:>9}  memory used/total",
         "vm",
         "type",
         "w",
@@ -384,12 +384,11 @@ pub fn print_summary(out: &mut dyn Write, s: &PolicySummary, style: Style) -> io
         "lat p50",
         "lat p99",
         "wait p99",
-        "memory used/total"
     )?;
     for (i, v) in s.vms.iter().enumerate() {
         writeln!(
             out,
-            "   vm{i:<2} {:<8} {:>3}  {:<10} {:>8} {:>8}  {:>6} {:>7.1} {:>9} {:>9} {:>9}  {:<19}",
+            "   vm{i:<2} {:<8} {:>3}  {:<11} {:>7} {:>8}  {:>6} {:>7.1} {:>9} {:>9} {:>9}  {}",
             v.type_name,
             v.weight,
             format!("{}{}", v.workload.name(), if v.busy { "*" } else { "" }),
