@@ -25,8 +25,6 @@ use super::submit::{self, JobNotifier};
 pub const MAX_CONTEXTS: usize = 64;
 /// Device memory charged per context (its channel and bookkeeping).
 pub const CONTEXT_CHARGE_BYTES: u64 = 64 << 10;
-/// Largest bounce buffer a transfer uses; bigger transfers go in pieces.
-pub const TRANSFER_CHUNK_BYTES: usize = 1 << 20;
 
 /// A guest 3D context: a channel on the vGPU and the resources attached to it.
 pub struct Context {
@@ -41,7 +39,6 @@ pub struct Gpu3d {
     contexts: HashMap<u32, Context>,
     buffers: HashMap<u32, BufferResource>,
     notifier: Option<Arc<dyn JobNotifier>>,
-    bounce: Vec<u8>,
     noop: Option<Arc<DeviceBuffer>>,
 }
 
@@ -69,7 +66,6 @@ impl Gpu3d {
             contexts: HashMap::new(),
             buffers: HashMap::new(),
             notifier: None,
-            bounce: Vec::new(),
             noop: None,
         }
     }
@@ -108,7 +104,6 @@ impl Gpu3d {
     pub fn reset(&mut self) {
         self.contexts = HashMap::new();
         self.buffers = HashMap::new();
-        self.bounce = Vec::new();
     }
 
     /// CTX_CREATE for `ctx_id` (from the header).
@@ -288,36 +283,16 @@ impl Gpu3d {
                 total: staging.len(),
             });
         }
-        let chunk = usize::try_from(bt.len)
-            .unwrap_or(usize::MAX)
-            .min(TRANSFER_CHUNK_BYTES);
-        if self.bounce.len() < chunk {
-            self.bounce
-                .try_reserve_exact(chunk - self.bounce.len())
-                .map_err(|_| GpuError::AllocFailed(chunk as u64))?;
-            self.bounce.resize(chunk, 0);
-        }
-        let mut done = 0u64;
-        while done < bt.len {
-            let n = usize::try_from(bt.len - done)
-                .unwrap_or(usize::MAX)
-                .min(chunk);
-            let piece = self
-                .bounce
-                .get_mut(..n)
-                .ok_or(GpuError::AllocFailed(n as u64))?;
-            let (ro, bo) = (bt.resource_offset + done, bt.backing_offset + done);
-            match dir {
-                Direction::ToHost => {
-                    staging.read(mem, bo, piece)?;
-                    res.buffer.write(ro, piece)?;
-                }
-                Direction::FromHost => {
-                    res.buffer.read(ro, piece)?;
-                    staging.write(mem, bo, piece)?;
-                }
-            }
-            done += n as u64;
+        // One copy, straight between guest memory and device memory (no bounce buffer).
+        let len = usize::try_from(bt.len).map_err(|_| GpuError::AllocFailed(bt.len))?;
+        let (ro, bo) = (bt.resource_offset, bt.backing_offset);
+        match dir {
+            Direction::ToHost => res
+                .buffer
+                .with_bytes_mut(ro, len, |dst| staging.read(mem, bo, dst))??,
+            Direction::FromHost => res
+                .buffer
+                .with_bytes(ro, len, |src| staging.write(mem, bo, src))??,
         }
         Ok(())
     }

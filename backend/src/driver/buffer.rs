@@ -135,6 +135,34 @@ impl DeviceBuffer {
         Ok(())
     }
 
+    /// Runs `f` on the buffer bytes `offset..offset + len` under the read lock: lets a caller copy
+    /// straight out of device memory (e.g. into guest memory) without an intermediate buffer.
+    pub fn with_bytes<R>(
+        &self,
+        offset: u64,
+        len: usize,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, BufferError> {
+        let range = self.byte_range(offset, len)?;
+        let words = self.read_words()?;
+        let bytes: &[u8] = bytemuck::cast_slice(&words);
+        Ok(f(&bytes[range]))
+    }
+
+    /// Runs `f` on the buffer bytes `offset..offset + len` under the write lock: lets a caller
+    /// copy straight into device memory (e.g. from guest memory) without an intermediate buffer.
+    pub fn with_bytes_mut<R>(
+        &self,
+        offset: u64,
+        len: usize,
+        f: impl FnOnce(&mut [u8]) -> R,
+    ) -> Result<R, BufferError> {
+        let range = self.byte_range(offset, len)?;
+        let mut words = self.write_words()?;
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
+        Ok(f(&mut bytes[range]))
+    }
+
     /// Reads `out.len()` native-endian `f32`s at byte `offset` (any alignment).
     pub fn read_f32(&self, offset: u64, out: &mut [f32]) -> Result<(), BufferError> {
         self.read(offset, bytemuck::cast_slice_mut(out))
