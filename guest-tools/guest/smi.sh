@@ -18,10 +18,12 @@ check() {
 }
 check smi vgpu-smi
 check smi-json vgpu-smi --json
-check bench-gemm vgpu-smi bench --kernel gemm --size 64 --seconds 1 --json
-check bench-axpy vgpu-smi bench --kernel axpy --size 4096 --seconds 1 --json
-check bench-reduce vgpu-smi bench --kernel reduce --size 65536 --seconds 1 --json
-check bench-hash vgpu-smi bench --kernel hash --size 65536 --seconds 1 --json
-check memtest vgpu-smi memtest --json
+check bench-gemm vgpu-smi bench --kernel gemm --size 64 --seconds 2
+check bench-gemm-json vgpu-smi bench --kernel gemm --size 64 --seconds 2 --json
+check bench-axpy vgpu-smi bench --kernel axpy --size 4096 --seconds 2 --json
+check bench-reduce vgpu-smi bench --kernel reduce --size 65536 --seconds 2 --json
+check bench-hash vgpu-smi bench --kernel hash --size 65536 --seconds 2 --json
+check memtest vgpu-smi memtest
+check memtest-json vgpu-smi memtest --json
 dmesg | grep -i -E "virtio_gpu|\[drm\]" | tail -20 | sed 's/^/[dmesg] /'
 exit $FAILED

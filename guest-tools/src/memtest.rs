@@ -7,8 +7,14 @@
 //! still signals. So each allocation is confirmed by WAIT on the new BO (its create fence) and a
 //! QUERY_STATS: `framebuffer_used_bytes` must grow. An allocation that leaves it unchanged failed.
 //!
-//! Buffers get a small guest backing (64 KiB): device memory is charged by `width`, and the guest
-//! need not have as much RAM as the vGPU has framebuffer.
+//! Buffers get a one-page guest backing: device memory is charged by `width`, and the guest need
+//! not have as much RAM as the vGPU has framebuffer. The backend also charges the host-side
+//! bookkeeping of each attached backing (a few bytes per page entry) to the same budget, after
+//! the buffer itself (Linux sends RESOURCE_ATTACH_BACKING after RESOURCE_CREATE_3D). A one-page
+//! backing is one entry, so that overhead is the same for every buffer: the test learns it from
+//! the first allocation and leaves room for it at the tail, so the last buffer that fits is a
+//! whole buffer with its backing, and the budget is used to the byte. An allocation whose charge
+//! is short of the learned overhead lost its backing and does not count.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -25,12 +31,14 @@ use crate::reference::crc32c_of_zeros;
 pub const CHUNK: u32 = 16 << 20;
 /// Smallest allocation step (and the probe size once the budget is full).
 pub const MIN_CHUNK: u32 = 4096;
-/// Guest backing per buffer: the staging window for the zero read-back.
-pub const BACKING: u32 = 64 << 10;
+/// Guest backing per buffer (one page, one backing entry): the staging window for the zero
+/// read-back.
+pub const BACKING: u32 = 4096;
 /// Scratch layout: stats record at 0, CRC results from here.
 const CRC_BASE: u32 = 4096;
-/// CRC result slots in the scratch buffer.
-const CRC_SLOTS: u32 = 1024;
+/// CRC result slots in the scratch buffer: one FILL plus this many launches fill a submit to
+/// `MAX_COMMANDS_PER_SUBMIT` (1024).
+const CRC_SLOTS: u32 = vgpu_protocol::channel::MAX_COMMANDS_PER_SUBMIT as u32 - 1;
 /// Upper bound on allocation attempts.
 const MAX_STEPS: usize = 200_000;
 
@@ -155,15 +163,26 @@ pub fn run(gpu: &VirtGpu) -> Result<MemtestReport> {
     let mut used = s0.framebuffer_used_bytes;
     let mut allocated = 0u64;
     let mut granularity = 0u64;
+    // Host bookkeeping charged per buffer beyond its width, learned from the first allocation.
+    let mut overhead: Option<u64> = None;
     for _ in 0..MAX_STEPS {
-        let want = next_request(total, used, max_step);
-        let full = used >= total;
+        let reserve = overhead.unwrap_or(0);
+        let want = next_request(total, used.saturating_add(reserve), max_step);
+        let full = used.saturating_add(reserve) >= total;
         let buf = gpu.create_buffer(want, want.min(BACKING))?;
         buf.wait("RESOURCE_CREATE")?;
         let s = ctx.stats()?;
         let delta = s.framebuffer_used_bytes.saturating_sub(used);
-        if delta == 0 {
+        let extra = delta.saturating_sub(u64::from(want));
+        let whole = delta >= u64::from(want) && overhead.is_none_or(|o| extra >= o);
+        if !whole {
             drop(buf);
+            if delta != 0 && !wait_freed(&mut ctx, used)? {
+                failures.push(format!(
+                    "a refused allocation of {want} bytes was not given back"
+                ));
+                break;
+            }
             if full || want <= MIN_CHUNK {
                 break;
             }
@@ -178,7 +197,8 @@ pub fn run(gpu: &VirtGpu) -> Result<MemtestReport> {
             drop(buf);
             break;
         }
-        granularity = granularity.max(delta.saturating_sub(u64::from(want)));
+        overhead.get_or_insert(extra);
+        granularity = granularity.max(extra);
         used = s.framebuffer_used_bytes;
         allocated += u64::from(want);
         bufs.push(buf);
