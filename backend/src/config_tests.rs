@@ -260,11 +260,11 @@ fn list_types_text_and_json() {
         "{q1}"
     );
     let m64 = list.iter().find(|t| t.name == "vgpu-64m").unwrap();
-    assert_eq!(m64.available_instances, 32);
+    assert_eq!(m64.available_instances, 64);
     let small = list_types(&TypeTable::builtin(), 1024);
     let q4 = small.iter().find(|t| t.name == "vgpu-4q").unwrap();
     assert_eq!(q4.available_instances, 0);
     let json = serde_json::to_value(&list).unwrap();
     assert_eq!(json[0]["name"], "vgpu-64m");
-    assert_eq!(json[0]["available_instances"], 32);
+    assert_eq!(json[0]["available_instances"], 64);
 }

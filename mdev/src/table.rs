@@ -45,7 +45,7 @@ impl TypeTable {
         };
         Self {
             types: vec![
-                make("vgpu-64m", 64, 32, 1, (1024, 768), 1),
+                make("vgpu-64m", 64, 64, 1, (1024, 768), 1),
                 make("vgpu-512m", 512, 16, 1, (1280, 1024), 1),
                 make("vgpu-1q", 1024, 8, 1, (1920, 1080), 1),
                 make("vgpu-2q", 2048, 4, 2, (2560, 1600), 2),
@@ -161,7 +161,7 @@ mod tests {
         assert_eq!(table.get("vgpu-2q").unwrap().weight, 2);
         assert_eq!(table.get("vgpu-4q").unwrap().weight, 4);
         assert_eq!(table.get("vgpu-512m").unwrap().max_instances, 16);
-        assert_eq!(table.get("vgpu-64m").unwrap().max_instances, 32);
+        assert_eq!(table.get("vgpu-64m").unwrap().max_instances, 64);
         assert!(table.get("nope").is_none());
         assert_eq!(table.len(), 5);
     }

@@ -4,8 +4,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::{format_size, parse_size, MdevError};
 
-/// Most vGPUs of one type on a device (NVIDIA allows at most 32 time-sliced vGPUs per GPU).
-pub const MAX_INSTANCES: u32 = 32;
+/// Most vGPUs of one type on a device. NVIDIA allows 32 time-sliced vGPUs per GPU; one `vgpud`
+/// serves up to 64 (its scale target), so the small types go that far.
+pub const MAX_INSTANCES: u32 = 64;
 /// Most display heads a type may offer (virtio-gpu's `VIRTIO_GPU_MAX_SCANOUTS`).
 pub const MAX_HEADS: u32 = 16;
 /// Largest scheduling weight.
@@ -24,7 +25,7 @@ pub struct VgpuType {
     /// Framebuffer partition size in bytes. In files also `framebuffer = "1024M"`.
     #[serde(alias = "framebuffer", deserialize_with = "size_or_string")]
     pub framebuffer_bytes: u64,
-    /// Most vGPUs of this type on one device (1..=32).
+    /// Most vGPUs of this type on one device (1..=64).
     pub max_instances: u32,
     /// Display heads (scanouts) the guest sees (1..=16).
     #[serde(default = "default_heads")]
@@ -105,7 +106,7 @@ impl VgpuType {
             return fail("framebuffer must be a non-zero multiple of 1M");
         }
         if !(1..=MAX_INSTANCES).contains(&self.max_instances) {
-            return fail("max_instances must be 1..=32");
+            return fail("max_instances must be 1..=64");
         }
         if !(1..=MAX_HEADS).contains(&self.max_heads) {
             return fail("max_heads must be 1..=16");
@@ -171,7 +172,7 @@ mod tests {
             |t| t.framebuffer_bytes = 0,
             |t| t.framebuffer_bytes = (1 << 20) + 1,
             |t| t.max_instances = 0,
-            |t| t.max_instances = 33,
+            |t| t.max_instances = 65,
             |t| t.max_heads = 0,
             |t| t.max_heads = 17,
             |t| t.max_width = 0,

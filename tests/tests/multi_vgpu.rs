@@ -316,35 +316,22 @@ fn vm_rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
-/// 64 vGPUs in one process, each connected and idle: at most 4 MiB of RSS each.
-/// `max_instance` is capped at 32 per type, so half are `vgpu-64m` and half a 64 MiB type from a
-/// `--types` file; together they fill the 4096 MiB device.
+/// 64 vGPUs in one process, each connected and idle: at most 4 MiB of RSS each. 64 `vgpu-64m`
+/// instances exactly fill the 4096 MiB device.
 #[test]
 fn sixty_four_idle_vgpus_stay_small() {
     let dir = tempfile::Builder::new()
         .prefix("vgpu-scale-")
         .tempdir()
         .unwrap();
-    let types = dir.path().join("types.toml");
-    std::fs::write(
-        &types,
-        "[[types]]\nname = \"vgpu-64m-b\"\nframebuffer = \"64M\"\nmax_instances = 32\n\
-         max_width = 1024\nmax_height = 768\n",
-    )
-    .unwrap();
     let sockets: Vec<PathBuf> = (0..64)
         .map(|i| dir.path().join(format!("v{i}.sock")))
         .collect();
     let specs: Vec<String> = sockets
         .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let ty = if i < 32 { "vgpu-64m" } else { "vgpu-64m-b" };
-            format!("socket={},type={ty}", s.display())
-        })
+        .map(|s| format!("socket={},type=vgpu-64m", s.display()))
         .collect();
-    let types_arg = types.to_string_lossy().into_owned();
-    let mut args: Vec<&str> = vec!["--device-memory", "4096", "--types", &types_arg];
+    let mut args: Vec<&str> = vec!["--device-memory", "4096"];
     for s in &specs {
         args.extend(["--vgpu", s]);
     }
