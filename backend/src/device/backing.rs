@@ -1,30 +1,42 @@
 //! Guest scatter-gather backing of a resource: validated once at attach, then read by byte range.
+//!
+//! Entries that continue each other in guest memory (a driver's pages that happen to be
+//! consecutive) are merged into one run at attach, so a contiguous stretch is always copied with a
+//! single memcpy. Reads resolve the memory region once and reuse it for the following runs while
+//! they stay inside it (plain guest memory has one or two regions), instead of a region lookup and
+//! slice iterator per entry.
 
 use std::mem::size_of;
 
 use vgpu_protocol::MemEntries;
-use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
+use vm_memory::{
+    Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress,
+    Permissions,
+};
 
 use super::error::GpuError;
 
 /// Largest total backing accepted for one resource (QEMU bounds nothing; we bound it).
 pub const MAX_BACKING_BYTES: u64 = 4 << 30;
 
-/// One validated entry.
+/// One validated run: one entry, or several that continue each other in guest memory.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 struct Entry {
     /// Guest physical address.
     addr: u64,
     /// Length in bytes (non-zero).
-    len: u32,
-    /// Offset of this entry's first byte within the whole backing.
+    len: u64,
+    /// Offset of this run's first byte within the whole backing.
     start: u64,
 }
 
 /// The guest pages behind a resource, in order.
 #[derive(Debug)]
 pub struct Backing {
+    /// Runs of guest-contiguous bytes, in backing order.
     entries: Vec<Entry>,
+    /// Entries the guest attached (before merging).
+    attached: usize,
     total: u64,
 }
 
@@ -71,21 +83,29 @@ impl Backing {
                 limit: MAX_BACKING_BYTES,
             });
         }
-        let mut stored = Vec::new();
+        let mut stored: Vec<Entry> = Vec::new();
         stored
             .try_reserve_exact(entries.len())
             .map_err(|_| GpuError::AllocFailed(Self::host_bytes(entries.len())))?;
         let mut start = 0u64;
         for e in entries.iter() {
-            stored.push(Entry {
-                addr: e.addr,
-                len: e.length,
-                start,
-            });
-            start += u64::from(e.length);
+            let len = u64::from(e.length);
+            match stored.last_mut() {
+                // Continues the previous run in guest memory (no overflow: both were checked
+                // against guest memory, and the sum is bounded by `total`).
+                Some(prev) if prev.addr.checked_add(prev.len) == Some(e.addr) => prev.len += len,
+                _ => stored.push(Entry {
+                    addr: e.addr,
+                    len,
+                    start,
+                }),
+            }
+            start += len;
         }
+        stored.shrink_to_fit();
         Ok(Backing {
             entries: stored,
+            attached: entries.len(),
             total,
         })
     }
@@ -100,8 +120,13 @@ impl Backing {
         self.total == 0
     }
 
-    /// Number of entries.
+    /// Number of entries the guest attached.
     pub fn num_entries(&self) -> usize {
+        self.attached
+    }
+
+    /// Number of guest-contiguous runs those entries form (what a full read copies one by one).
+    pub fn num_runs(&self) -> usize {
         self.entries.len()
     }
 
@@ -126,37 +151,96 @@ impl Backing {
         if dst.is_empty() {
             return Ok(());
         }
-        // The entry holding `offset`: the last one starting at or before it.
-        let mut idx = self
+        // The run holding `offset`: the last one starting at or before it.
+        let first = self
             .entries
             .partition_point(|e| e.start <= offset)
             .saturating_sub(1);
-        let mut pos = offset;
-        let mut done = 0usize;
-        while done < dst.len() {
-            let e = self.entries.get(idx).ok_or(GpuError::SourceBeyondBacking {
-                resource_id: 0,
-                offset,
-                end: offset.saturating_add(want),
-                total: self.total,
-            })?;
-            let within = pos - e.start;
-            let avail = u64::from(e.len) - within;
-            let n = usize::try_from(avail)
-                .unwrap_or(usize::MAX)
-                .min(dst.len() - done);
-            let addr = e.addr + within;
-            let chunk = dst
-                .get_mut(done..done + n)
-                .ok_or(GpuError::GuestMemory { addr, len: n })?;
-            mem.read_slice(chunk, GuestAddress(addr))
-                .map_err(|_| GpuError::GuestMemory { addr, len: n })?;
-            done += n;
-            pos += n as u64;
-            idx += 1;
+        let runs = self.entries.get(first..).unwrap_or_default();
+        match mem.physical_memory() {
+            Some(phys) => {
+                let mut region = None;
+                copy_runs(runs, offset, dst, |addr, chunk| {
+                    read_physical(phys, &mut region, addr, chunk)
+                })
+            }
+            None => copy_runs(runs, offset, dst, |addr, chunk| {
+                mem.read_slice(chunk, GuestAddress(addr)).is_ok()
+            }),
         }
-        Ok(())
+        .map_err(|(addr, len)| GpuError::GuestMemory { addr, len })
     }
+}
+
+/// Copies backing bytes `offset..offset + dst.len()` out of `runs` (the first of which holds
+/// `offset`) with `read(guest_addr, chunk)` per run; on failure returns the address and length of
+/// the chunk that could not be read.
+fn copy_runs(
+    runs: &[Entry],
+    offset: u64,
+    dst: &mut [u8],
+    mut read: impl FnMut(u64, &mut [u8]) -> bool,
+) -> Result<(), (u64, usize)> {
+    let mut pos = offset;
+    let mut rest = dst;
+    for e in runs {
+        if rest.is_empty() {
+            break;
+        }
+        // `pos` lies inside this run: the first run holds `offset`, and each later run starts
+        // where the previous one ended.
+        let within = pos.saturating_sub(e.start);
+        let avail = e.len.saturating_sub(within);
+        let n = usize::try_from(avail).unwrap_or(usize::MAX).min(rest.len());
+        let addr = e.addr.saturating_add(within);
+        let (chunk, tail) = std::mem::take(&mut rest).split_at_mut(n);
+        if n == 0 || !read(addr, chunk) {
+            return Err((addr, n));
+        }
+        rest = tail;
+        pos += n as u64;
+    }
+    if rest.is_empty() {
+        Ok(())
+    } else {
+        Err((pos, rest.len()))
+    }
+}
+
+/// Reads `buf.len()` bytes at guest address `addr` of plain (IOMMU-less) guest memory with one
+/// memcpy when they lie in one region; a read crossing regions goes through the generic path.
+/// `cached` is the region the previous read used; it is looked up again only when `addr` is not
+/// inside it.
+fn read_physical<'a, P: GuestMemoryBackend + ?Sized>(
+    phys: &'a P,
+    cached: &mut Option<&'a P::R>,
+    addr: u64,
+    buf: &mut [u8],
+) -> bool {
+    let hit = cached.filter(|r| {
+        addr.checked_sub(r.start_addr().0)
+            .is_some_and(|within| within < r.len())
+    });
+    let region = match hit {
+        Some(r) => r,
+        None => match phys.find_region(GuestAddress(addr)) {
+            Some(r) => {
+                *cached = Some(r);
+                r
+            }
+            None => return false,
+        },
+    };
+    let within = addr - region.start_addr().0;
+    let fits = within
+        .checked_add(buf.len() as u64)
+        .is_some_and(|end| end <= region.len());
+    if fits {
+        if let Ok(slice) = region.get_slice(MemoryRegionAddress(within), buf.len()) {
+            return slice.copy_to(buf) == buf.len();
+        }
+    }
+    phys.read_slice(buf, GuestAddress(addr)).is_ok()
 }
 
 #[cfg(test)]
@@ -230,5 +314,37 @@ pub(crate) mod tests {
             GpuError::SourceBeyondBacking { .. }
         ));
         assert!(b.read_into(&mem, u64::MAX, &mut past).is_err());
+    }
+
+    #[test]
+    fn merges_guest_contiguous_entries() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let data: Vec<u8> = (0..0x10000u32).map(|i| (i * 13 + 5) as u8).collect();
+        mem.write_slice(&data, GuestAddress(0)).unwrap();
+        // Pages 2,3,4 in order, then 9, then 5: three runs.
+        let b = backing(
+            &mem,
+            &[
+                (0x2000, 0x1000),
+                (0x3000, 0x1000),
+                (0x4000, 0x800),
+                (0x4800, 0x800),
+                (0x9000, 0x1000),
+                (0x5000, 0x1000),
+            ],
+        )
+        .unwrap();
+        assert_eq!((b.num_entries(), b.num_runs(), b.len()), (6, 3, 0x5000));
+        let mut all = vec![0u8; 0x5000];
+        b.read_into(&mem, 0, &mut all).unwrap();
+        assert_eq!(&all[..0x3000], &data[0x2000..0x5000]);
+        assert_eq!(&all[0x3000..0x4000], &data[0x9000..0xa000]);
+        assert_eq!(&all[0x4000..], &data[0x5000..0x6000]);
+        // A range starting inside a merged run and ending inside the last one.
+        let mut mid = vec![0u8; 0x2000];
+        b.read_into(&mem, 0x2800, &mut mid).unwrap();
+        assert_eq!(&mid[..0x800], &data[0x4800..0x5000]);
+        assert_eq!(&mid[0x800..0x1800], &data[0x9000..0xa000]);
+        assert_eq!(&mid[0x1800..], &data[0x5000..0x5800]);
     }
 }
