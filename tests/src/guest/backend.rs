@@ -62,7 +62,7 @@ fn default_vgpud() -> PathBuf {
 pub struct Backend {
     child: Child,
     kind: BackendKind,
-    socket: PathBuf,
+    sockets: Vec<PathBuf>,
     log: PathBuf,
 }
 
@@ -86,40 +86,67 @@ impl Backend {
                 binary.display()
             )));
         }
+        let mut cmd = Command::new(&binary);
+        cmd.arg("--socket-path").arg(socket);
+        Self::start(cmd, kind, vec![socket.to_path_buf()], log, timeout)
+    }
+
+    /// Starts `vgpud` with `args` (e.g. several `--vgpu socket=..,type=..` and `--policy`), serving
+    /// `sockets`, and waits (up to `timeout`) until every socket exists.
+    pub fn spawn_vgpud(
+        args: &[String],
+        sockets: &[PathBuf],
+        log: &Path,
+        timeout: Duration,
+    ) -> Result<Self, GuestError> {
+        let binary = BackendKind::Vgpud.binary();
+        if !binary.is_file() {
+            return Err(GuestError::MissingDependency(format!(
+                "backend {} (build it first: cargo build -p vgpu-backend --bin vgpud)",
+                binary.display()
+            )));
+        }
+        let mut cmd = Command::new(&binary);
+        cmd.args(args);
+        Self::start(cmd, BackendKind::Vgpud, sockets.to_vec(), log, timeout)
+    }
+
+    fn start(
+        mut cmd: Command,
+        kind: BackendKind,
+        sockets: Vec<PathBuf>,
+        log: &Path,
+        timeout: Duration,
+    ) -> Result<Self, GuestError> {
         let out = File::create(log)
             .map_err(|e| GuestError::io(format!("create {}", log.display()), e))?;
         let err = out
             .try_clone()
             .map_err(|e| GuestError::io("clone log", e))?;
-        let mut cmd = Command::new(&binary);
-        cmd.arg("--socket-path")
-            .arg(socket)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
-        let child = spawn_tied(&mut cmd)
-            .map_err(|e| GuestError::io(format!("start {}", binary.display()), e))?;
+        let child =
+            spawn_tied(&mut cmd).map_err(|e| GuestError::io(format!("start backend {kind}"), e))?;
         let mut backend = Backend {
             child,
             kind,
-            socket: socket.to_path_buf(),
+            sockets,
             log: log.to_path_buf(),
         };
         let deadline = Instant::now() + timeout;
-        while !backend.socket.exists() {
+        while let Some(missing) = backend.sockets.iter().find(|s| !s.exists()).cloned() {
             if let Ok(Some(status)) = backend.child.try_wait() {
                 return Err(GuestError::Exited(format!(
-                    "backend {kind} exited with {status} before creating its socket; log:\n{}",
+                    "backend {kind} exited with {status} before creating its sockets; log:\n{}",
                     backend.log_text()
                 )));
             }
             if Instant::now() >= deadline {
                 return Err(GuestError::Timeout(format!(
                     "backend {kind} did not create {}",
-                    backend.socket.display()
+                    missing.display()
                 )));
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -146,6 +173,8 @@ impl Backend {
 impl Drop for Backend {
     fn drop(&mut self) {
         stop_child(&mut self.child, Duration::from_secs(2));
-        let _ = std::fs::remove_file(&self.socket);
+        for socket in &self.sockets {
+            let _ = std::fs::remove_file(socket);
+        }
     }
 }

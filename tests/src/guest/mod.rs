@@ -157,6 +157,22 @@ impl GuestAssets {
     }
 }
 
+/// The static `vgpu-smi` for guest initramfs images: `$VGPU_SMI`, else what
+/// `guest-tools/build-static.sh` builds (`target/x86_64-unknown-linux-gnu/release/vgpu-smi`).
+pub fn vgpu_smi_static() -> Result<PathBuf, GuestError> {
+    let path = std::env::var_os("VGPU_SMI")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/x86_64-unknown-linux-gnu/release/vgpu-smi"));
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(GuestError::MissingDependency(format!(
+            "static guest tool {} (build it with guest-tools/build-static.sh)",
+            path.display()
+        )))
+    }
+}
+
 /// A scratch directory for one test run under the system temp dir, removed on drop unless
 /// `VGPU_KEEP_GUEST_DIR=1`.
 pub struct WorkDir {

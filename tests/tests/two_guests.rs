@@ -1,0 +1,479 @@
+//! Two real guests, one device: one `vgpud` serves two vGPUs of different types to two QEMU guests
+//! (Debian 6.12, TCG) booted at the same time, and `vgpu-smi` inside each guest checks what its own
+//! VM sees: its type and framebuffer, a memory test that stops exactly at its own limit, verified
+//! kernel benchmarks, the scheduler's shares (fixed-share 1:2, best-effort work conservation) and that
+//! the fbdev console keeps drawing in both guests while both run jobs.
+//!
+//! The guests run `tests/guest/scripts/vgpu-smi.sh`, which asks the host for each step on the serial
+//! console (`cmd READY`); answering both guests back to back starts their benchmarks together.
+//!
+//! Needs what `real_guest.rs` needs plus the static guest tool (`guest-tools/build-static.sh`, or
+//! `VGPU_SMI=path`). `VGPU_SKIP_GUEST=1` skips; `VGPU_KEEP_GUEST_DIR=1` keeps the logs and PNGs;
+//! `VGPU_TWO_GUESTS_GEMM=N` overrides the gemm order of the share benchmarks.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use vgpu_tests::guest::{
+    skip_requested, vgpu_smi_static, Backend, Guest, GuestAssets, GuestConfig, Marker, MarkerKind,
+    Screen, WorkDir,
+};
+
+/// The two tests boot two guests each; four TCG guests at once on two cores would distort timing.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Two small types so that the memory tests are quick; weights 1 and 2 for fixed-share.
+const TYPES_TOML: &str = r#"
+[[types]]
+name = "tg-w1"
+framebuffer = "128M"
+max_instances = 4
+max_width = 1280
+max_height = 800
+weight = 1
+
+[[types]]
+name = "tg-w2"
+framebuffer = "256M"
+max_instances = 2
+max_width = 1280
+max_height = 800
+weight = 2
+"#;
+const TYPES: [(&str, u64); 2] = [("tg-w1", 128 << 20), ("tg-w2", 256 << 20)];
+/// Colours each guest writes to its /dev/fb0 during the bench, as the guest's (B, G, R) bytes.
+const FILL_BGR: [[u8; 3]; 2] = [[40, 40, 200], [200, 40, 40]];
+
+/// Long waits: everything in the guest runs under TCG on a shared 2-core machine.
+const STEP: Duration = Duration::from_secs(90);
+
+/// Gemm order for the share benchmarks. With the debug `vgpud` a 64×64×64 gemm takes tens of ms of
+/// engine time, far more than the guest's own per-job work (submit, fence wait, read-back, check).
+fn gemm_order() -> u32 {
+    std::env::var("VGPU_TWO_GUESTS_GEMM")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64)
+}
+
+/// One `vgpud` with two vGPUs and a guest on each.
+struct Pair {
+    guests: Vec<Guest>,
+    backend: Backend,
+    dirs: Vec<PathBuf>,
+    started: Instant,
+    _work: WorkDir,
+}
+
+impl Pair {
+    fn start(policy: &str) -> Pair {
+        let started = Instant::now();
+        let assets = GuestAssets::locate().unwrap_or_else(|e| panic!("{e}"));
+        let smi = vgpu_smi_static().unwrap_or_else(|e| panic!("{e}"));
+        let work = WorkDir::new(&format!("two-{policy}")).unwrap();
+        let dir = work.path().to_path_buf();
+        let initrd = dir.join("initrd.gz");
+        assets
+            .build_initramfs(
+                Path::new("scripts/vgpu-smi.sh"),
+                &[(smi, "/bin/vgpu-smi".to_string())],
+                &initrd,
+            )
+            .unwrap();
+        let types = dir.join("types.toml");
+        std::fs::write(&types, TYPES_TOML).unwrap();
+        let sockets: Vec<PathBuf> = (0..2).map(|i| dir.join(format!("vm{i}.sock"))).collect();
+        let mut args = vec![
+            "--types".to_string(),
+            types.display().to_string(),
+            "--device-memory".into(),
+            "1024".into(),
+            "--policy".into(),
+            policy.into(),
+        ];
+        for (socket, (ty, _)) in sockets.iter().zip(TYPES) {
+            args.push("--vgpu".into());
+            args.push(format!("socket={},type={ty}", socket.display()));
+        }
+        let backend = Backend::spawn_vgpud(
+            &args,
+            &sockets,
+            &dir.join("backend.log"),
+            Duration::from_secs(10),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut guests = Vec::new();
+        let mut dirs = Vec::new();
+        for (i, socket) in sockets.iter().enumerate() {
+            let gdir = dir.join(format!("vm{i}"));
+            std::fs::create_dir_all(&gdir).unwrap();
+            guests.push(Guest::boot(&assets, &GuestConfig::new(&initrd, socket, &gdir)).unwrap());
+            dirs.push(gdir);
+        }
+        let mut pair = Pair {
+            guests,
+            backend,
+            dirs,
+            started,
+            _work: work,
+        };
+        for i in 0..2 {
+            let m = pair.wait(i, "render-node");
+            pair.expect_pass(i, &m);
+        }
+        eprintln!(
+            "[{policy}] both guests up after {:.1}s",
+            pair.started.elapsed().as_secs_f32()
+        );
+        pair
+    }
+
+    fn context(&self) -> String {
+        let mut s = String::new();
+        for (i, g) in self.guests.iter().enumerate() {
+            s.push_str(&format!("\n--- guest {i}: {}", g.diagnostics()));
+        }
+        let log = self.backend.log_text();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        s.push_str("\n--- vgpud log (tail):\n");
+        s.push_str(&tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+        s
+    }
+
+    fn wait(&mut self, i: usize, name: &str) -> Marker {
+        match self.guests[i].wait_marker(name, STEP) {
+            Ok(m) => m,
+            Err(e) => panic!("guest {i}: {e}{}", self.context()),
+        }
+    }
+
+    fn expect_pass(&self, i: usize, m: &Marker) {
+        assert_eq!(
+            m.kind,
+            MarkerKind::Pass,
+            "guest {i}: {} {:?} {}{}",
+            m.name,
+            m.kind,
+            m.detail,
+            self.context()
+        );
+    }
+
+    /// Waits until every guest in `cmds` asks for a command, then answers them back to back.
+    fn send(&mut self, cmds: &[(usize, &str)]) {
+        for &(i, _) in cmds {
+            let m = self.wait(i, "cmd");
+            assert_eq!(
+                m.kind,
+                MarkerKind::Ready,
+                "guest {i}: {m:?}{}",
+                self.context()
+            );
+        }
+        for &(i, line) in cmds {
+            self.guests[i].reply(line).unwrap();
+        }
+    }
+
+    /// Runs `cmd` in both guests at once and returns both guests' `result` markers (PASS required).
+    fn both(&mut self, cmd: [&str; 2], result: &str) -> [Marker; 2] {
+        self.send(&[(0, cmd[0]), (1, cmd[1])]);
+        [0, 1].map(|i| {
+            let m = self.wait(i, result);
+            self.expect_pass(i, &m);
+            m
+        })
+    }
+
+    /// Runs `cmd` in guest `i` alone.
+    fn one(&mut self, i: usize, cmd: &str, result: &str) -> Marker {
+        self.send(&[(i, cmd)]);
+        let m = self.wait(i, result);
+        self.expect_pass(i, &m);
+        m
+    }
+
+    /// Ends both guests and checks that no guest check failed and the daemon still runs.
+    fn finish(mut self) {
+        self.send(&[(0, "done"), (1, "done")]);
+        for i in 0..2 {
+            if let Err(e) = self.guests[i].wait_end(STEP) {
+                panic!("guest {i}: {e}{}", self.context());
+            }
+            let failed: Vec<&Marker> = self.guests[i]
+                .markers()
+                .iter()
+                .filter(|m| m.kind == MarkerKind::Fail)
+                .collect();
+            assert!(
+                failed.is_empty(),
+                "guest {i} checks failed: {failed:#?}{}",
+                self.context()
+            );
+            assert!(
+                self.guests[i]
+                    .marker("drm-errors", MarkerKind::Pass)
+                    .is_some(),
+                "guest {i}: no drm-errors PASS{}",
+                self.context()
+            );
+        }
+        assert!(self.backend.is_running(), "vgpud died{}", self.context());
+        eprintln!("total {:.1}s", self.started.elapsed().as_secs_f32());
+    }
+}
+
+fn num(m: &Marker, key: &str) -> f64 {
+    m.field(key)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("marker {} lacks numeric {key}: {}", m.name, m.detail))
+}
+
+/// Engine time this vGPU got per second of its own job time, from `smi` before/after a `bench`:
+/// busy_ns delta over the summed job latencies (jobs / jobs_per_second).
+fn engine_share(before: &Marker, after: &Marker, bench: &Marker) -> f64 {
+    let busy_s = (num(after, "busy_ns") - num(before, "busy_ns")) / 1e9;
+    let job_s = num(bench, "jobs") / num(bench, "jps");
+    busy_s / job_s
+}
+
+fn bench_line(m: &Marker) -> String {
+    format!(
+        "jobs={} jps={:.2} p50_us={:.0} verified={} wall={:.2}",
+        num(m, "jobs"),
+        num(m, "jps"),
+        num(m, "p50_us"),
+        m.field("verified").unwrap_or("?"),
+        num(m, "wall")
+    )
+}
+
+fn check_verified(m: &Marker) {
+    assert_eq!(m.field("verified"), Some("true"), "{m:?}");
+    assert!(num(m, "jobs") >= 3.0, "too few jobs to judge: {m:?}");
+}
+
+fn guard() -> Option<std::sync::MutexGuard<'static, ()>> {
+    if skip_requested() {
+        eprintln!("VGPU_SKIP_GUEST=1: skipping the two-guest test");
+        return None;
+    }
+    Some(SERIAL.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// Fraction of the screen in `rgb`.
+fn coverage(screen: &Screen, rgb: [u8; 3]) -> f64 {
+    let mut hits = 0u64;
+    for y in 0..screen.height {
+        for x in 0..screen.width {
+            if screen.pixel(x, y) == Some(rgb) {
+                hits += 1;
+            }
+        }
+    }
+    hits as f64 / (f64::from(screen.width) * f64::from(screen.height)).max(1.0)
+}
+
+/// Fixed-share with weights 1:2: each guest sees its own type, memory limit and zeroed memory; the
+/// concurrent gemm throughput ratio is 2; both consoles draw during the bench.
+#[test]
+fn two_guests_fixed_share() {
+    let Some(_one_at_a_time) = guard() else {
+        return;
+    };
+    let mut p = Pair::start("fixed-share");
+
+    // Status: each guest sees its own type and framebuffer, and the policy.
+    let smi = p.both(["smi", "smi"], "smi");
+    for (i, m) in smi.iter().enumerate() {
+        eprintln!("guest {i} smi: {}", m.detail);
+        assert_eq!(m.field("type"), Some(TYPES[i].0), "guest {i}: {m:?}");
+        assert_eq!(num(m, "fb_total") as u64, TYPES[i].1, "guest {i}: {m:?}");
+        assert_eq!(m.field("policy"), Some("fixed-share"), "guest {i}: {m:?}");
+        assert_eq!(m.field("active"), Some("2"), "guest {i}: {m:?}");
+    }
+    // Shares from the weights: 1/3 and 2/3.
+    assert_eq!(smi[0].field("share"), Some("33.3"), "{:?}", smi[0]);
+    assert_eq!(smi[1].field("share"), Some("66.6"), "{:?}", smi[1]);
+
+    // Memory: both at once; each stops exactly at its own limit and reads zeros.
+    let mem = p.both(["memtest", "memtest"], "memtest");
+    for (i, m) in mem.iter().enumerate() {
+        eprintln!("guest {i} memtest: {}", m.detail);
+        assert_eq!(num(m, "limit") as u64, TYPES[i].1, "guest {i}: {m:?}");
+        assert_eq!(num(m, "fb") as u64, TYPES[i].1, "guest {i}: {m:?}");
+        assert_eq!(m.field("zeroed"), Some("true"), "guest {i}: {m:?}");
+        assert_eq!(m.field("freed"), Some("true"), "guest {i}: {m:?}");
+    }
+
+    // Shares: the same gemm in both guests, started together, while both draw on their consoles.
+    let n = gemm_order();
+    let secs = 8;
+    let before = p.both(["smi", "smi"], "smi");
+    let cmds: Vec<String> = FILL_BGR
+        .iter()
+        .map(|[b, g, r]| format!("bench-fb gemm {n} {secs} {b} {g} {r}"))
+        .collect();
+    p.send(&[(0, &cmds[0]), (1, &cmds[1])]);
+    for i in 0..2 {
+        let ready = p.wait(i, "fb-during-bench");
+        assert_eq!(
+            ready.kind,
+            MarkerKind::Ready,
+            "guest {i}: {ready:?}{}",
+            p.context()
+        );
+    }
+    // Both guests wait for an answer now; their benchmarks keep running.
+    for i in 0..2 {
+        let [b, g, r] = FILL_BGR[i];
+        let png = p.dirs[i].join("during-bench.png");
+        let mut answer = String::new();
+        for attempt in 1..=3 {
+            answer = match p.guests[i].screendump(&png) {
+                Ok(screen) => {
+                    let share = coverage(&screen, [r, g, b]);
+                    let other = FILL_BGR[1 - i];
+                    let foreign = coverage(&screen, [other[2], other[1], other[0]]);
+                    if share >= 0.99 && foreign == 0.0 {
+                        format!(
+                            "ACK pixels ok: {}x{} {:.2}% in ({r},{g},{b})",
+                            screen.width,
+                            screen.height,
+                            share * 100.0
+                        )
+                    } else {
+                        format!(
+                            "ACK pixels bad: {:.2}% in ({r},{g},{b}), {:.2}% in the other guest's colour",
+                            share * 100.0,
+                            foreign * 100.0
+                        )
+                    }
+                }
+                Err(e) => format!("ACK pixels bad: screendump: {e}"),
+            };
+            if answer.starts_with("ACK pixels ok") {
+                break;
+            }
+            eprintln!("guest {i} screendump attempt {attempt}: {answer}");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        p.guests[i].reply(&answer).unwrap();
+    }
+    let fb: Vec<Marker> = (0..2).map(|i| p.wait(i, "fb-during-bench")).collect();
+    let bench: Vec<Marker> = (0..2).map(|i| p.wait(i, "bench")).collect();
+    for i in 0..2 {
+        p.expect_pass(i, &fb[i]);
+        p.expect_pass(i, &bench[i]);
+        assert_eq!(
+            fb[i].field("bench_running"),
+            Some("yes"),
+            "guest {i}: the console was checked after the bench ended: {:?}",
+            fb[i]
+        );
+        check_verified(&bench[i]);
+    }
+    let after = p.both(["smi", "smi"], "smi");
+    let shares: Vec<f64> = (0..2)
+        .map(|i| engine_share(&before[i], &after[i], &bench[i]))
+        .collect();
+    let ratio = num(&bench[1], "jps") / num(&bench[0], "jps");
+    for i in 0..2 {
+        eprintln!(
+            "guest {i} ({}) bench gemm {n}: {} engine share {:.3}",
+            TYPES[i].0,
+            bench_line(&bench[i]),
+            shares[i]
+        );
+    }
+    eprintln!("fixed-share throughput ratio (weight 2 / weight 1): {ratio:.3}");
+    // Expected 2. Fixed-share holds each vGPU's share even while it idles, so a guest's job
+    // latency is its engine time divided by its share, whatever the guest does between jobs:
+    // jobs_per_second (jobs over summed EXECBUFFER-to-fence latency) does not count the guest's
+    // own verification time, which under TCG varies with host load. What remains is a fixed
+    // per-job cost inside the latency (the guest's submit and fence wake-up under TCG, a few ms
+    // against ~100-200 ms of held-share job time, pulling the ratio slightly below 2) and host
+    // CPU contention: the engine thread shares 2 cores with two TCG vCPUs, and a slice is charged
+    // by wall time, so a preempted slice costs whichever vGPU owned it; over ~8 s of 2 ms slices
+    // that noise averages out but stays around ±10%. Hence [1.6, 2.5].
+    assert!(
+        (1.6..=2.5).contains(&ratio),
+        "fixed-share 1:2 throughput ratio {ratio:.3} outside [1.6, 2.5]; shares {shares:?}{}",
+        p.context()
+    );
+    p.finish();
+}
+
+/// Best-effort: a guest alone gets the whole engine (its jobs are never held back for the idle
+/// one), and with both busy the engine is split evenly and stays fully used.
+#[test]
+fn two_guests_best_effort() {
+    let Some(_one_at_a_time) = guard() else {
+        return;
+    };
+    let mut p = Pair::start("best-effort");
+    let smi = p.both(["smi", "smi"], "smi");
+    for (i, m) in smi.iter().enumerate() {
+        eprintln!("guest {i} smi: {}", m.detail);
+        assert_eq!(m.field("type"), Some(TYPES[i].0), "guest {i}: {m:?}");
+        assert_eq!(num(m, "fb_total") as u64, TYPES[i].1, "guest {i}: {m:?}");
+        assert_eq!(m.field("policy"), Some("best-effort"), "guest {i}: {m:?}");
+    }
+    let n = gemm_order();
+    let bench_cmd = |secs: u32| format!("bench gemm {n} {secs}");
+
+    // Guest 0 alone (guest 1 waits for its next command, idle).
+    let before = p.one(0, "smi", "smi");
+    let solo = p.one(0, &bench_cmd(5), "bench");
+    let after = p.one(0, "smi", "smi");
+    check_verified(&solo);
+    let solo_share = engine_share(&before, &after, &solo);
+    eprintln!(
+        "guest 0 alone: {} engine share {solo_share:.3}",
+        bench_line(&solo)
+    );
+
+    // Both at once.
+    let both = p.both([&bench_cmd(6), &bench_cmd(6)], "bench");
+    for (i, m) in both.iter().enumerate() {
+        check_verified(m);
+        eprintln!("guest {i} contended: {}", bench_line(m));
+    }
+    let jps = |m: &Marker| num(m, "jps");
+    let sum = jps(&both[0]) + jps(&both[1]);
+    let conserved = sum / jps(&solo);
+    let fairness = jps(&both[0]) / jps(&both[1]);
+    eprintln!(
+        "best-effort: alone {:.2} jobs/s, together {:.2} + {:.2} = {sum:.2} ({conserved:.3} of alone), \
+         guest0/guest1 {fairness:.3}",
+        jps(&solo),
+        jps(&both[0]),
+        jps(&both[1])
+    );
+    // Alone, engine time per second of job time is ~1 (a held share would give 1/2 here): the
+    // only gap is the per-job submit/fence cost under TCG. busy_ns and the latencies come from
+    // the same run, so host speed cancels out.
+    assert!(
+        solo_share >= 0.8,
+        "guest 0 alone got only {solo_share:.3} of the engine while it had work{}",
+        p.context()
+    );
+    // Together, both alone-and-together rates are per second of job time: the sum matches the
+    // solo rate when the engine stays busy and is split; it rises above 1 by the fraction of time
+    // one guest is between jobs (the other then runs alone), and host CPU contention from the
+    // second TCG guest slows the engine a little. Equal weights: neither guest gets more than
+    // ~1.5x the other.
+    assert!(
+        (0.7..=1.6).contains(&conserved),
+        "best-effort: together {sum:.2} jobs/s vs alone {:.2}{}",
+        jps(&solo),
+        p.context()
+    );
+    assert!(
+        (0.67..=1.5).contains(&fairness),
+        "best-effort: uneven split {fairness:.3}{}",
+        p.context()
+    );
+    p.finish();
+}
