@@ -578,9 +578,36 @@ fn kernels_match_reference_and_stats() {
     assert!(rec.framebuffer_used_bytes >= 4 * 4096);
     // The first job (everything up to QUERY_STATS) is counted.
     assert_eq!(rec.jobs_completed, 1);
+
     assert!(rec.busy_ns > 0);
     let copied = vm.download(1, 3, 0x30000, 2048 + 128);
     assert_eq!(&copied[2048..], &out[3000..3128]);
+}
+
+/// A stats record is written at its job's completion, when the vGPU's runlist is empty but the
+/// scheduler still counts it busy until the turn ends: a lone best-effort vGPU is one active vGPU
+/// with the whole share (it reported 2 when the two work flags were mixed).
+#[test]
+fn lone_vgpu_counts_itself_once_in_stats() {
+    let g = gpu();
+    let mut vm = Vm::new(&g, 1);
+    vm.ctx(1, 0).unwrap();
+    vm.buffer(1, 5, 4096, 0x10000);
+    for round in 0..20u64 {
+        let offset = (round % 32) * 128;
+        let q = ChannelCommand::QueryStats(QueryStatsCmd {
+            dst_res: 5,
+            reserved: 0,
+            dst_offset: offset,
+        });
+        assert_eq!(vm.submit(1, &[q]), OK);
+        let out = vm.download(1, 5, 0x10000, 4096);
+        let at = offset as usize;
+        let rec = StatsRecord::parse(&out[at..at + 128]).unwrap();
+        assert_eq!(rec.policy, 0, "best-effort");
+        assert_eq!(rec.active_vgpus, 1, "round {round}");
+        assert_eq!(rec.share_permille, 1000, "round {round}");
+    }
 }
 
 #[test]

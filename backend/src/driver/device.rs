@@ -461,11 +461,14 @@ impl Vgpu {
         let timeslice_us = state.core.timeslice_us(self.id);
         let share_permille = state.core.share_permille(self.id);
         let debt_ns = state.core.debt_ns(self.id);
+        // Best-effort: the vGPUs with work besides this one, plus this one (it is asking). Its own
+        // work flag is not consulted: at a job's completion the runlist is already empty while
+        // the policy core still counts the vGPU busy until the turn ends, so mixing the two
+        // counted it twice (QUERY_STATS of a lone guest said 2 active vGPUs).
         let active = if policy.holds_share() {
             state.core.len()
         } else {
-            let own = state.vgpus.get(&self.id).is_some_and(VgpuSched::has_work);
-            state.core.busy_count() + usize::from(!own)
+            state.core.busy_others(self.id) + 1
         };
         let mut stats = VgpuStats {
             vgpu_id: self.id,

@@ -208,6 +208,14 @@ impl SchedCore {
         self.entities.iter().filter(|e| e.has_work).count()
     }
 
+    /// Number of vGPUs other than `id` with work.
+    pub fn busy_others(&self, id: u32) -> usize {
+        self.entities
+            .iter()
+            .filter(|e| e.has_work && e.id != id)
+            .count()
+    }
+
     /// Turns skipped to repay debt so far.
     pub fn skipped_turns(&self) -> u64 {
         self.skipped
@@ -236,14 +244,7 @@ impl SchedCore {
     pub fn share_permille(&self, id: u32) -> u32 {
         let Some(me) = self.find(id) else { return 0 };
         let (mine, total) = match self.policy {
-            Policy::BestEffort => {
-                let others = self
-                    .entities
-                    .iter()
-                    .filter(|e| e.has_work && e.id != id)
-                    .count();
-                (1, others as u64 + 1)
-            }
+            Policy::BestEffort => (1, self.busy_others(id) as u64 + 1),
             Policy::EqualShare => (1, self.entities.len() as u64),
             Policy::FixedShare => (
                 u64::from(me.weight.max(1)),
