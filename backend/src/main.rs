@@ -259,6 +259,7 @@ fn run_demo(args: &[String]) -> ExitCode {
     #[derive(Parser)]
     #[command(
         name = "vgpud demo",
+        bin_name = "vgpud demo",
         about = "Several vGPUs with different workloads under each policy"
     )]
     struct DemoCommand {

@@ -192,8 +192,9 @@ impl FromStr for VgpuSpec {
 
 /// `vgpud`: a vhost-user virtio-gpu backend; one process shares a GPU driver core among many VMs.
 ///
-/// Subcommand: `vgpud ctl CONTROL_SOCKET list|stats|sched-log` queries a running daemon's
-/// `--control-socket`.
+/// Subcommands: `vgpud demo [--help]` runs the in-process demo (several vGPUs, every policy);
+/// `vgpud ctl CONTROL_SOCKET list|stats|sched-log` and `vgpud status --socket CONTROL_SOCKET`
+/// query a running daemon's `--control-socket`.
 #[derive(Debug, Clone, Default, Parser)]
 #[command(name = "vgpud", version, about)]
 pub struct Options {
