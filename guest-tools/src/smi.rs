@@ -140,8 +140,10 @@ impl SmiReport {
             (
                 "Engine utilization",
                 format!(
-                    "{:.1} % ({} active vGPUs)",
-                    self.utilization_percent, self.active_vgpus
+                    "{:.1} % ({} active vGPU{})",
+                    self.utilization_percent,
+                    self.active_vgpus,
+                    if self.active_vgpus == 1 { "" } else { "s" }
                 ),
             ),
             (

@@ -309,7 +309,7 @@ fn two_guests_fixed_share() {
 
     // Shares: the same gemm in both guests, started together, while both draw on their consoles.
     let n = gemm_order();
-    let secs = 8;
+    let secs = 10;
     let before = p.both(["smi", "smi"], "smi");
     let cmds: Vec<String> = FILL_BGR
         .iter()
@@ -395,8 +395,15 @@ fn two_guests_fixed_share() {
     // per-job cost inside the latency (the guest's submit and fence wake-up under TCG, a few ms
     // against ~100-200 ms of held-share job time, pulling the ratio slightly below 2) and host
     // CPU contention: the engine thread shares 2 cores with two TCG vCPUs, and a slice is charged
-    // by wall time, so a preempted slice costs whichever vGPU owned it; over ~8 s of 2 ms slices
+    // by wall time, so a preempted slice costs whichever vGPU owned it; over ~10 s of 2 ms slices
     // that noise averages out but stays around ±10%. Hence [1.6, 2.5].
+    // Held shares: neither vGPU gets more than its weight's share of the engine while it has
+    // work, even when the other is between jobs (engine time over job time, same window).
+    assert!(
+        (0.2..=0.42).contains(&shares[0]) && (0.45..=0.8).contains(&shares[1]),
+        "fixed-share engine shares {shares:?}, expected ~1/3 and ~2/3{}",
+        p.context()
+    );
     assert!(
         (1.6..=2.5).contains(&ratio),
         "fixed-share 1:2 throughput ratio {ratio:.3} outside [1.6, 2.5]; shares {shares:?}{}",
@@ -429,6 +436,9 @@ fn two_guests_best_effort() {
     let after = p.one(0, "smi", "smi");
     check_verified(&solo);
     let solo_share = engine_share(&before, &after, &solo);
+    // Guest 1 has no work: guest 0 is the only active vGPU and is entitled to the whole engine.
+    assert_eq!(after.field("active"), Some("1"), "{after:?}");
+    assert_eq!(after.field("share"), Some("100.0"), "{after:?}");
     eprintln!(
         "guest 0 alone: {} engine share {solo_share:.3}",
         bench_line(&solo)
@@ -440,34 +450,53 @@ fn two_guests_best_effort() {
         check_verified(m);
         eprintln!("guest {i} contended: {}", bench_line(m));
     }
+    let both_after = p.both(["smi", "smi"], "smi");
     let jps = |m: &Marker| num(m, "jps");
     let sum = jps(&both[0]) + jps(&both[1]);
-    let conserved = sum / jps(&solo);
     let fairness = jps(&both[0]) / jps(&both[1]);
+    // Guest 0's "after" of the solo run is its "before" here; guest 1 has done no jobs since boot
+    // besides QUERY_STATS, whose busy time is negligible.
+    let shares = [
+        engine_share(&after, &both_after[0], &both[0]),
+        engine_share(&smi[1], &both_after[1], &both[1]),
+    ];
     eprintln!(
-        "best-effort: alone {:.2} jobs/s, together {:.2} + {:.2} = {sum:.2} ({conserved:.3} of alone), \
-         guest0/guest1 {fairness:.3}",
+        "best-effort: alone {:.2} jobs/s (engine share {solo_share:.3}); together {:.2} + {:.2} = {sum:.2} jobs/s \
+         ({:.3} of alone, engine shares {:.3} + {:.3}), guest0/guest1 {fairness:.3}",
         jps(&solo),
         jps(&both[0]),
-        jps(&both[1])
+        jps(&both[1]),
+        sum / jps(&solo),
+        shares[0],
+        shares[1]
     );
-    // Alone, engine time per second of job time is ~1 (a held share would give 1/2 here): the
-    // only gap is the per-job submit/fence cost under TCG. busy_ns and the latencies come from
-    // the same run, so host speed cancels out.
+    // The criteria are engine time over job time, both measured by vgpud and the guest in the
+    // same window, so they hold whatever the host's speed: this 2-core machine is shared, and
+    // throughput measured in two different windows (alone, then together) can differ several
+    // times over when other work lands on the host between them. The throughput sum against the
+    // solo rate is printed above for information only.
+    //
+    // Alone, a best-effort vGPU gets the engine whenever it has work: ~1 (a held share would
+    // give 1/2 with two vGPUs); the gap is the guest's submit and fence wake-up under TCG.
     assert!(
-        solo_share >= 0.8,
+        solo_share >= 0.75,
         "guest 0 alone got only {solo_share:.3} of the engine while it had work{}",
         p.context()
     );
-    // Together, both alone-and-together rates are per second of job time: the sum matches the
-    // solo rate when the engine stays busy and is split; it rises above 1 by the fraction of time
-    // one guest is between jobs (the other then runs alone), and host CPU contention from the
-    // second TCG guest slows the engine a little. Equal weights: neither guest gets more than
-    // ~1.5x the other.
+    // Together, the engine is split evenly and kept busy: each gets ~1/2 while it has work, a
+    // little more when the other is between jobs; the sum is ~1 (above 1 by the time one guest
+    // runs alone while the other verifies). Equal weights: throughput within 1.5x of each other.
+    for (i, s) in shares.iter().enumerate() {
+        assert!(
+            (0.3..=0.8).contains(s),
+            "best-effort: guest {i} got {s:.3} of the engine while both had work{}",
+            p.context()
+        );
+    }
+    let total = shares[0] + shares[1];
     assert!(
-        (0.7..=1.6).contains(&conserved),
-        "best-effort: together {sum:.2} jobs/s vs alone {:.2}{}",
-        jps(&solo),
+        (0.8..=1.4).contains(&total),
+        "best-effort: engine shares sum to {total:.3} with both busy{}",
         p.context()
     );
     assert!(
