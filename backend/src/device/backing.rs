@@ -1,4 +1,5 @@
-//! Guest scatter-gather backing of a resource: validated once at attach, then read by byte range.
+//! Guest scatter-gather backing of a resource: validated once at attach, then read (transfers to
+//! the host) and written (TRANSFER_FROM_HOST_3D) by byte range, straight from and to guest memory.
 //!
 //! Entries that continue each other in guest memory (a driver's pages that happen to be
 //! consecutive) are merged into one run at attach, so a contiguous stretch is always copied with a
@@ -151,59 +152,91 @@ impl Backing {
         if dst.is_empty() {
             return Ok(());
         }
-        // The run holding `offset`: the last one starting at or before it.
-        let first = self
-            .entries
-            .partition_point(|e| e.start <= offset)
-            .saturating_sub(1);
-        let runs = self.entries.get(first..).unwrap_or_default();
+        let runs = self.runs_from(offset);
         match mem.physical_memory() {
             Some(phys) => {
                 let mut region = None;
-                copy_runs(runs, offset, dst, |addr, chunk| {
-                    read_physical(phys, &mut region, addr, chunk)
+                copy_runs(runs, offset, dst.len(), |addr, range| {
+                    dst.get_mut(range)
+                        .is_some_and(|chunk| read_physical(phys, &mut region, addr, chunk))
                 })
             }
-            None => copy_runs(runs, offset, dst, |addr, chunk| {
-                mem.read_slice(chunk, GuestAddress(addr)).is_ok()
+            None => copy_runs(runs, offset, dst.len(), |addr, range| {
+                dst.get_mut(range)
+                    .is_some_and(|chunk| mem.read_slice(chunk, GuestAddress(addr)).is_ok())
             }),
         }
         .map_err(|(addr, len)| GpuError::GuestMemory { addr, len })
     }
+
+    /// Copies `src` straight into backing bytes `offset..offset + src.len()` in guest memory
+    /// (TRANSFER_FROM_HOST_3D). A range past the end is an error and writes nothing.
+    pub fn write_from<M: GuestMemory + ?Sized>(
+        &self,
+        mem: &M,
+        offset: u64,
+        src: &[u8],
+    ) -> Result<(), GpuError> {
+        let want = src.len() as u64;
+        if offset.checked_add(want).is_none_or(|e| e > self.total) {
+            return Err(GpuError::SourceBeyondBacking {
+                resource_id: 0,
+                offset,
+                end: offset.saturating_add(want),
+                total: self.total,
+            });
+        }
+        if src.is_empty() {
+            return Ok(());
+        }
+        copy_runs(self.runs_from(offset), offset, src.len(), |addr, range| {
+            src.get(range)
+                .is_some_and(|chunk| mem.write_slice(chunk, GuestAddress(addr)).is_ok())
+        })
+        .map_err(|(addr, len)| GpuError::GuestMemory { addr, len })
+    }
+
+    /// The runs from the one holding `offset` (the last one starting at or before it) on.
+    fn runs_from(&self, offset: u64) -> &[Entry] {
+        let first = self
+            .entries
+            .partition_point(|e| e.start <= offset)
+            .saturating_sub(1);
+        self.entries.get(first..).unwrap_or_default()
+    }
 }
 
-/// Copies backing bytes `offset..offset + dst.len()` out of `runs` (the first of which holds
-/// `offset`) with `read(guest_addr, chunk)` per run; on failure returns the address and length of
-/// the chunk that could not be read.
+/// Walks backing bytes `offset..offset + len` over `runs` (the first of which holds `offset`),
+/// calling `copy(guest_addr, range_in_caller_buffer)` once per guest-contiguous piece; on failure
+/// returns the address and length of the piece that could not be copied.
 fn copy_runs(
     runs: &[Entry],
     offset: u64,
-    dst: &mut [u8],
-    mut read: impl FnMut(u64, &mut [u8]) -> bool,
+    len: usize,
+    mut copy: impl FnMut(u64, std::ops::Range<usize>) -> bool,
 ) -> Result<(), (u64, usize)> {
     let mut pos = offset;
-    let mut rest = dst;
+    let mut done = 0usize;
     for e in runs {
-        if rest.is_empty() {
+        if done == len {
             break;
         }
         // `pos` lies inside this run: the first run holds `offset`, and each later run starts
         // where the previous one ended.
         let within = pos.saturating_sub(e.start);
         let avail = e.len.saturating_sub(within);
-        let n = usize::try_from(avail).unwrap_or(usize::MAX).min(rest.len());
+        let n = usize::try_from(avail).unwrap_or(usize::MAX).min(len - done);
         let addr = e.addr.saturating_add(within);
-        let (chunk, tail) = std::mem::take(&mut rest).split_at_mut(n);
-        if n == 0 || !read(addr, chunk) {
+        if n == 0 || !copy(addr, done..done + n) {
             return Err((addr, n));
         }
-        rest = tail;
+        done += n;
         pos += n as u64;
     }
-    if rest.is_empty() {
+    if done == len {
         Ok(())
     } else {
-        Err((pos, rest.len()))
+        Err((pos, len - done))
     }
 }
 
@@ -314,6 +347,33 @@ pub(crate) mod tests {
             GpuError::SourceBeyondBacking { .. }
         ));
         assert!(b.read_into(&mem, u64::MAX, &mut past).is_err());
+    }
+
+    #[test]
+    fn writes_across_entries_and_regions() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[
+            (GuestAddress(0), 0x1000),
+            (GuestAddress(0x1000), 0x1000),
+        ])
+        .unwrap();
+        let b = backing(&mem, &[(0xff0, 0x20), (0x100, 0x10), (0x1800, 0x40)]).unwrap();
+        let src: Vec<u8> = (0..0x70u32).map(|i| (i * 3 + 1) as u8).collect();
+        b.write_from(&mem, 0, &src).unwrap();
+        let mut back = [0u8; 0x70];
+        b.read_into(&mem, 0, &mut back).unwrap();
+        assert_eq!(&back[..], &src[..]);
+        let mut raw = [0u8; 0x10];
+        mem.read_slice(&mut raw, GuestAddress(0x100)).unwrap();
+        assert_eq!(&raw[..], &src[0x20..0x30]);
+        // Past the end: an error, and nothing written.
+        mem.write_slice(&[0u8; 0x40], GuestAddress(0x1800)).unwrap();
+        assert!(matches!(
+            b.write_from(&mem, 0x6f, &[9, 9]).unwrap_err(),
+            GpuError::SourceBeyondBacking { .. }
+        ));
+        let mut tail = [0u8; 0x40];
+        mem.read_slice(&mut tail, GuestAddress(0x1800)).unwrap();
+        assert_eq!(tail, [0u8; 0x40]);
     }
 
     #[test]

@@ -6,21 +6,21 @@ use std::sync::Arc;
 
 use crate::driver::DeviceBuffer;
 
+use super::backing::Backing;
 use super::budget::Charge;
 use super::error::GpuError;
-use super::staging::Staging;
 
 /// Guest staging together with the budget charge for its entry list.
 #[derive(Debug)]
 pub struct AttachedStaging {
     /// The validated entries.
-    pub staging: Staging,
+    pub staging: Backing,
     _charge: Charge,
 }
 
 impl AttachedStaging {
     /// Pairs a staging area with the charge paid for it.
-    pub fn new(staging: Staging, charge: Charge) -> Self {
+    pub fn new(staging: Backing, charge: Charge) -> Self {
         AttachedStaging {
             staging,
             _charge: charge,

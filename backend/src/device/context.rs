@@ -15,10 +15,10 @@ use vm_memory::GuestMemory;
 use crate::driver::partition::PartitionCharge;
 use crate::driver::{Channel, DeviceBuffer, DriverError, Vgpu};
 
+use super::backing::Backing;
 use super::budget::{Charge, MemoryBudget};
 use super::buffer_resource::{AttachedStaging, BufferResource};
 use super::error::GpuError;
-use super::staging::Staging;
 use super::submit::{self, JobNotifier};
 
 /// Most contexts one VM may have.
@@ -221,8 +221,8 @@ impl Gpu3d {
         if res.staging.is_some() {
             return Err(GpuError::BackingAttached(id));
         }
-        let charge = Charge::new(budget, Staging::host_bytes(entries.len()))?;
-        let staging = Staging::new(mem, entries)?;
+        let charge = Charge::new(budget, Backing::host_bytes(entries.len()))?;
+        let staging = Backing::new(mem, entries)?;
         res.staging = Some(AttachedStaging::new(staging, charge));
         Ok(())
     }
@@ -289,10 +289,10 @@ impl Gpu3d {
         match dir {
             Direction::ToHost => res
                 .buffer
-                .with_bytes_mut(ro, len, |dst| staging.read(mem, bo, dst))??,
+                .with_bytes_mut(ro, len, |dst| staging.read_into(mem, bo, dst))??,
             Direction::FromHost => res
                 .buffer
-                .with_bytes(ro, len, |src| staging.write(mem, bo, src))??,
+                .with_bytes(ro, len, |src| staging.write_from(mem, bo, src))??,
         }
         Ok(())
     }

@@ -20,7 +20,6 @@ pub mod format;
 pub mod log_limit;
 pub mod resource;
 pub mod scanout;
-pub mod staging;
 pub mod submit;
 pub mod transfer;
 
