@@ -6,27 +6,8 @@ use std::sync::Arc;
 
 use crate::driver::DeviceBuffer;
 
-use super::backing::Backing;
-use super::budget::Charge;
 use super::error::GpuError;
-
-/// Guest staging together with the budget charge for its entry list.
-#[derive(Debug)]
-pub struct AttachedStaging {
-    /// The validated entries.
-    pub staging: Backing,
-    _charge: Charge,
-}
-
-impl AttachedStaging {
-    /// Pairs a staging area with the charge paid for it.
-    pub fn new(staging: Backing, charge: Charge) -> Self {
-        AttachedStaging {
-            staging,
-            _charge: charge,
-        }
-    }
-}
+use super::resource::AttachedBacking;
 
 /// A guest-created buffer.
 #[derive(Debug)]
@@ -34,7 +15,7 @@ pub struct BufferResource {
     /// Device memory.
     pub buffer: Arc<DeviceBuffer>,
     /// Guest backing, if attached.
-    pub staging: Option<AttachedStaging>,
+    pub staging: Option<AttachedBacking>,
     /// UUID assigned by RESOURCE_ASSIGN_UUID.
     pub uuid: Option<[u8; 16]>,
 }

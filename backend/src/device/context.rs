@@ -17,8 +17,9 @@ use crate::driver::{Channel, DeviceBuffer, DriverError, Vgpu};
 
 use super::backing::Backing;
 use super::budget::{Charge, MemoryBudget};
-use super::buffer_resource::{AttachedStaging, BufferResource};
+use super::buffer_resource::BufferResource;
 use super::error::GpuError;
+use super::resource::AttachedBacking;
 use super::submit::{self, JobNotifier};
 
 /// Most contexts one VM may have.
@@ -223,7 +224,7 @@ impl Gpu3d {
         }
         let charge = Charge::new(budget, Backing::host_bytes(entries.len()))?;
         let staging = Backing::new(mem, entries)?;
-        res.staging = Some(AttachedStaging::new(staging, charge));
+        res.staging = Some(AttachedBacking::new(staging, charge));
         Ok(())
     }
 
@@ -268,7 +269,7 @@ impl Gpu3d {
         } else {
             GpuError::UnknownResource(id)
         })?;
-        let staging = &res.staging.as_ref().ok_or(GpuError::NoBacking(id))?.staging;
+        let staging = &res.staging.as_ref().ok_or(GpuError::NoBacking(id))?.backing;
         let bt = buffer_transfer(t)?;
         res.check_range(id, bt.resource_offset, bt.len)?;
         if bt
