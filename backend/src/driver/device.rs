@@ -404,7 +404,9 @@ impl Vgpu {
                 submitted_slice,
             };
             let rejected = vgpu.runlist.push(queued).err();
-            state.refresh(self.id);
+            if state.refresh(self.id) {
+                shared.woke.store(true, Ordering::Release);
+            }
             rejected
         };
         if rejected.is_some() {
@@ -424,7 +426,7 @@ impl Vgpu {
                 .get_mut(&self.id)
                 .map(|v| v.runlist.remove_channel(channel))
                 .unwrap_or_default();
-            state.refresh(self.id);
+            let _ = state.refresh(self.id);
             jobs
         };
         worker::cancel_all(jobs);

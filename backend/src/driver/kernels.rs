@@ -2,10 +2,15 @@
 //! calls them one chunk at a time.
 //!
 //! Results are defined as follows:
-//! - `gemm_f32`: `C = alpha·A·B + beta·C`, row-major, f32 arithmetic (inner loop by the
-//!   `matrixmultiply` crate, whose blocking fixes the order of the k-sum; results match a naive
-//!   f64 reference within a relative tolerance of about `k·2⁻²³`). With `beta == 0`, C is not read
-//!   (NaNs in C do not propagate).
+//! - `gemm_f32`: `C = alpha·A·B + beta·C`, row-major, f32 arithmetic. The engine cuts `k` into
+//!   k-blocks of [`gemm_k_block`]`(k)` (≤ [`GEMM_K_BLOCK`], nearly equal, a function of `k`
+//!   only) and computes each C tile as `alpha·A[·,k₀]·B[k₀,·] + beta·C`, then adds
+//!   `alpha·A[·,kᵢ]·B[kᵢ,·]` for the following k-blocks in order, rounding to f32 after each
+//!   block; within a block the `matrixmultiply` crate's microkernel sums in k order, its SIMD path
+//!   (full or edge tile) varying with the tile's shape, so different chunkings of one GEMM agree
+//!   to a few ulps and every result matches a naive f64 reference within a relative tolerance of
+//!   about `k·2⁻²³`. With `beta == 0`, C is not
+//!   read (NaNs in C do not propagate).
 //! - `axpy_f32`: `y[i] = alpha·x[i] + y[i]` element by element in f32 (exactly one rounding per
 //!   multiply and per add, no fused multiply-add).
 //! - `reduce_sum_f32`: the sum is accumulated in **f64, sequentially in index order** starting from
@@ -41,7 +46,25 @@ pub struct GemmDims {
 /// exactly the `m×k`, `k×n`, `m×n` matrices.
 pub fn gemm_f32_block(
     dims: GemmDims,
+    block: (std::ops::Range<usize>, std::ops::Range<usize>),
+    alpha: f32,
+    a: &[f32],
+    b: &[f32],
+    beta: f32,
+    c: &mut [f32],
+) -> Result<(), KernelError> {
+    gemm_f32_tile(dims, block, 0..dims.k, alpha, a, b, beta, c)
+}
+
+/// One k-block of a tile: `C[rows, cols] = alpha·A[rows, ks]·B[ks, cols] + beta·C[rows, cols]`.
+/// Summing a tile's k-blocks in order, the first with the caller's `beta` and the rest with
+/// `beta = 1`, computes the tile of `C = alpha·A·B + beta·C` (see [`GEMM_K_BLOCK`] for the
+/// summation order this defines). `a`, `b`, `c` hold exactly the `m×k`, `k×n`, `m×n` matrices.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_f32_tile(
+    dims: GemmDims,
     (rows, cols): (std::ops::Range<usize>, std::ops::Range<usize>),
+    ks: std::ops::Range<usize>,
     alpha: f32,
     a: &[f32],
     b: &[f32],
@@ -67,7 +90,10 @@ pub fn gemm_f32_block(
     if rows.start > rows.end || rows.end > m || cols.start > cols.end || cols.end > n {
         return fail("block outside the matrix");
     }
-    if rows.is_empty() || cols.is_empty() {
+    if ks.start > ks.end || ks.end > k {
+        return fail("k-block outside the matrix");
+    }
+    if rows.is_empty() || cols.is_empty() || ks.is_empty() {
         return Ok(());
     }
     let (Ok(rsa), Ok(rsb), Ok(rsc)) = (isize::try_from(k), isize::try_from(n), isize::try_from(n))
@@ -75,18 +101,19 @@ pub fn gemm_f32_block(
         return fail("dimension too large");
     };
     // The block's first elements; the lengths checked above keep every element the call touches
-    // (rows.start..rows.end × 0..k of A, 0..k × cols of B, rows × cols of C) inside the slices.
-    let a_block = &a[rows.start * k..];
-    let b_block = &b[cols.start..];
+    // (rows × ks of A, ks × cols of B, rows × cols of C) inside the slices.
+    let a_block = &a[rows.start * k + ks.start..];
+    let b_block = &b[ks.start * n + cols.start..];
     let c_block = &mut c[rows.start * n + cols.start..];
     // SAFETY: with row strides k, n, n and column stride 1, the largest index read from
-    // `a_block` is (rows.len()-1)·k + k-1 < a_block.len(); from `b_block` (k-1)·n + cols.len()-1
-    // < b_block.len(); written in `c_block` (rows.len()-1)·n + cols.len()-1 < c_block.len().
-    // `c` is borrowed mutably, so it aliases neither `a` nor `b`.
+    // `a_block` is (rows.len()-1)·k + ks.len()-1 < a_block.len() (as ks.end ≤ k); from `b_block`
+    // (ks.len()-1)·n + cols.len()-1 < b_block.len(); written in `c_block`
+    // (rows.len()-1)·n + cols.len()-1 < c_block.len(). `c` is borrowed mutably, so it aliases
+    // neither `a` nor `b`.
     unsafe {
         matrixmultiply::sgemm(
             rows.len(),
-            k,
+            ks.len(),
             cols.len(),
             alpha,
             a_block.as_ptr(),
@@ -102,6 +129,18 @@ pub fn gemm_f32_block(
         );
     }
     Ok(())
+}
+
+/// Largest k-block the engine runs: `k` is cut into `⌈k / GEMM_K_BLOCK⌉` blocks of nearly equal
+/// size ([`gemm_k_blocks`]), a function of `k` alone, so the summation order of a GEMM does not
+/// depend on how the job is chunked or on the machine's speed.
+pub const GEMM_K_BLOCK: usize = 256;
+
+/// The k-block size for inner dimension `k`: `k` cut into `⌈k / GEMM_K_BLOCK⌉` nearly equal
+/// blocks (the last may be shorter). `k = 0` gives 1.
+pub fn gemm_k_block(k: usize) -> usize {
+    let blocks = k.div_ceil(GEMM_K_BLOCK).max(1);
+    k.div_ceil(blocks).max(1)
 }
 
 /// `y[i] = alpha·x[i] + y[i]`.

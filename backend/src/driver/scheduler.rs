@@ -7,16 +7,35 @@
 //! `timeslice / weight` (stride scheduling); the next turn goes to the eligible vGPU with the
 //! smallest virtual time, ties to the one served least recently. Weights are 1 under best-effort
 //! and equal-share and the type weight under fixed-share, so turns (of one time slice each) come
-//! in proportion to weight. Under **best-effort** only vGPUs with work are eligible: an idle
-//! vGPU gives up its turn, and when it wakes its virtual time is raised to the scheduler's
-//! virtual clock (lag clamped, EEVDF style), so idling banks no credit. Under **equal-share**
-//! and **fixed-share** every created vGPU is eligible: when an idle vGPU's turn comes the engine
-//! idles for its slice (or until it gets work, which then runs at once), so a vGPU's share —
-//! 1/N of time with N vGPUs created, or weight/Σweight — is held and never given away. The time
-//! actually used, overrun included, is charged: a slice ends at the first chunk boundary past its
-//! target, and the overshoot becomes debt that shortens the vGPU's next slice (NVIDIA-style
-//! compensation); debt of a whole slice or more skips the turn. Debt is capped at
-//! [`MAX_DEBT_SLICES`] slices so one host stall cannot starve a vGPU for long.
+//! in proportion to weight. A turn that ends before its target (the vGPU ran out of work, or was
+//! preempted by a waking vGPU) is charged only the time it used: the unused part of the stride is
+//! refunded, so the vGPU keeps the rest of its share of the round.
+//!
+//! Under **best-effort** only vGPUs with work are eligible: an idle vGPU gives up its turn, and
+//! when it wakes its virtual time is raised to the scheduler's virtual clock (lag clamped, EEVDF
+//! style), so idling banks no credit.
+//!
+//! Under **equal-share** and **fixed-share** a vGPU's share — 1/N of time with N vGPUs created,
+//! or weight/Σweight — is held and never given away: vGPUs with work may run only while their
+//! virtual time is less than one round (the largest stride, `max timeslice/weight`) ahead of the
+//! idle vGPU furthest behind; when none may, that idle vGPU gets a *reserved* turn and the engine
+//! idles for its slice (or runs its work at once if it gets some). So an idle vGPU's slot is
+//! deferred to the end of the round rather than idled at once, and the idle time it is owed is
+//! still spent idle, charged to it, before the busy vGPUs start another round: every busy vGPU
+//! gets exactly its share of wall time, an idle vGPU lags at most one round (it banks no credit
+//! beyond it), and the engine idles for exactly the share the idle vGPUs leave unused.
+//!
+//! **Waking.** A vGPU that wakes owing time (its virtual time behind the running turn's position,
+//! `start + used/weight`) preempts the running turn at the next chunk boundary
+//! ([`SchedCore::should_preempt`]); the preempted vGPU is refunded what it did not use and
+//! resumes at its next turn. So a light vGPU waits about one chunk, not a round, while shares
+//! stay exact (time is charged as used). Under best-effort a woken vGPU sits at the virtual clock,
+//! so it preempts a turn that started there.
+//!
+//! **Overruns.** The time actually used, overrun included, is charged: a slice ends at the first
+//! chunk boundary past its target, and the overshoot becomes debt that shortens the vGPU's next
+//! slice (NVIDIA-style compensation); debt of a whole slice or more skips the turn. Debt is
+//! capped at [`MAX_DEBT_SLICES`] slices so one host stall cannot starve a vGPU for long.
 
 use std::fmt;
 use std::str::FromStr;
@@ -98,6 +117,8 @@ pub struct Turn {
     pub timeslice_ns: u64,
     /// The vGPU had no work when picked (a held share: the engine idles for it).
     pub reserved: bool,
+    /// The vGPU's virtual time when the turn started.
+    vstart: u128,
 }
 
 #[derive(Debug, Clone)]
@@ -109,6 +130,8 @@ struct Entity {
     debt_ns: u64,
     last_turn: u64,
     has_work: bool,
+    /// Got work since its last turn started (it may preempt; see `should_preempt`).
+    woken: bool,
 }
 
 /// The scheduler's state for all vGPUs of one device.
@@ -185,6 +208,7 @@ impl SchedCore {
             debt_ns: 0,
             last_turn: 0,
             has_work: false,
+            woken: false,
         });
     }
 
@@ -226,17 +250,49 @@ impl SchedCore {
         self.find(id).map_or(0, |e| e.debt_ns)
     }
 
-    /// Records whether vGPU `id` has work. Under best-effort a vGPU that wakes is placed no
-    /// earlier than the virtual clock, so time spent idle is not banked.
-    pub fn set_has_work(&mut self, id: u32, has_work: bool) {
+    /// Records whether vGPU `id` has work; returns whether it just woke (had none before).
+    /// Under best-effort a vGPU that wakes is placed no earlier than the virtual clock, so time
+    /// spent idle is not banked.
+    pub fn set_has_work(&mut self, id: u32, has_work: bool) -> bool {
         let clamp = !self.policy.holds_share();
         let vclock = self.vclock;
-        if let Some(e) = self.find_mut(id) {
-            if has_work && !e.has_work && clamp {
-                e.vtime = e.vtime.max(vclock);
-            }
-            e.has_work = has_work;
+        let Some(e) = self.find_mut(id) else {
+            return false;
+        };
+        let woke = has_work && !e.has_work;
+        if woke && clamp {
+            e.vtime = e.vtime.max(vclock);
         }
+        e.has_work = has_work;
+        e.woken = has_work && (e.woken || woke);
+        woke
+    }
+
+    /// How far (virtual time) a vGPU with work may run ahead of the idle vGPU furthest behind
+    /// under a held-share policy: one round, the largest stride `timeslice / weight`.
+    fn round_vtime(&self) -> u128 {
+        self.entities
+            .iter()
+            .map(|e| self.stride(e))
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn stride(&self, e: &Entity) -> u128 {
+        u128::from(self.timeslice_us(e.id)) * 1000 * VTIME_SCALE / self.weight(e)
+    }
+
+    /// Whether `turn`, `used_ns` into it, should end at this chunk boundary because a vGPU that
+    /// woke since its last turn is behind it in virtual time (it owes that vGPU time in this
+    /// round). vGPUs that stayed busy never preempt each other.
+    pub fn should_preempt(&self, turn: &Turn, used_ns: u64) -> bool {
+        let Some(me) = self.find(turn.vgpu) else {
+            return true;
+        };
+        let position = turn.vstart + u128::from(used_ns) * VTIME_SCALE / self.weight(me);
+        self.entities
+            .iter()
+            .any(|e| e.id != turn.vgpu && e.woken && e.vtime < position)
     }
 
     /// The share of device time vGPU `id` is entitled to, in permille: best-effort 1/(vGPUs
@@ -267,21 +323,48 @@ impl SchedCore {
         // is a backstop.
         let max_iterations = (self.entities.len() as u64 + 1) * (MAX_DEBT_SLICES + 2);
         for _ in 0..max_iterations {
-            let index = self
+            // Held shares: vGPUs with work may run up to one round ahead of the idle vGPU
+            // furthest behind; past that the engine idles for that vGPU (a reserved turn).
+            let limit = if hold {
+                self.entities
+                    .iter()
+                    .filter(|e| !e.has_work)
+                    .map(|e| e.vtime)
+                    .min()
+                    .map(|floor| floor + self.round_vtime())
+            } else {
+                None
+            };
+            let runnable = self
                 .entities
                 .iter()
                 .enumerate()
-                .filter(|(_, e)| hold || e.has_work)
+                .filter(|(_, e)| e.has_work && limit.is_none_or(|l| e.vtime < l))
                 .min_by_key(|(_, e)| (e.vtime, e.last_turn))
-                .map(|(i, _)| i)?;
+                .map(|(i, _)| i);
+            let index = match runnable {
+                Some(i) => i,
+                None => self
+                    .entities
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, e)| !e.has_work)
+                    .min_by_key(|(_, e)| (e.vtime, e.last_turn))
+                    .map(|(i, _)| i)?,
+            };
             let timeslice_ns = u64::from(self.timeslice_us(self.entities[index].id)) * 1000;
-            let weight = self.weight(&self.entities[index]);
+            let stride = self.stride(&self.entities[index]);
             self.turns += 1;
             let turn_seq = self.turns;
             let e = &mut self.entities[index];
-            self.vclock = self.vclock.max(e.vtime);
-            e.vtime += u128::from(timeslice_ns) * VTIME_SCALE / weight;
-            e.last_turn = turn_seq;
+            let vstart = e.vtime;
+            e.woken = false;
+            self.vclock = self.vclock.max(vstart);
+            e.vtime += stride;
+            // A reserved turn does not count as service: an idle vGPU that wakes wins ties.
+            if e.has_work {
+                e.last_turn = turn_seq;
+            }
             if e.debt_ns >= timeslice_ns {
                 e.debt_ns -= timeslice_ns;
                 self.skipped += 1;
@@ -292,15 +375,23 @@ impl SchedCore {
                 target_ns: timeslice_ns - e.debt_ns,
                 timeslice_ns,
                 reserved: !e.has_work,
+                vstart,
             });
         }
         None
     }
 
     /// Charges a turn that took `elapsed_ns` of device time (busy or held idle). The overshoot
-    /// past the target replaces the debt that shortened this slice.
+    /// past the target replaces the debt that shortened this slice; a turn that ended before its
+    /// target (the vGPU ran out of work, or a waking vGPU preempted it) is charged only the time
+    /// it used, so the vGPU keeps the rest of its round.
     pub fn account(&mut self, turn: &Turn, elapsed_ns: u64) {
+        let unused = turn.target_ns.saturating_sub(elapsed_ns);
+        let refund = self
+            .find(turn.vgpu)
+            .map_or(0, |e| u128::from(unused) * VTIME_SCALE / self.weight(e));
         if let Some(e) = self.find_mut(turn.vgpu) {
+            e.vtime = e.vtime.saturating_sub(refund).max(turn.vstart);
             let paid = turn.timeslice_ns.saturating_sub(turn.target_ns);
             let overshoot = elapsed_ns.saturating_sub(turn.target_ns);
             let cap = turn.timeslice_ns.saturating_mul(MAX_DEBT_SLICES);
@@ -530,5 +621,129 @@ mod tests {
         let (used, _) = simulate(&mut core, 400, |_, target| target);
         let total: u64 = used.values().sum();
         assert!((share(&used, 4, total) - 0.25).abs() < 0.02);
+    }
+
+    #[test]
+    fn held_share_defers_idle_slot_and_waking_vgpu_is_served_promptly() {
+        let mut core = SchedCore::new(Policy::EqualShare, None);
+        for id in 1..=4 {
+            core.add(id, 1, None);
+        }
+        for id in 1..=3 {
+            core.set_has_work(id, true);
+        }
+        // The idle vGPU's slot comes at the end of the round, not in the middle of it.
+        let order: Vec<(u32, bool)> = (0..8)
+            .map(|_| {
+                let t = core.pick().unwrap();
+                core.account(&t, t.target_ns);
+                (t.vgpu, t.reserved)
+            })
+            .collect();
+        assert_eq!(
+            order,
+            vec![
+                (1, false),
+                (2, false),
+                (3, false),
+                (4, true),
+                (1, false),
+                (2, false),
+                (3, false),
+                (4, true)
+            ]
+        );
+        // vGPU 4 wakes during vGPU 1's turn: owed time, it preempts at the next chunk boundary.
+        let t = core.pick().unwrap();
+        assert_eq!(t.vgpu, 1);
+        assert!(core.set_has_work(4, true));
+        assert!(!core.set_has_work(4, true), "already awake");
+        assert!(core.should_preempt(&t, 100_000));
+        core.account(&t, 100_000);
+        let light = core.pick().unwrap();
+        assert_eq!((light.vgpu, light.reserved), (4, false));
+        // It runs 50 µs and goes idle: charged 50 µs, not a slice.
+        core.account(&light, 50_000);
+        core.set_has_work(4, false);
+        // vGPU 1 was refunded what it did not use; 2 and 3, further behind, go first.
+        let next: Vec<u32> = (0..3)
+            .map(|_| {
+                let t = core.pick().unwrap();
+                core.account(&t, t.target_ns);
+                t.vgpu
+            })
+            .collect();
+        assert_eq!(next, vec![2, 3, 1]);
+        // Wakes again mid-round: still owed most of its slice, so again prompt.
+        let t = core.pick().unwrap();
+        core.set_has_work(4, true);
+        assert!(core.should_preempt(&t, 10_000));
+        // Busy vGPUs behind the running one do not preempt it; only a woken one does.
+        core.set_has_work(4, false);
+        assert!(!core.should_preempt(&t, 10_000));
+    }
+
+    #[test]
+    fn held_shares_stay_exact_with_a_light_vgpu_waking_often() {
+        for policy in [Policy::EqualShare, Policy::FixedShare] {
+            let mut core = SchedCore::new(policy, None);
+            let weights = [1, 1, 2, 4];
+            for (id, w) in weights.iter().enumerate() {
+                core.add(id as u32, *w, None);
+            }
+            for id in 1..4 {
+                core.set_has_work(id, true);
+            }
+            let mut used = BTreeMap::new();
+            let (mut idle, mut now) = (0u64, 0u64);
+            let mut light_wakes_at = 3_000_000u64;
+            for _ in 0..20_000 {
+                let t = core.pick().unwrap();
+                let mut elapsed = if t.reserved {
+                    t.target_ns
+                } else {
+                    t.target_ns + 20_000
+                };
+                // The light vGPU (0) wakes every 5 ms; it preempts at the next 100 µs chunk and
+                // runs 60 µs.
+                if now + elapsed >= light_wakes_at && t.vgpu != 0 {
+                    core.set_has_work(0, true);
+                    let at = light_wakes_at.saturating_sub(now).div_ceil(100_000) * 100_000;
+                    if at < elapsed && core.should_preempt(&t, at) {
+                        elapsed = at.max(1);
+                    }
+                }
+                if t.vgpu == 0 && !t.reserved {
+                    elapsed = 60_000;
+                    core.set_has_work(0, false);
+                    light_wakes_at = now + elapsed + 5_000_000;
+                }
+                if t.reserved {
+                    idle += elapsed;
+                } else {
+                    *used.entry(t.vgpu).or_insert(0u64) += elapsed;
+                }
+                core.account(&t, elapsed);
+                now += elapsed;
+            }
+            let sum_w: u64 = weights.iter().map(|&w| u64::from(w)).sum();
+            let entitled = |id: usize| match policy {
+                Policy::FixedShare => f64::from(weights[id]) / sum_w as f64,
+                _ => 0.25,
+            };
+            for id in 1..4u32 {
+                let want = entitled(id as usize);
+                let got = share(&used, id, now);
+                assert!((got - want).abs() < 0.01, "{policy} {id}: {got} vs {want}");
+            }
+            // The light vGPU's unused share is idled, not given away.
+            let light = share(&used, 0, now);
+            let want_idle = entitled(0) - light;
+            assert!(
+                (idle as f64 / now as f64 - want_idle).abs() < 0.01,
+                "{policy}"
+            );
+            assert!(light > 0.005, "{policy}: light got {light}");
+        }
     }
 }

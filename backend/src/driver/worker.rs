@@ -2,6 +2,7 @@
 //! engine, chunk by chunk, with no lock held while a chunk runs.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -52,10 +53,10 @@ pub(crate) struct SchedState {
 }
 
 impl SchedState {
-    /// Tells the policy core whether vGPU `id` has work.
-    pub fn refresh(&mut self, id: u32) {
+    /// Tells the policy core whether vGPU `id` has work; returns whether it just woke.
+    pub fn refresh(&mut self, id: u32) -> bool {
         let has_work = self.vgpus.get(&id).is_some_and(VgpuSched::has_work);
-        self.core.set_has_work(id, has_work);
+        self.core.set_has_work(id, has_work)
     }
 }
 
@@ -63,6 +64,9 @@ impl SchedState {
 pub(crate) struct Shared {
     state: Mutex<SchedState>,
     pub wake: Condvar,
+    /// Set when a vGPU wakes: the device thread checks at its next chunk boundary whether the
+    /// running turn should yield to it (one atomic load per chunk otherwise).
+    pub woke: AtomicBool,
     log: Mutex<SchedulerLog>,
     pub epoch: Instant,
 }
@@ -77,6 +81,7 @@ impl Shared {
                 slice_seq: 0,
             }),
             wake: Condvar::new(),
+            woke: AtomicBool::new(false),
             log: Mutex::new(SchedulerLog::default()),
             epoch: Instant::now(),
         }
@@ -102,6 +107,15 @@ impl Shared {
             }
             None => self.wake.wait(guard).unwrap_or_else(|e| e.into_inner()),
         }
+    }
+
+    /// Whether a vGPU woke since the last call and the running `turn`, `used_ns` into it,
+    /// should yield to it (takes the lock only after a wake).
+    fn preempt_for_wake(&self, turn: &Turn, used_ns: u64) -> bool {
+        if !self.woke.swap(false, Ordering::AcqRel) {
+            return false;
+        }
+        self.lock().core.should_preempt(turn, used_ns)
     }
 
     /// ns since the device started.
@@ -155,8 +169,9 @@ enum Ran {
     Preempted(ActiveJob),
 }
 
-/// Runs one turn: the vGPU's jobs until the first chunk boundary past the target, or until it
-/// has no work (held-share policies then idle for it until the target).
+/// Runs one turn: the vGPU's jobs until the first chunk boundary past the target, until it has
+/// no work, or until a waking vGPU that is owed time preempts it at a chunk boundary. A reserved
+/// turn (held share) idles until its target unless the vGPU gets work, which then runs at once.
 fn run_slot<'a>(
     shared: &'a Shared,
     mut guard: MutexGuard<'a, SchedState>,
@@ -187,7 +202,13 @@ fn run_slot<'a>(
         };
         let Some(mut active) = active else {
             let now = Instant::now();
-            if hold && now < deadline {
+            if hold && turn.reserved && now < deadline {
+                let idle_ns = nanos(now.saturating_duration_since(start));
+                if shared.woke.swap(false, Ordering::AcqRel)
+                    && guard.core.should_preempt(&turn, idle_ns)
+                {
+                    break;
+                }
                 guard = shared.wait_for(guard, Some(deadline - now));
                 continue;
             }
@@ -198,17 +219,26 @@ fn run_slot<'a>(
         drop(guard);
 
         let mut segment_ns = 0u64;
+        // One clock read per chunk: each chunk's end is the next one's start.
+        let mut t0 = Instant::now();
         let ran = loop {
-            let t0 = Instant::now();
             let step = active.step(engine);
-            let dt = nanos(t0.elapsed());
+            let now = Instant::now();
+            let dt = nanos(now.saturating_duration_since(t0));
+            t0 = now;
             segment_ns += dt;
             active.run_ns += dt;
             chunks = chunks.saturating_add(1);
             match step {
                 Ok(true) => break Ran::Finished(active, Ok(())),
                 Err(e) => break Ran::Finished(active, Err(JobFailure::Engine(e))),
-                Ok(false) if Instant::now() >= deadline => break Ran::Preempted(active),
+                Ok(false) if now >= deadline => break Ran::Preempted(active),
+                Ok(false)
+                    if shared
+                        .preempt_for_wake(&turn, nanos(now.saturating_duration_since(start))) =>
+                {
+                    break Ran::Preempted(active)
+                }
                 Ok(false) => {}
             }
         };

@@ -346,7 +346,14 @@ fn gemm_direct(dim: u32, rows_per_call: usize, seconds: f64) -> Result<f64, Stri
     Ok(gflops(dim, jobs, t0.elapsed().as_secs_f64()))
 }
 
-fn gemm_channel(dim: u32, seconds: f64) -> Result<f64, String> {
+/// Channel throughput, with the engine's mean time and chunks per job.
+struct ChannelRun {
+    gflops: f64,
+    run_ns_per_job: f64,
+    chunks_per_job: f64,
+}
+
+fn gemm_channel(dim: u32, seconds: f64) -> Result<ChannelRun, String> {
     let dev = device(Policy::BestEffort, 1024)?;
     let vgpu = create(&dev, &["vgpu-1q"])?.remove(0);
     let bytes = u64::from(dim) * u64::from(dim) * 4;
@@ -365,11 +372,11 @@ fn gemm_channel(dim: u32, seconds: f64) -> Result<f64, String> {
     .map_err(|e| e.to_string())?;
     let channel = vgpu.create_channel().map_err(|e| e.to_string())?;
     let (tx, rx) = mpsc::channel();
-    let submit = |tx: &mpsc::Sender<bool>| {
+    let submit = |tx: &mpsc::Sender<Option<(u64, u64)>>| {
         let tx = tx.clone();
         channel
             .submit_fn(job.clone(), move |r| {
-                let _ = tx.send(r.is_ok());
+                let _ = tx.send(r.ok().map(|r| (r.run_ns, r.chunks)));
             })
             .map_err(|e| e.to_string())
     };
@@ -378,20 +385,26 @@ fn gemm_channel(dim: u32, seconds: f64) -> Result<f64, String> {
     submit(&tx)?;
     let t0 = Instant::now();
     let mut jobs = 0u64;
+    let (mut run_ns, mut chunks) = (0u64, 0u64);
     while t0.elapsed().as_secs_f64() < seconds {
-        let ok = rx
+        let (r, c) = rx
             .recv_timeout(Duration::from_secs(5))
-            .map_err(|_| "GEMM job did not complete".to_string())?;
-        if !ok {
-            return Err("GEMM job failed".into());
-        }
+            .map_err(|_| "GEMM job did not complete".to_string())?
+            .ok_or("GEMM job failed")?;
         jobs += 1;
+        run_ns += r;
+        chunks += c;
         submit(&tx)?;
     }
     let rate = gflops(dim, jobs, t0.elapsed().as_secs_f64());
     drop(channel);
     dev.shutdown();
-    Ok(rate)
+    let per_job = |v: u64| v as f64 / jobs.max(1) as f64;
+    Ok(ChannelRun {
+        gflops: rate,
+        run_ns_per_job: per_job(run_ns),
+        chunks_per_job: per_job(chunks),
+    })
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -407,6 +420,9 @@ struct GemmResult {
     direct_runs: Vec<f64>,
     rowwise_runs: Vec<f64>,
     channel_runs: Vec<f64>,
+    /// Engine time and chunks per job in the median channel run.
+    run_ns_per_job: f64,
+    chunks_per_job: f64,
 }
 
 impl GemmResult {
@@ -439,7 +455,14 @@ fn gemm_overhead(dim: u32) -> Result<GemmResult, String> {
         rowwise.push(gemm_direct(dim, rows_per_call, 0.5)?);
         channel.push(gemm_channel(dim, 1.0)?);
     }
+    channel.sort_by(|a, b| a.gflops.total_cmp(&b.gflops));
+    let mid = channel
+        .get(channel.len() / 2)
+        .map_or((0.0, 0.0), |c| (c.run_ns_per_job, c.chunks_per_job));
+    let channel: Vec<f64> = channel.iter().map(|c| c.gflops).collect();
     Ok(GemmResult {
+        run_ns_per_job: mid.0,
+        chunks_per_job: mid.1,
         direct: median(direct.clone()),
         rowwise: median(rowwise.clone()),
         channel: median(channel.clone()),
@@ -675,7 +698,11 @@ fn run(args: &Args) -> Result<(), String> {
         rows.push(
             Row::new(
                 if headline { "c3" } else { "c6" },
-                format!("GEMM {dim}³ f32 through one vGPU's driver channel"),
+                format!(
+                    "GEMM {dim}³ f32 through one vGPU's driver channel ({:.0} chunks of {:.0} µs)",
+                    g.chunks_per_job,
+                    g.run_ns_per_job / g.chunks_per_job.max(1.0) / 1000.0
+                ),
                 format!("{:.1} GFLOP/s, −{:.1}%", g.channel, overhead * 100.0),
             )
             .target(

@@ -16,7 +16,7 @@ pub const DEFAULT_CHUNK_TARGET_NS: u64 = 100_000;
 /// How far an operation has got, carried between chunks (and across preemptions).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct OpProgress {
-    /// Units done (see [`Op::units`]).
+    /// Units done (see [`Op::units`]); for a GEMM, rows of C finished.
     pub done: u64,
     /// Running sum of a reduction.
     pub sum: f64,
@@ -24,6 +24,12 @@ pub struct OpProgress {
     pub crc: u32,
     /// Chunks run so far.
     pub chunks: u64,
+    /// GEMM: rows of the current band of C tiles (0 until the band is planned).
+    pub band_rows: u32,
+    /// GEMM: columns of each tile in the current band.
+    pub tile_cols: u32,
+    /// GEMM: (tile, k-block) steps done in the current band.
+    pub band_step: u64,
 }
 
 /// What a chunk left to do.
