@@ -16,9 +16,12 @@
 //! the current estimate: as large as the chunk budget allows, whole rows (`nb = n`) when a band
 //! of whole rows is no flatter than about 1:2, otherwise square; `mb`/`nb` divide `m`/`n` into
 //! nearly equal parts. Since the packing fraction is `PACK_COST·(1/mb + 1/nb)`, big tiles keep it
-//! small. A chunk runs as many whole steps of the band as fit the budget (at least one); the
-//! smallest step is one cell times one k-block (≤ 256 multiply-adds), which bounds how long a
-//! chunk can overrun.
+//! small. A chunk runs as many whole steps of the band as fit the budget (at least one). A tile
+//! covers at least [`MIN_STEP_MACS`] multiply-adds per step (or the whole matrix), which bounds
+//! how long a chunk can overrun and keeps the model stable: a step also has a fixed cost (the
+//! call, its setup) that the model does not count, so on tiny tiles the measured ns per unit is
+//! inflated, which would plan still smaller tiles — after a few host stalls the estimate used to
+//! lock into one-cell tiles, thousands of chunks and ~100× the time for a 64³ GEMM.
 
 use std::time::Instant;
 
@@ -30,6 +33,9 @@ use crate::driver::kernels::{self, GemmDims};
 /// Cost of packing one element of A or B, in multiply-adds (measured: a 128×128×256 tile of a
 /// 512³ GEMM runs about 5% slower than the whole product in one call).
 pub const PACK_COST: f64 = 4.0;
+/// Fewest multiply-adds one GEMM step plans for (tile area × k-block), unless the matrix is smaller:
+/// about 100 µs in a debug build, far less optimised.
+pub const MIN_STEP_MACS: f64 = 16_384.0;
 /// Tiles span whole rows when `n ≤ WHOLE_ROW_SPAN · √(tile area)`.
 const WHOLE_ROW_SPAN: f64 = 2.0;
 
@@ -357,7 +363,9 @@ impl GemmPlan {
         // Cells one step may cover: budget/kb less the packing of a square tile of that area.
         let mut area = (budget / kb).max(1.0);
         let side = area.sqrt();
-        area = (area - PACK_COST * 2.0 * side).max(1.0);
+        area = (area - PACK_COST * 2.0 * side)
+            .max(MIN_STEP_MACS / kb)
+            .max(1.0);
         let n = self.n as f64;
         let side = area.sqrt().max(1.0);
         // Whole rows when a band of them is no flatter than 1:4 (rows : n).
@@ -484,8 +492,8 @@ mod tests {
         a.write_f32(0, &av).unwrap();
         b.write_f32(0, &bv).unwrap();
         let mut results = Vec::new();
-        // Tiny, small and huge chunk targets: one cell per chunk up to the whole product.
-        for target in [1, 20_000, 10_000_000_000] {
+        // Tiny, small and huge chunk targets: the smallest tiles up to the whole product.
+        for target in [1, 2_000_000, 10_000_000_000] {
             let mut engine = CpuEngine::new(target);
             let c = DeviceBuffer::new(&p, u64::from(m * n) * 4).unwrap();
             c.write_f32(0, &cv0).unwrap();
@@ -637,6 +645,44 @@ mod tests {
             sum[0],
             (0..3000).map(|i| i as f64 * 0.5).sum::<f64>() as f32
         );
+    }
+
+    /// A cost estimate inflated by host stalls (samples stretched by descheduling) must not
+    /// shrink GEMM tiles to single cells: a 64³ GEMM ran in 4096 one-cell chunks, each mostly
+    /// fixed per-step cost, which kept the estimate inflated (a real guest saw ~200 ms per job
+    /// instead of ~2 ms).
+    #[test]
+    fn inflated_estimate_keeps_gemm_tiles_large() {
+        let (_mem, p) = setup();
+        let mut engine = CpuEngine::default();
+        engine.ns_per_unit[OpKind::Gemm.index()] = 1e4;
+        let (m, n, k) = (64u32, 64u32, 64u32);
+        let a = DeviceBuffer::new(&p, u64::from(m * k) * 4).unwrap();
+        let b = DeviceBuffer::new(&p, u64::from(k * n) * 4).unwrap();
+        let c = DeviceBuffer::new(&p, u64::from(m * n) * 4).unwrap();
+        let op = Op::GemmF32 {
+            m,
+            n,
+            k,
+            alpha: 1.0,
+            beta: 0.0,
+            a: BufRef::new(&a, 0),
+            b: BufRef::new(&b, 0),
+            c: BufRef::new(&c, 0),
+        };
+        let chunks = run_to_end(&mut engine, &op).chunks;
+        // 16384 multiply-adds per step at k-block 64: 16×16 tiles, 16 steps.
+        assert!(chunks <= 16, "{chunks} chunks");
+        let plan = GemmPlan::new(m, n, k);
+        for budget in [1.0, 100.0, 1e4] {
+            let (rows, cols) = plan.band(0, budget);
+            assert!(
+                (rows * cols * plan.kb) as f64 >= MIN_STEP_MACS,
+                "{rows}x{cols} at {budget}"
+            );
+        }
+        // A matrix smaller than the minimum is one tile.
+        assert_eq!(GemmPlan::new(4, 4, 4).band(0, 1.0), (4, 4));
     }
 
     #[test]
