@@ -11,7 +11,9 @@
 //!   fixed-share (weights 1:1:2:4), shares of engine time over consecutive 1 s windows.
 //! - (b) queue wait of a light vGPU (small jobs, think time) under 3 busy ones, against
 //!   Σ other slices + 1 ms.
-//! - (c) 256³ f32 GEMM throughput called directly vs through one vGPU's driver channel.
+//! - (c) 256³, 512³ and 1024³ f32 GEMM throughput called directly vs through one vGPU's driver
+//!   channel (100 µs chunks, and 1 ms chunks for comparison) and through a real `vgpud` over
+//!   vhost-user (one fenced SUBMIT_3D per GEMM, two in flight; needs the release `vgpud`).
 //! - (d) `vgpud` RSS with 32 `--vgpu` sockets (the per-device maximum), before and after 32 idle
 //!   test frontends connect.
 
@@ -26,6 +28,11 @@ use vgpu_backend::demo::metrics;
 use vgpu_backend::demo::workload::{Frontend, Workload};
 use vgpu_backend::driver::kernels::{gemm_f32_block, GemmDims};
 use vgpu_backend::driver::{BufRef, Device, DeviceConfig, Job, Op, Policy, Uuid, Vgpu};
+use vgpu_protocol::channel::{GemmF32Args, PIPE_BUFFER};
+use vgpu_protocol::virtio_gpu::*;
+use vgpu_protocol::{decode_response, ChannelCommand, DecodedResponse, GpuCommand, KernelLaunch};
+use vgpu_tests::connection::CTRL_QUEUE;
+use vgpu_tests::vring::{Link, RawDesc, VRING_DESC_F_WRITE};
 use vgpu_tests::{FrontendConfig, GpuClient};
 
 const USAGE: &str = "usage: vgpu-sched-bench [--json] [--skip-rss] [--windows N]
@@ -47,7 +54,9 @@ const RSS_TARGET: u64 = 4 << 20;
 /// also `vgpu-64m`'s `max_instance`).
 const RSS_VGPUS: usize = 32;
 /// GEMM sizes for (c): the headline one first.
-const GEMM_DIMS: [u32; 2] = [256, 512];
+const GEMM_DIMS: [u32; 3] = [256, 512, 1024];
+/// A longer engine chunk, for the channel row that shows what chunk length meets the target.
+const LONG_CHUNK_NS: u64 = 1_000_000;
 /// The engine's chunk target (ns), for the row-chunked direct baseline.
 const CHUNK_TARGET_NS: f64 = 100_000.0;
 
@@ -93,7 +102,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
 
 /// One line of the result table.
 struct Row {
-    id: &'static str,
+    id: String,
     what: String,
     figure: String,
     target: String,
@@ -101,9 +110,9 @@ struct Row {
 }
 
 impl Row {
-    fn new(id: &'static str, what: impl Into<String>, figure: impl Into<String>) -> Self {
+    fn new(id: impl Into<String>, what: impl Into<String>, figure: impl Into<String>) -> Self {
         Row {
-            id,
+            id: id.into(),
             what: what.into(),
             figure: figure.into(),
             target: "-".into(),
@@ -353,8 +362,14 @@ struct ChannelRun {
     chunks_per_job: f64,
 }
 
-fn gemm_channel(dim: u32, seconds: f64) -> Result<ChannelRun, String> {
-    let dev = device(Policy::BestEffort, 1024)?;
+fn gemm_channel(dim: u32, seconds: f64, chunk_ns: u64) -> Result<ChannelRun, String> {
+    let dev = Device::new(DeviceConfig {
+        memory_mib: 1024,
+        policy: Policy::BestEffort,
+        chunk_target_ns: chunk_ns,
+        ..DeviceConfig::default()
+    })
+    .map_err(|e| format!("device: {e}"))?;
     let vgpu = create(&dev, &["vgpu-1q"])?.remove(0);
     let bytes = u64::from(dim) * u64::from(dim) * 4;
     let alloc = |n| vgpu.alloc_buffer(n).map_err(|e| e.to_string());
@@ -407,6 +422,205 @@ fn gemm_channel(dim: u32, seconds: f64) -> Result<ChannelRun, String> {
     })
 }
 
+fn ctrl_hdr(fence: Option<u64>) -> CtrlHeader {
+    CtrlHeader {
+        flags: if fence.is_some() {
+            VIRTIO_GPU_FLAG_FENCE
+        } else {
+            0
+        },
+        fence_id: fence.unwrap_or(0),
+        ctx_id: 1,
+        ..Default::default()
+    }
+}
+
+fn expect_ok(c: &mut GpuClient, cmd: &GpuCommand<'_>, what: &str) -> Result<(), String> {
+    match c
+        .send_ctrl(cmd, ctrl_hdr(None))
+        .map_err(|e| format!("{what}: {e}"))?
+        .1
+    {
+        DecodedResponse::OkNoData => Ok(()),
+        other => Err(format!("{what}: {other:?}")),
+    }
+}
+
+/// A context buffer `id` of `data.len()` bytes with guest backing, uploaded.
+fn vhost_buffer(c: &mut GpuClient, id: u32, data: &[u8]) -> Result<(), String> {
+    let size = u32::try_from(data.len()).map_err(|_| "buffer too large")?;
+    let create = GpuCommand::ResourceCreate3d(ResourceCreate3d {
+        resource_id: id,
+        target: PIPE_BUFFER,
+        width: size,
+        height: 1,
+        depth: 1,
+        array_size: 1,
+        ..Default::default()
+    });
+    expect_ok(c, &create, "create buffer")?;
+    let gpa = c.guest_buffer(data).map_err(|e| e.to_string())?;
+    match c
+        .attach_backing(id, &[(gpa, size)])
+        .map_err(|e| e.to_string())?
+    {
+        DecodedResponse::OkNoData => {}
+        other => return Err(format!("attach backing: {other:?}")),
+    }
+    let attach = GpuCommand::CtxAttachResource(CtxResource {
+        resource_id: id,
+        padding: 0,
+    });
+    expect_ok(c, &attach, "ctx attach")?;
+    let upload = GpuCommand::TransferToHost3d(Transfer3d {
+        box_: Box3d {
+            w: size,
+            h: 1,
+            d: 1,
+            ..Default::default()
+        },
+        resource_id: id,
+        ..Default::default()
+    });
+    expect_ok(c, &upload, "upload")
+}
+
+/// GEMM throughput through a real `vgpud` over vhost-user: one GEMM launch per fenced
+/// SUBMIT_3D, two in flight, each counted when its fenced response is used.
+fn gemm_vhost(bin: &Path, dim: u32, seconds: f64) -> Result<f64, String> {
+    let dir = tempfile::Builder::new()
+        .prefix("vgpu-sched-bench-")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
+    let socket = dir.path().join("gpu.sock");
+    let log = std::fs::File::create(dir.path().join("vgpud.log")).map_err(|e| e.to_string())?;
+    let child = Command::new(bin)
+        .arg("--socket-path")
+        .arg(&socket)
+        .args(["--type", "vgpu-64m"])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("spawn vgpud: {e}"))?;
+    let mut daemon = Daemon(child);
+    wait_for(
+        std::slice::from_ref(&socket),
+        &mut daemon.0,
+        Duration::from_secs(10),
+    )?;
+    let cfg = FrontendConfig {
+        device_features: FrontendConfig::default().device_features | (1 << VIRTIO_GPU_F_VIRGL),
+        mem_size: 64 << 20,
+        ..FrontendConfig::default()
+    };
+    let mut c = GpuClient::connect(&socket, &cfg).map_err(|e| format!("connect: {e}"))?;
+    expect_ok(
+        &mut c,
+        &GpuCommand::CtxCreate(CtxCreate::default()),
+        "ctx create",
+    )?;
+    let cells = (dim as usize) * (dim as usize);
+    let bytes = |v: f32| -> Vec<u8> {
+        std::iter::repeat_n(v.to_le_bytes(), cells)
+            .flatten()
+            .collect()
+    };
+    vhost_buffer(&mut c, 1, &bytes(0.5))?;
+    vhost_buffer(&mut c, 2, &bytes(0.25))?;
+    vhost_buffer(&mut c, 3, &bytes(0.0))?;
+    let mut stream = Vec::new();
+    ChannelCommand::Launch(KernelLaunch::GemmF32(GemmF32Args {
+        a_res: 1,
+        b_res: 2,
+        c_res: 3,
+        m: dim,
+        n: dim,
+        k: dim,
+        alpha: 1.0,
+        beta: 0.0,
+    }))
+    .encode(&mut stream);
+    let submit = GpuCommand::Submit3d(
+        Submit3d {
+            size: u32::try_from(stream.len()).map_err(|_| "stream too large")?,
+            padding: 0,
+        },
+        &stream,
+    );
+    // Two request/response slots, reused: a request is rewritten with its fence id when posted.
+    let mut request = Vec::new();
+    submit.encode(ctrl_hdr(Some(1)), &mut request);
+    let req_len = u32::try_from(request.len()).map_err(|_| "request too large")?;
+    let mut slots = Vec::new();
+    for _ in 0..2 {
+        let req = c.guest_buffer(&request).map_err(|e| e.to_string())?;
+        let resp = c.guest_buffer(&[0u8; 64]).map_err(|e| e.to_string())?;
+        slots.push((req, resp));
+    }
+    let mut fence = 0u64;
+    let mut post = |c: &mut GpuClient, (req, resp): (u64, u64)| -> Result<u16, String> {
+        fence += 1;
+        request.clear();
+        submit.encode(ctrl_hdr(Some(fence)), &mut request);
+        c.conn.mem.write(req, &request).map_err(|e| e.to_string())?;
+        let descs = [
+            RawDesc {
+                addr: req,
+                len: req_len,
+                flags: 0,
+                link: Link::Auto,
+            },
+            RawDesc {
+                addr: resp,
+                len: 64,
+                flags: VRING_DESC_F_WRITE,
+                link: Link::Auto,
+            },
+        ];
+        c.post_raw(CTRL_QUEUE, &descs).map_err(|e| e.to_string())
+    };
+    let mut in_flight = std::collections::VecDeque::new();
+    // One warm-up job, then two in flight.
+    let head = post(&mut c, slots[0])?;
+    c.wait_any(CTRL_QUEUE, Duration::from_secs(30))
+        .map_err(|e| e.to_string())?;
+    let _ = head;
+    for &slot in &slots {
+        in_flight.push_back((post(&mut c, slot)?, slot));
+    }
+    let t0 = Instant::now();
+    let mut jobs = 0u64;
+    while t0.elapsed().as_secs_f64() < seconds {
+        let used = c
+            .wait_any(CTRL_QUEUE, Duration::from_secs(30))
+            .map_err(|e| format!("fenced GEMM: {e}"))?;
+        let (head, slot) = in_flight.pop_front().ok_or("nothing in flight")?;
+        if used.id != u32::from(head) {
+            return Err(format!("response {} out of order (want {head})", used.id));
+        }
+        let resp = c
+            .conn
+            .mem
+            .read_vec(slot.1, used.len as usize)
+            .map_err(|e| e.to_string())?;
+        match decode_response(&resp) {
+            Some((_, DecodedResponse::OkNoData)) => {}
+            other => return Err(format!("GEMM submit: {other:?}")),
+        }
+        jobs += 1;
+        in_flight.push_back((post(&mut c, slot)?, slot));
+    }
+    let rate = gflops(dim, jobs, t0.elapsed().as_secs_f64());
+    for _ in 0..in_flight.len() {
+        let _ = c.wait_any(CTRL_QUEUE, Duration::from_secs(30));
+    }
+    drop(c);
+    drop(daemon);
+    Ok(rate)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(0.0)
@@ -420,6 +634,11 @@ struct GemmResult {
     direct_runs: Vec<f64>,
     rowwise_runs: Vec<f64>,
     channel_runs: Vec<f64>,
+    /// Channel throughput with [`LONG_CHUNK_NS`] chunks.
+    long: f64,
+    /// Through `vgpud` over vhost-user (None when vgpud is not built).
+    vhost: Option<f64>,
+    vhost_runs: Vec<f64>,
     /// Engine time and chunks per job in the median channel run.
     run_ns_per_job: f64,
     chunks_per_job: f64,
@@ -429,6 +648,14 @@ impl GemmResult {
     fn overhead(&self) -> f64 {
         if self.direct > 0.0 {
             1.0 - self.channel / self.direct
+        } else {
+            0.0
+        }
+    }
+
+    fn loss(&self, rate: f64) -> f64 {
+        if self.direct > 0.0 {
+            1.0 - rate / self.direct
         } else {
             0.0
         }
@@ -450,10 +677,16 @@ fn gemm_overhead(dim: u32) -> Result<GemmResult, String> {
     let flops_per_row = 2.0 * f64::from(dim) * f64::from(dim);
     let rows_per_call = ((probe * CHUNK_TARGET_NS / flops_per_row) as usize).clamp(1, dim as usize);
     let (mut direct, mut rowwise, mut channel) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut long, mut vhost) = (Vec::new(), Vec::new());
+    let vgpud = vgpud_path();
     for _ in 0..3 {
         direct.push(gemm_direct(dim, 0, 1.0)?);
         rowwise.push(gemm_direct(dim, rows_per_call, 0.5)?);
-        channel.push(gemm_channel(dim, 1.0)?);
+        channel.push(gemm_channel(dim, 1.0, CHUNK_TARGET_NS as u64)?);
+        long.push(gemm_channel(dim, 0.5, LONG_CHUNK_NS)?.gflops);
+        if let Some(bin) = &vgpud {
+            vhost.push(gemm_vhost(bin, dim, 1.0)?);
+        }
     }
     channel.sort_by(|a, b| a.gflops.total_cmp(&b.gflops));
     let mid = channel
@@ -461,6 +694,9 @@ fn gemm_overhead(dim: u32) -> Result<GemmResult, String> {
         .map_or((0.0, 0.0), |c| (c.run_ns_per_job, c.chunks_per_job));
     let channel: Vec<f64> = channel.iter().map(|c| c.gflops).collect();
     Ok(GemmResult {
+        long: median(long),
+        vhost: (!vhost.is_empty()).then(|| median(vhost.clone())),
+        vhost_runs: vhost,
         run_ns_per_job: mid.0,
         chunks_per_job: mid.1,
         direct: median(direct.clone()),
@@ -676,51 +912,80 @@ fn run(args: &Args) -> Result<(), String> {
     };
     for (i, &dim) in dims.iter().enumerate() {
         let g = gemm_overhead(dim)?;
-        let headline = i == 0;
         rows.push(Row::new(
-            if headline { "c1" } else { "c4" },
+            format!("c{}d", i + 1),
             format!("GEMM {dim}³ f32 called directly, one call (median of 3 × 1 s)"),
             format!("{:.1} GFLOP/s", g.direct),
         ));
         rows.push(Row::new(
-            if headline { "c2" } else { "c5" },
+            format!("c{}r", i + 1),
             format!(
                 "GEMM {dim}³ f32 direct in {}-row calls (~100 µs each)",
                 g.rows_per_call
             ),
             format!(
-                "{:.1} GFLOP/s, −{:.1}%",
+                "{:.1} GFLOP/s, {:+.1}%",
                 g.rowwise,
-                g.rowwise_overhead() * 100.0
+                -g.rowwise_overhead() * 100.0
             ),
         ));
         let overhead = g.overhead();
         rows.push(
             Row::new(
-                if headline { "c3" } else { "c6" },
+                format!("c{}", i + 1),
                 format!(
                     "GEMM {dim}³ f32 through one vGPU's driver channel ({:.0} chunks of {:.0} µs)",
                     g.chunks_per_job,
                     g.run_ns_per_job / g.chunks_per_job.max(1.0) / 1000.0
                 ),
-                format!("{:.1} GFLOP/s, −{:.1}%", g.channel, overhead * 100.0),
+                format!("{:.1} GFLOP/s, {:+.1}%", g.channel, -overhead * 100.0),
             )
             .target(
                 format!("overhead ≤ {:.0}%", OVERHEAD_TARGET * 100.0),
                 overhead <= OVERHEAD_TARGET,
             ),
         );
-        if headline {
-            rows.push(Row::new(
-                "c3v",
+        let long = g.loss(g.long);
+        rows.push(
+            Row::new(
+                format!("c{}L", i + 1),
+                format!(
+                    "GEMM {dim}³ f32 through the channel, {} µs chunks (median of 3 × 0.5 s)",
+                    LONG_CHUNK_NS / 1000
+                ),
+                format!("{:.1} GFLOP/s, {:+.1}%", g.long, -long * 100.0),
+            )
+            .target(
+                format!("overhead ≤ {:.0}%", OVERHEAD_TARGET * 100.0),
+                long <= OVERHEAD_TARGET,
+            ),
+        );
+        match g.vhost {
+            Some(v) => {
+                let loss = g.loss(v);
+                rows.push(
+                    Row::new(
+                        format!("c{}V", i + 1),
+                        format!("GEMM {dim}³ f32 through vgpud over vhost-user (SUBMIT_3D, 2 fenced in flight)"),
+                        format!("{v:.1} GFLOP/s, {:+.1}%", -loss * 100.0),
+                    )
+                    .target(
+                        format!("overhead ≤ {:.0}%", OVERHEAD_TARGET * 100.0),
+                        loss <= OVERHEAD_TARGET,
+                    ),
+                );
+            }
+            None => rows.push(Row::new(
+                format!("c{}V", i + 1),
                 "GEMM through vgpud over vhost-user (SUBMIT_3D)",
-                "not measured",
-            ));
+                "not measured (vgpud not built)",
+            )),
         }
         gemm_json.push(json!({
             "dim": dim, "direct_gflops": g.direct_runs, "rowwise_gflops": g.rowwise_runs,
             "rows_per_call": g.rows_per_call, "channel_gflops": g.channel_runs,
-            "overhead": overhead, "vhost_user_gflops": null,
+            "overhead": overhead, "long_chunk_gflops": g.long,
+            "vhost_user_gflops": g.vhost_runs,
         }));
     }
     doc.insert("gemm".into(), Value::Array(gemm_json));
