@@ -1,33 +1,178 @@
 //! The device's display sink over QEMU's vhost-user-gpu socket (`VHOST_USER_GPU_SET_SOCKET`).
 //!
 //! [`VmDisplay`] is what a VM's device draws into: the GPU socket while QEMU gave one and it works,
-//! [`HeadlessDisplay`] otherwise. Everything for the socket goes through the VM's
-//! [`DisplaySender`] thread (see [`super::display_sender`]), so a flush returns once its pixels
-//! are copied and queued. When the sender stops (the socket failed, the frontend stopped reading
-//! or answering), the VM keeps running headless until QEMU hands over a new socket (next
-//! DRIVER_OK). Replacing the display (new socket, disconnect) joins the old sender.
+//! [`HeadlessDisplay`] otherwise. The first failure on the socket is logged once and the socket is
+//! dropped; the VM keeps running headless until QEMU hands over a new socket (next DRIVER_OK).
 //!
 //! The protocol handshake (`GET_PROTOCOL_FEATURES`, then `SET_PROTOCOL_FEATURES` with EDID if
-//! offered) is done by the sender before its first message, never from the vhost-user handler
-//! thread: QEMU only reads the GPU socket from its main loop, which is blocked while it waits for
-//! replies on the vhost-user socket during device start.
+//! offered) is done lazily, on the first use from the queue worker, never from the vhost-user
+//! handler thread: QEMU only reads the GPU socket from its main loop, which is blocked while it waits
+//! for replies on the vhost-user socket during device start, so a synchronous handshake there would
+//! deadlock.
 
-use std::os::unix::net::UnixStream;
+use std::io;
 
-use vgpu_protocol::virtio_gpu::{DisplayOne, Rect, VIRTIO_GPU_MAX_SCANOUTS};
+use vgpu_protocol::virtio_gpu::{
+    DisplayOne, Rect, VIRTIO_GPU_MAX_SCANOUTS, VIRTIO_GPU_RESP_OK_DISPLAY_INFO,
+    VIRTIO_GPU_RESP_OK_EDID,
+};
+use vhost::vhost_user::gpu_message::{
+    VhostUserGpuCursorPos, VhostUserGpuCursorUpdate, VhostUserGpuEdidRequest, VhostUserGpuScanout,
+    VhostUserGpuUpdate,
+};
+use vhost::vhost_user::message::VhostUserU64;
 use vhost::vhost_user::GpuBackend;
 
-use super::display_sender::{DisplaySender, Stopped};
-use super::gpu_socket_fd;
 use crate::device::{DisplaySink, HeadlessDisplay, CURSOR_IMAGE_BYTES};
 
-pub use super::display_sender::{GPU_PROTOCOL_F_DMABUF2, GPU_PROTOCOL_F_EDID};
+/// `VHOST_USER_GPU_PROTOCOL_F_EDID` as a bit mask (the `vhost` crate's bitflags constant has the
+/// value 0, not the bit).
+pub const GPU_PROTOCOL_F_EDID: u64 = 1 << 0;
+/// `VHOST_USER_GPU_PROTOCOL_F_DMABUF2` as a bit mask (not used: we send no dma-bufs).
+pub const GPU_PROTOCOL_F_DMABUF2: u64 = 1 << 1;
+
+/// A display over QEMU's GPU socket.
+pub struct GpuSocketDisplay {
+    gpu: GpuBackend,
+    handshake_done: bool,
+    edid: bool,
+}
+
+impl GpuSocketDisplay {
+    /// Wraps a freshly received GPU socket; the handshake happens on first use.
+    pub fn new(gpu: GpuBackend) -> Self {
+        GpuSocketDisplay {
+            gpu,
+            handshake_done: false,
+            edid: false,
+        }
+    }
+
+    /// Whether QEMU offered (and we enabled) `VHOST_USER_GPU_PROTOCOL_F_EDID`.
+    pub fn edid_enabled(&self) -> bool {
+        self.edid
+    }
+
+    fn handshake(&mut self) -> io::Result<()> {
+        if self.handshake_done {
+            return Ok(());
+        }
+        let offered = self.gpu.get_protocol_features()?.value;
+        let wanted = offered & GPU_PROTOCOL_F_EDID;
+        self.gpu.set_protocol_features(&VhostUserU64::new(wanted))?;
+        self.edid = wanted != 0;
+        self.handshake_done = true;
+        log::debug!(
+            "GPU socket: frontend offers protocol features {offered:#x}, using {wanted:#x}"
+        );
+        Ok(())
+    }
+
+    /// Sends `VHOST_USER_GPU_SCANOUT`.
+    pub fn scanout(&mut self, scanout_id: u32, width: u32, height: u32) -> io::Result<()> {
+        self.handshake()?;
+        self.gpu.set_scanout(&VhostUserGpuScanout {
+            scanout_id,
+            width,
+            height,
+        })
+    }
+
+    /// Sends `VHOST_USER_GPU_UPDATE` with its pixels, which must be exactly `width * height * 4`
+    /// bytes (QEMU reads the image by those dimensions).
+    pub fn update(
+        &mut self,
+        scanout_id: u32,
+        rect: Rect,
+        pixels_x8r8g8b8: &[u8],
+    ) -> io::Result<bool> {
+        let expected = (rect.width as usize)
+            .checked_mul(rect.height as usize)
+            .and_then(|n| n.checked_mul(4));
+        if expected != Some(pixels_x8r8g8b8.len()) || expected == Some(0) {
+            return Ok(false);
+        }
+        self.handshake()?;
+        self.gpu.update_scanout(
+            &VhostUserGpuUpdate {
+                scanout_id,
+                x: rect.x,
+                y: rect.y,
+                width: rect.width,
+                height: rect.height,
+            },
+            pixels_x8r8g8b8,
+        )?;
+        Ok(true)
+    }
+
+    /// Sends `VHOST_USER_GPU_CURSOR_UPDATE`.
+    pub fn cursor_update(
+        &mut self,
+        pos: VhostUserGpuCursorPos,
+        hot_x: u32,
+        hot_y: u32,
+        image: &[u8; CURSOR_IMAGE_BYTES],
+    ) -> io::Result<()> {
+        self.handshake()?;
+        self.gpu
+            .cursor_update(&VhostUserGpuCursorUpdate { pos, hot_x, hot_y }, image)
+    }
+
+    /// Sends `VHOST_USER_GPU_CURSOR_POS`.
+    pub fn cursor_move(&mut self, pos: VhostUserGpuCursorPos) -> io::Result<()> {
+        self.handshake()?;
+        self.gpu.cursor_pos(&pos)
+    }
+
+    /// Sends `VHOST_USER_GPU_CURSOR_POS_HIDE`.
+    pub fn cursor_hide(&mut self, pos: VhostUserGpuCursorPos) -> io::Result<()> {
+        self.handshake()?;
+        self.gpu.cursor_pos_hide(&pos)
+    }
+
+    /// Asks QEMU for its display configuration (`VHOST_USER_GPU_GET_DISPLAY_INFO`).
+    pub fn display_info(&mut self) -> io::Result<Option<[DisplayOne; VIRTIO_GPU_MAX_SCANOUTS]>> {
+        self.handshake()?;
+        let reply = self.gpu.get_display_info()?;
+        if reply.hdr.type_ != VIRTIO_GPU_RESP_OK_DISPLAY_INFO {
+            return Ok(None);
+        }
+        let mut modes = [DisplayOne::default(); VIRTIO_GPU_MAX_SCANOUTS];
+        for (dst, src) in modes.iter_mut().zip(reply.pmodes.iter()) {
+            *dst = DisplayOne {
+                r: Rect {
+                    x: src.r.x,
+                    y: src.r.y,
+                    width: src.r.width,
+                    height: src.r.height,
+                },
+                enabled: src.enabled,
+                flags: src.flags,
+            };
+        }
+        Ok(Some(modes))
+    }
+
+    /// Asks QEMU for a scanout's EDID (`VHOST_USER_GPU_GET_EDID`), only if it offered EDID.
+    pub fn edid(&mut self, scanout_id: u32) -> io::Result<Option<Vec<u8>>> {
+        self.handshake()?;
+        if !self.edid {
+            return Ok(None);
+        }
+        let reply = self.gpu.get_edid(&VhostUserGpuEdidRequest { scanout_id })?;
+        if reply.hdr.type_ != VIRTIO_GPU_RESP_OK_EDID {
+            return Ok(None);
+        }
+        let len = (reply.size as usize).min(reply.edid.len());
+        Ok(reply.edid.get(..len).map(<[u8]>::to_vec))
+    }
+}
 
 /// What one VM's device draws into.
-#[derive(Debug)]
 pub enum VmDisplay {
-    /// QEMU's GPU socket, served by its sender thread.
-    Socket(DisplaySender),
+    /// QEMU's GPU socket.
+    Socket(GpuSocketDisplay),
     /// No (working) GPU socket: contents stay on the host.
     Headless(HeadlessDisplay),
 }
@@ -39,45 +184,28 @@ impl Default for VmDisplay {
 }
 
 impl VmDisplay {
-    /// A display over the GPU socket the vhost crate received (headless if it cannot be used).
+    /// A display over a new GPU socket.
     pub fn socket(gpu: GpuBackend) -> Self {
-        match gpu_socket_fd::into_stream(gpu) {
-            Ok(sock) => Self::stream(sock),
-            Err(e) => {
-                log::warn!("GPU socket unusable ({e}); continuing headless");
-                Self::default()
-            }
-        }
-    }
-
-    /// A display over a connected GPU socket.
-    pub fn stream(sock: UnixStream) -> Self {
-        match DisplaySender::spawn(sock) {
-            Ok(s) => VmDisplay::Socket(s),
-            Err(e) => {
-                log::warn!("GPU socket: cannot start its sender ({e}); continuing headless");
-                Self::default()
-            }
-        }
+        VmDisplay::Socket(GpuSocketDisplay::new(gpu))
     }
 
     /// True while drawing into a GPU socket.
     pub fn has_socket(&self) -> bool {
-        matches!(self, VmDisplay::Socket(s) if s.is_alive())
+        matches!(self, VmDisplay::Socket(_))
     }
 
-    /// Runs `op` on the socket's sender; once the sender has stopped (it logged why), joins it and
-    /// goes headless. Returns `None` when headless (then `headless` ran instead) or when the
-    /// sender just stopped.
+    /// Runs `op` on the socket; on failure logs once, drops the socket and goes headless. Returns
+    /// `None` when headless (then `headless` ran instead) or when the socket just failed.
     fn with_socket<T>(
         &mut self,
-        op: impl FnOnce(&mut DisplaySender) -> Result<T, Stopped>,
+        op: impl FnOnce(&mut GpuSocketDisplay) -> io::Result<T>,
         headless: impl FnOnce(&mut HeadlessDisplay),
     ) -> Option<T> {
         match self {
             VmDisplay::Socket(s) => match op(s) {
                 Ok(v) => Some(v),
-                Err(Stopped) => {
+                Err(e) => {
+                    log::warn!("GPU socket to the frontend failed ({e}); continuing headless");
                     *self = VmDisplay::default();
                     None
                 }
@@ -88,6 +216,10 @@ impl VmDisplay {
             }
         }
     }
+}
+
+fn cursor_pos(scanout_id: u32, x: u32, y: u32) -> VhostUserGpuCursorPos {
+    VhostUserGpuCursorPos { scanout_id, x, y }
 }
 
 impl DisplaySink for VmDisplay {
@@ -127,21 +259,21 @@ impl DisplaySink for VmDisplay {
         image: &[u8; CURSOR_IMAGE_BYTES],
     ) {
         self.with_socket(
-            |s| s.cursor_update([scanout_id, x, y], hot_x, hot_y, image),
+            |s| s.cursor_update(cursor_pos(scanout_id, x, y), hot_x, hot_y, image),
             |h| h.cursor_update(scanout_id, x, y, hot_x, hot_y, image),
         );
     }
 
     fn cursor_move(&mut self, scanout_id: u32, x: u32, y: u32) {
         self.with_socket(
-            |s| s.cursor_move([scanout_id, x, y]),
+            |s| s.cursor_move(cursor_pos(scanout_id, x, y)),
             |h| h.cursor_move(scanout_id, x, y),
         );
     }
 
     fn cursor_hide(&mut self, scanout_id: u32) {
         self.with_socket(
-            |s| s.cursor_hide([scanout_id, 0, 0]),
+            |s| s.cursor_hide(cursor_pos(scanout_id, 0, 0)),
             |h| h.cursor_hide(scanout_id),
         );
     }
@@ -165,8 +297,8 @@ impl DisplaySink for VmDisplay {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
     use std::thread;
-    use std::time::{Duration, Instant};
 
     fn read_msg(s: &mut UnixStream) -> (u32, Vec<u8>) {
         let mut hdr = [0u8; 12];
@@ -213,69 +345,11 @@ mod tests {
             assert!(s.edid_enabled());
         }
         assert!(d.has_socket());
-        // The peer is gone: the sender's next write fails, and the VM goes headless.
+        // The peer is gone: the first failing call drops the socket, the VM goes headless.
         d.cursor_move(0, 1, 1);
-        let t = Instant::now();
-        while d.has_socket() && t.elapsed() < Duration::from_secs(2) {
-            thread::sleep(Duration::from_millis(5));
-        }
         d.scanout(0, 640, 480);
-        assert!(matches!(d, VmDisplay::Headless(_)));
+        d.cursor_move(0, 1, 1);
+        assert!(!d.has_socket());
         assert_eq!(d.display_info(), None);
-    }
-
-    #[test]
-    fn a_frontend_that_stops_reading_leaves_the_vm_headless_and_drawing() {
-        let (ours, mut qemu) = UnixStream::pair().unwrap();
-        let peer = thread::spawn(move || {
-            let (req, _) = read_msg(&mut qemu);
-            assert_eq!(req, 1);
-            let mut reply = Vec::new();
-            for v in [1u32, 0x4, 8] {
-                reply.extend_from_slice(&v.to_le_bytes());
-            }
-            reply.extend_from_slice(&1u64.to_le_bytes());
-            qemu.write_all(&reply).unwrap();
-            qemu // kept open, never read again
-        });
-        let mut d = VmDisplay::stream(ours);
-        let frame = vec![7u8; 1024 * 1024 * 4];
-        d.scanout(0, 1024, 1024);
-        let t = Instant::now();
-        while d.has_socket() && t.elapsed() < Duration::from_secs(10) {
-            d.update(0, 0, 0, 1024, 1024, &frame);
-        }
-        assert!(!d.has_socket());
-        // The VM goes on drawing, headless.
-        d.scanout(0, 4, 4);
-        d.update(0, 0, 0, 1, 1, &[1, 2, 3, 4]);
-        let VmDisplay::Headless(h) = &d else {
-            panic!("not headless")
-        };
-        assert_eq!(h.pixel(0, 0, 0), Some([1, 2, 3, 4]));
-        drop(peer.join().unwrap());
-    }
-
-    #[test]
-    fn each_new_socket_joins_the_previous_sender() {
-        let mut watches = Vec::new();
-        let mut peers = Vec::new();
-        let mut d = VmDisplay::default();
-        assert!(!d.has_socket());
-        for _ in 0..3 {
-            let (ours, qemu) = UnixStream::pair().unwrap();
-            d = VmDisplay::socket(GpuBackend::from_stream(ours));
-            let VmDisplay::Socket(s) = &d else {
-                panic!("no sender")
-            };
-            watches.push(s.watch());
-            d.scanout(0, 8, 8); // queued behind a handshake nobody answers
-            peers.push(qemu);
-        }
-        assert!(watches[..2].iter().all(|w| w.gone()));
-        assert!(!watches[2].gone());
-        d = VmDisplay::default();
-        assert!(watches.iter().all(|w| w.gone()));
-        assert!(!d.has_socket());
     }
 }

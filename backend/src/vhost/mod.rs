@@ -3,8 +3,6 @@
 //! - [`backend`]: the `VhostUserBackend` (features, config space, GPU socket, resets).
 //! - [`queue`]: descriptor chains → requests → device → responses.
 //! - [`display`]: the device's display sink over QEMU's vhost-user-gpu socket.
-//! - [`display_sender`]: the per-VM thread that writes to that socket.
-//! - [`gpu_socket_fd`]: taking the socket out of the `vhost` crate's `GpuBackend`.
 //! - [`daemon`]: listeners, the reconnect loop and shutdown.
 //! - [`fd_relay`]: serving a connected `--fd` by relaying it to a listening socket.
 
@@ -16,9 +14,7 @@ pub mod backend;
 pub mod completion;
 pub mod daemon;
 pub mod display;
-pub mod display_sender;
 pub mod fd_relay;
-pub mod gpu_socket_fd;
 pub mod inflight;
 pub mod queue;
 pub mod ratelimit;
