@@ -12,9 +12,10 @@
 //! bookkeeping of each attached backing (a few bytes per page entry) to the same budget, after
 //! the buffer itself (Linux sends RESOURCE_ATTACH_BACKING after RESOURCE_CREATE_3D). A one-page
 //! backing is one entry, so that overhead is the same for every buffer: the test learns it from
-//! the first allocation and leaves room for it at the tail, so the last buffer that fits is a
-//! whole buffer with its backing, and the budget is used to the byte. An allocation whose charge
-//! is short of the learned overhead lost its backing and does not count.
+//! allocations (the smallest seen) and leaves room for it at the tail, so the last buffer that
+//! fits is a whole buffer with its backing, and the budget is used to the byte. An allocation
+//! charged exactly its width, when the backend charges backings, lost its backing and does not
+//! count.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -163,7 +164,7 @@ pub fn run(gpu: &VirtGpu) -> Result<MemtestReport> {
     let mut used = s0.framebuffer_used_bytes;
     let mut allocated = 0u64;
     let mut granularity = 0u64;
-    // Host bookkeeping charged per buffer beyond its width, learned from the first allocation.
+    // Host bookkeeping charged per buffer beyond its width: the smallest seen.
     let mut overhead: Option<u64> = None;
     for _ in 0..MAX_STEPS {
         let reserve = overhead.unwrap_or(0);
@@ -174,7 +175,10 @@ pub fn run(gpu: &VirtGpu) -> Result<MemtestReport> {
         let s = ctx.stats()?;
         let delta = s.framebuffer_used_bytes.saturating_sub(used);
         let extra = delta.saturating_sub(u64::from(want));
-        let whole = delta >= u64::from(want) && overhead.is_none_or(|o| extra >= o);
+        // A refused backing leaves exactly the width charged; any charge beyond it is the
+        // backing's (or, at worst, someone else's allocation in this VM, which is no reason to
+        // drop the buffer).
+        let whole = delta >= u64::from(want) && (extra > 0 || overhead.is_none_or(|o| o == 0));
         if !whole {
             drop(buf);
             if delta != 0 && !wait_freed(&mut ctx, used)? {
@@ -197,7 +201,7 @@ pub fn run(gpu: &VirtGpu) -> Result<MemtestReport> {
             drop(buf);
             break;
         }
-        overhead.get_or_insert(extra);
+        overhead = Some(overhead.map_or(extra, |o| o.min(extra)));
         granularity = granularity.max(extra);
         used = s.framebuffer_used_bytes;
         allocated += u64::from(want);
