@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::budget::{MemoryBudget, OutOfBudget};
 use super::memory::Reservation;
+use crate::device::HostMemoryLimit;
 
 /// One vGPU's slice of device memory. Everything the vGPU allocates (buffers, command buffers,
 /// 2D surfaces through [`MemoryBudget`]) is charged here before it exists; past the partition's
@@ -13,7 +14,8 @@ use super::memory::Reservation;
 pub struct MemoryPartition {
     vgpu_id: u32,
     reservation: Reservation,
-    used: AtomicU64,
+    /// The hard limit: a counter capped at the reservation's size.
+    limit: HostMemoryLimit,
     peak: AtomicU64,
 }
 
@@ -22,8 +24,8 @@ impl MemoryPartition {
     pub fn new(vgpu_id: u32, reservation: Reservation) -> Arc<Self> {
         Arc::new(Self {
             vgpu_id,
+            limit: HostMemoryLimit::new(reservation.size()),
             reservation,
-            used: AtomicU64::new(0),
             peak: AtomicU64::new(0),
         })
     }
@@ -61,35 +63,21 @@ impl MemoryPartition {
 
 impl MemoryBudget for MemoryPartition {
     fn charge(&self, bytes: u64) -> Result<(), OutOfBudget> {
-        let total = self.total();
-        let before = self
-            .used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                used.checked_add(bytes).filter(|&n| n <= total)
-            })
-            .map_err(|used| OutOfBudget {
-                requested: bytes,
-                used,
-                total,
-            })?;
-        self.peak.fetch_max(before + bytes, Ordering::Relaxed);
+        self.limit.charge(bytes)?;
+        self.peak.fetch_max(self.limit.used(), Ordering::Relaxed);
         Ok(())
     }
 
     fn release(&self, bytes: u64) {
-        let _ = self
-            .used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                Some(used.saturating_sub(bytes))
-            });
+        self.limit.release(bytes);
     }
 
     fn used(&self) -> u64 {
-        self.used.load(Ordering::Acquire)
+        self.limit.used()
     }
 
     fn total(&self) -> u64 {
-        self.reservation.size()
+        self.limit.total()
     }
 }
 
