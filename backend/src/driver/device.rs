@@ -13,14 +13,14 @@ use super::budget::MemoryBudget;
 use super::buffer::{BufferError, DeviceBuffer};
 use super::channel::{Channel, Completion, SubmitError};
 use super::engine::cpu::CpuEngine;
-use super::engine::{Engine, DEFAULT_CHUNK_TARGET_NS};
+use super::engine::{Engine, DEFAULT_CHUNK_TARGET_NS, DEFAULT_SOLO_CHUNK_TARGET_NS};
 use super::job::Job;
 use super::memory::{DeviceFull, DeviceMemory};
 use super::partition::MemoryPartition;
 use super::runlist::QueuedJob;
 use super::scheduler::{Policy, SchedCore};
 use super::stats::{percentile, SliceRecord, VgpuStats};
-use super::worker::{self, Shared, VgpuSched};
+use super::worker::{self, ChunkTargets, Shared, VgpuSched};
 
 /// Default device memory (MiB).
 pub const DEFAULT_DEVICE_MEMORY_MIB: u64 = 4096;
@@ -36,8 +36,12 @@ pub struct DeviceConfig {
     pub timeslice_us: Option<u32>,
     /// The vGPU types offered.
     pub types: TypeTable,
-    /// Engine chunk cost target (ns): the preemption granularity.
+    /// Engine chunk cost target (ns) while another vGPU has work or may wake: the preemption
+    /// granularity.
     pub chunk_target_ns: u64,
+    /// Engine chunk cost target (ns) while the running vGPU is the only one with work (at least
+    /// `chunk_target_ns`; a vGPU that wakes waits up to about one such chunk).
+    pub solo_chunk_target_ns: u64,
 }
 
 impl Default for DeviceConfig {
@@ -48,6 +52,7 @@ impl Default for DeviceConfig {
             timeslice_us: None,
             types: TypeTable::builtin(),
             chunk_target_ns: DEFAULT_CHUNK_TARGET_NS,
+            solo_chunk_target_ns: DEFAULT_SOLO_CHUNK_TARGET_NS,
         }
     }
 }
@@ -154,10 +159,11 @@ impl Device {
                 )));
             }
         }
-        let shared = Arc::new(Shared::new(SchedCore::new(
-            config.policy,
-            config.timeslice_us,
-        )));
+        let chunks = ChunkTargets::new(engine.chunk_target_ns(), config.solo_chunk_target_ns);
+        let shared = Arc::new(Shared::new(
+            SchedCore::new(config.policy, config.timeslice_us),
+            chunks,
+        ));
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("vgpu-engine".into())

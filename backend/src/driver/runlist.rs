@@ -61,12 +61,12 @@ impl ActiveJob {
         }
     }
 
-    /// Runs one chunk; `Ok(true)` when the whole job is done.
-    pub fn step(&mut self, engine: &mut dyn Engine) -> Result<bool, EngineError> {
+    /// Runs one chunk of about `target_ns`; `Ok(true)` when the whole job is done.
+    pub fn step(&mut self, engine: &mut dyn Engine, target_ns: u64) -> Result<bool, EngineError> {
         let Some(op) = self.queued.job.ops().get(self.op_index) else {
             return Ok(true);
         };
-        let step = engine.run_chunk(op, &mut self.progress)?;
+        let step = engine.run_chunk(op, &mut self.progress, target_ns)?;
         self.chunks += 1;
         if step == Step::Done {
             self.op_index += 1;

@@ -213,7 +213,12 @@ impl Engine for SleepEngine {
         100_000
     }
 
-    fn run_chunk(&mut self, op: &Op, progress: &mut OpProgress) -> Result<Step, EngineError> {
+    fn run_chunk(
+        &mut self,
+        op: &Op,
+        progress: &mut OpProgress,
+        target_ns: u64,
+    ) -> Result<Step, EngineError> {
         match op {
             Op::Fill { len, pattern, .. } => {
                 std::thread::sleep(Duration::from_micros(u64::from(*pattern)));
@@ -225,7 +230,7 @@ impl Engine for SleepEngine {
                     Step::More
                 })
             }
-            _ => self.0.run_chunk(op, progress),
+            _ => self.0.run_chunk(op, progress, target_ns),
         }
     }
 }

@@ -1,5 +1,15 @@
 //! The device thread: asks the scheduler for turns and runs the chosen vGPU's jobs on the
 //! engine, chunk by chunk, with no lock held while a chunk runs.
+//!
+//! **Chunk length.** Chunks are short ([`ChunkTargets::shared_ns`], ≈100 µs) whenever a turn may
+//! have to end or yield soon, and long ([`ChunkTargets::solo_ns`], ≈1 ms) while the running vGPU
+//! is the only one with work: no other vGPU had work when its job was taken (read under the lock
+//! the device thread holds then anyway) and none has woken since (the `woke` flag, already read
+//! at every chunk boundary). A long chunk never runs past the turn's deadline by design: it is
+//! cut to the time left, and below the short target the short target applies. So slice ends and
+//! wake preemption happen at the same points as with short chunks only, a held share's reserved
+//! slot for an idle vGPU starts on time, and a vGPU that wakes during a long chunk waits at most
+//! that chunk before the usual rules apply; from the next boundary on chunks are short.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -60,6 +70,36 @@ impl SchedState {
     }
 }
 
+/// The chunk lengths the device thread chooses between at each chunk boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ChunkTargets {
+    /// While another vGPU has work or may wake (ns): the preemption granularity.
+    pub shared_ns: u64,
+    /// While the running vGPU is the only one with work (ns), at least `shared_ns`.
+    pub solo_ns: u64,
+}
+
+impl ChunkTargets {
+    /// Targets of `shared_ns` and `solo_ns` (raised to `shared_ns` if below it).
+    pub fn new(shared_ns: u64, solo_ns: u64) -> Self {
+        let shared_ns = shared_ns.max(1);
+        Self {
+            shared_ns,
+            solo_ns: solo_ns.max(shared_ns),
+        }
+    }
+
+    /// The target for the next chunk: `solo_ns` cut to the `left_ns` before the turn's deadline
+    /// when the vGPU runs alone, and never below `shared_ns`.
+    pub fn next(&self, solo: bool, left_ns: u64) -> u64 {
+        if solo {
+            self.solo_ns.min(left_ns).max(self.shared_ns)
+        } else {
+            self.shared_ns
+        }
+    }
+}
+
 /// State shared by the device thread and every vGPU handle.
 pub(crate) struct Shared {
     state: Mutex<SchedState>,
@@ -69,10 +109,12 @@ pub(crate) struct Shared {
     pub woke: AtomicBool,
     log: Mutex<SchedulerLog>,
     pub epoch: Instant,
+    /// Chunk lengths, short or long by whether the running vGPU is alone.
+    pub chunks: ChunkTargets,
 }
 
 impl Shared {
-    pub fn new(core: SchedCore) -> Self {
+    pub fn new(core: SchedCore, chunks: ChunkTargets) -> Self {
         Self {
             state: Mutex::new(SchedState {
                 core,
@@ -84,6 +126,7 @@ impl Shared {
             woke: AtomicBool::new(false),
             log: Mutex::new(SchedulerLog::default()),
             epoch: Instant::now(),
+            chunks,
         }
     }
 
@@ -110,11 +153,13 @@ impl Shared {
     }
 
     /// Whether a vGPU woke since the last call and the running `turn`, `used_ns` into it,
-    /// should yield to it (takes the lock only after a wake).
-    fn preempt_for_wake(&self, turn: &Turn, used_ns: u64) -> bool {
+    /// should yield to it (takes the lock only after a wake). A wake also ends `solo`: another
+    /// vGPU has work now.
+    fn preempt_for_wake(&self, turn: &Turn, used_ns: u64, solo: &mut bool) -> bool {
         if !self.woke.swap(false, Ordering::AcqRel) {
             return false;
         }
+        *solo = false;
         self.lock().core.should_preempt(turn, used_ns)
     }
 
@@ -216,13 +261,27 @@ fn run_slot<'a>(
         };
         vgpu.running = true;
         active.slices += 1;
+        // Alone: no other vGPU has work now (a later wake sets `woke`, checked per chunk). A
+        // `woke` set before is then stale (this vGPU's own wake, or one cancelled since: only
+        // vGPUs with work can preempt), and wakes set it under this lock, so clearing it loses
+        // none.
+        let mut solo = guard.core.busy_others(turn.vgpu) == 0;
+        if solo {
+            shared.woke.store(false, Ordering::Release);
+        }
         drop(guard);
 
         let mut segment_ns = 0u64;
         // One clock read per chunk: each chunk's end is the next one's start.
         let mut t0 = Instant::now();
         let ran = loop {
-            let step = active.step(engine);
+            // A wake since the last boundary (or since the lock was dropped) ends `solo` here
+            // already; the swap below decides preemption.
+            solo = solo && !shared.woke.load(Ordering::Acquire);
+            let target = shared
+                .chunks
+                .next(solo, nanos(deadline.saturating_duration_since(t0)));
+            let step = active.step(engine, target);
             let now = Instant::now();
             let dt = nanos(now.saturating_duration_since(t0));
             t0 = now;
@@ -234,8 +293,11 @@ fn run_slot<'a>(
                 Err(e) => break Ran::Finished(active, Err(JobFailure::Engine(e))),
                 Ok(false) if now >= deadline => break Ran::Preempted(active),
                 Ok(false)
-                    if shared
-                        .preempt_for_wake(&turn, nanos(now.saturating_duration_since(start))) =>
+                    if shared.preempt_for_wake(
+                        &turn,
+                        nanos(now.saturating_duration_since(start)),
+                        &mut solo,
+                    ) =>
                 {
                     break Ran::Preempted(active)
                 }

@@ -1,22 +1,29 @@
-//! The embedded CPU engine: runs operations on the device thread in chunks of about
-//! [`DEFAULT_CHUNK_TARGET_NS`], sized by a cost model that learns the machine's speed.
+//! The embedded CPU engine: runs operations on the device thread in chunks of about the target
+//! the device thread passes for each chunk ([`DEFAULT_CHUNK_TARGET_NS`] while other vGPUs may
+//! need the engine, longer while one runs alone), sized by a cost model that learns the
+//! machine's speed.
 //!
 //! Chunking: copy, fill and crc32c by byte ranges; axpy and reduce by element ranges. A chunk's
 //! size is `target / estimated ns per unit`, and the estimate is an exponential average of
 //! measured chunk times, so chunks stay near the target on fast or slow (debug, loaded) machines
+//! alike. The estimate is per unit of work, not per chunk, so it serves short and long targets
 //! alike.
 //!
-//! GEMM is cut into tiles of C, `mb × nb` cells, and `k` into k-blocks of
+//! GEMM is cut into bands of rows of C, and `k` into k-blocks of
 //! [`kernels::gemm_k_block`]`(k)` (≤ 256, fixed by `k` alone so the summation order never
-//! depends on chunking, see [`kernels`]). One step computes one k-block of one tile with one
-//! `matrixmultiply` call, which packs the `mb × kb` block of A and the `kb × nb` block of B: a
-//! fixed cost ∝ `(mb + nb)·kb` on top of `mb·nb·kb` multiply-adds. The cost model counts both
+//! depends on chunking, see [`kernels`]). A band is done in passes, one per k-block, each left to
+//! right in tiles of the band's rows × some columns; one step computes one k-block of one tile
+//! with one `matrixmultiply` call, which packs the block of A and the block of B: a fixed cost
+//! ∝ `(mb + nb)·kb` on top of `mb·nb·kb` multiply-adds. The cost model counts both
 //! (`mb·nb·kb + PACK_COST·(mb + nb)·kb` cost units, [`PACK_COST`] multiply-adds per packed
-//! element) and learns ns per cost unit. Tiles are planned one band of `mb` rows at a time from
-//! the current estimate: as large as the chunk budget allows, whole rows (`nb = n`) when a band
-//! of whole rows is no flatter than about 1:2, otherwise square; `mb`/`nb` divide `m`/`n` into
-//! nearly equal parts. Since the packing fraction is `PACK_COST·(1/mb + 1/nb)`, big tiles keep it
-//! small. A chunk runs as many whole steps of the band as fit the budget (at least one). A tile
+//! element) and learns ns per cost unit. A band's rows are planned when it starts, from the
+//! current estimate and chunk target: as large as the budget allows, whole rows (`nb = n`) when
+//! a band of whole rows has at least about n/5 rows, otherwise square; tile columns are planned
+//! per chunk from that chunk's budget, so a band started in long chunks continues in short ones
+//! as soon as the target drops (a pass's state is just the next column, whatever the earlier
+//! tiles' widths). Sides split `m`/`n` into nearly equal parts, rounded to multiples of
+//! 64 (`TILE_ALIGN`). Since the packing fraction is `PACK_COST·(1/mb + 1/nb)`, big tiles keep it
+//! small. A chunk runs as many whole steps as fit the budget (at least one). A tile
 //! covers at least [`MIN_STEP_MACS`] multiply-adds per step (or the whole matrix), which bounds
 //! how long a chunk can overrun and keeps the model stable: a step also has a fixed cost (the
 //! call, its setup) that the model does not count, so on tiny tiles the measured ns per unit is
@@ -36,8 +43,14 @@ pub const PACK_COST: f64 = 4.0;
 /// Fewest multiply-adds one GEMM step plans for (tile area × k-block), unless the matrix is smaller:
 /// about 100 µs in a debug build, far less optimised.
 pub const MIN_STEP_MACS: f64 = 16_384.0;
-/// Tiles span whole rows when `n ≤ WHOLE_ROW_SPAN · √(tile area)`.
-const WHOLE_ROW_SPAN: f64 = 2.0;
+/// Tiles span whole rows when `n ≤ WHOLE_ROW_SPAN · √(tile area)`, i.e. when a band of whole
+/// rows has at least n/5 rows (measured, 1024³ at 1 ms chunks: 256 × 1024 tiles run ~7% faster
+/// than 320 × 320, 128 × 1024 ~8% slower).
+const WHOLE_ROW_SPAN: f64 = 2.25;
+/// Tile sides of at least this are rounded to the nearest multiple of it: `matrixmultiply` packs A in
+/// blocks of 64 rows and runs 16-wide micro-kernels, and sides ending in a partial block ran
+/// ~10% slower (147² vs 128², 342² vs 384² at 1024³).
+const TILE_ALIGN: usize = 64;
 
 /// Pessimistic first guesses (ns per unit), indexed by [`OpKind::index`]; the model adapts.
 const INITIAL_NS_PER_UNIT: [f64; 6] = [
@@ -138,10 +151,10 @@ impl CpuEngine {
         self.ns_per_unit[kind.index()]
     }
 
-    /// Units for the next chunk of `op`, given `remaining` units.
-    fn chunk_units(&self, op: &Op, remaining: u64) -> u64 {
+    /// Units for the next chunk of `op` (about `target_ns`), given `remaining` units.
+    fn chunk_units(&self, op: &Op, remaining: u64, target_ns: u64) -> u64 {
         let per_unit = self.ns_per_unit[op.kind().index()].max(1e-6);
-        let cost_units = (self.target_ns as f64 / per_unit).max(1.0) as u64;
+        let cost_units = (target_ns.max(1) as f64 / per_unit).max(1.0) as u64;
         let units = match op {
             Op::Copy { .. } | Op::Fill { .. } | Op::Crc32c { .. } => {
                 cost_units.max(MIN_BYTES_PER_CHUNK)
@@ -210,9 +223,15 @@ impl CpuEngine {
         Ok(())
     }
 
-    /// Runs the next chunk of a GEMM: whole (tile, k-block) steps of the current band of C
-    /// tiles, as many as fit the chunk budget and at least one (see the module docs).
-    fn gemm_chunk(&mut self, op: &Op, progress: &mut OpProgress) -> Result<Step, EngineError> {
+    /// Runs the next chunk of a GEMM, about `target_ns` of work: whole (tile, k-block) steps of
+    /// the current band of C, as many as fit the chunk budget and at least one (see the module
+    /// docs).
+    fn gemm_chunk(
+        &mut self,
+        op: &Op,
+        progress: &mut OpProgress,
+        target_ns: u64,
+    ) -> Result<Step, EngineError> {
         let Op::GemmF32 {
             m,
             n,
@@ -232,20 +251,19 @@ impl CpuEngine {
             return Ok(Step::Done);
         }
         let per_unit = self.ns_per_unit[OpKind::Gemm.index()].max(1e-6);
-        let budget = self.target_ns as f64 / per_unit;
+        let budget = target_ns.max(1) as f64 / per_unit;
         if progress.band_rows == 0 {
-            let (rows, cols) = plan.band(row, budget);
+            let (rows, _) = plan.band(row, budget);
             progress.band_rows = u32::try_from(rows).unwrap_or(u32::MAX);
-            progress.tile_cols = u32::try_from(cols).unwrap_or(u32::MAX);
-            progress.band_step = 0;
+            progress.band_kb = 0;
+            progress.band_col = 0;
         }
         let rows = row..(row + usize_of(u64::from(progress.band_rows))).min(plan.m);
-        let nb = usize_of(u64::from(progress.tile_cols)).max(1);
-        let tiles_n = plan.n.div_ceil(nb);
-        let band_steps = (tiles_n * plan.k_blocks) as u64;
-        let full_step = GemmPlan::step_cost(rows.len(), nb.min(plan.n), plan.kb);
-        let left = band_steps.saturating_sub(progress.band_step).max(1);
-        let steps = ((budget / full_step) as u64).clamp(1, left);
+        // Tile columns follow this chunk's budget, so a band planned for long chunks continues
+        // in short ones as soon as the budget drops (and the other way round).
+        let first_cols = plan.tile_cols(rows.len(), usize_of(u64::from(progress.band_col)), budget);
+        let full_step = GemmPlan::step_cost(rows.len(), first_cols, plan.kb);
+        let steps = ((budget / full_step) as u64).max(1);
 
         let started = Instant::now();
         let (m64, n64, k64) = (u64::from(*m), u64::from(*n), u64::from(*k));
@@ -255,6 +273,7 @@ impl CpuEngine {
             k: plan.k,
         };
         let mut cost = 0.0;
+        let mut band_done = false;
         {
             let a_words = a.buffer.read_words()?;
             // B may share A's buffer: reuse the guard rather than locking twice.
@@ -269,13 +288,18 @@ impl CpuEngine {
             let a_f = floats(&a_words, a, 0, m64 * k64)?;
             let b_f = floats(b_words, b, 0, k64 * n64)?;
             let c_f = floats_mut(&mut c_words, c, 0, m64 * n64)?;
-            for step in progress.band_step..progress.band_step + steps {
-                let step = usize_of(step);
-                let (tile, kbi) = (step / plan.k_blocks, step % plan.k_blocks);
-                let cols = tile * nb..((tile + 1) * nb).min(plan.n);
+            // Passes over the band, one k-block each, left to right in tiles: every cell left of
+            // `band_col` has k-blocks ..=band_kb, every other one ..band_kb, whatever the tile
+            // widths were.
+            for _ in 0..steps {
+                let kbi = usize_of(u64::from(progress.band_kb));
+                let col = usize_of(u64::from(progress.band_col));
+                let nb = plan.tile_cols(rows.len(), col, budget);
+                let cols = col..(col + nb).min(plan.n);
                 let ks = kbi * plan.kb..((kbi + 1) * plan.kb).min(plan.k);
                 let beta = if kbi == 0 { *beta } else { 1.0 };
                 cost += GemmPlan::step_cost(rows.len(), cols.len(), ks.len());
+                let end = cols.end;
                 kernels::gemm_f32_tile(
                     dims,
                     (rows.clone(), cols),
@@ -286,16 +310,26 @@ impl CpuEngine {
                     beta,
                     c_f,
                 )?;
+                if end < plan.n {
+                    progress.band_col = u32::try_from(end).unwrap_or(u32::MAX);
+                    continue;
+                }
+                progress.band_col = 0;
+                progress.band_kb = progress.band_kb.saturating_add(1);
+                if usize_of(u64::from(progress.band_kb)) >= plan.k_blocks {
+                    band_done = true;
+                    break;
+                }
             }
         }
         let elapsed = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.observe(OpKind::Gemm, cost, elapsed);
         progress.chunks += 1;
-        progress.band_step += steps;
-        if progress.band_step >= band_steps {
+        if band_done {
             progress.done = rows.end as u64;
             progress.band_rows = 0;
-            progress.band_step = 0;
+            progress.band_kb = 0;
+            progress.band_col = 0;
         }
         if progress.done >= m64 {
             return Ok(Step::Done);
@@ -355,17 +389,22 @@ impl GemmPlan {
         r * c * kb + PACK_COST * (r + c) * kb
     }
 
+    /// Cells one step may cover for a chunk budget in cost units: budget/kb less the packing of
+    /// a square tile of that area, at least [`MIN_STEP_MACS`]/kb.
+    fn step_area(&self, budget: f64) -> f64 {
+        let kb = self.kb as f64;
+        let area = (budget / kb).max(1.0);
+        let side = area.sqrt();
+        (area - PACK_COST * 2.0 * side)
+            .max(MIN_STEP_MACS / kb)
+            .max(1.0)
+    }
+
     /// Tile rows and columns for a band starting at row `row`, given a chunk budget in cost
     /// units.
     fn band(&self, row: usize, budget: f64) -> (usize, usize) {
         let rows_left = self.m.saturating_sub(row).max(1);
-        let kb = self.kb as f64;
-        // Cells one step may cover: budget/kb less the packing of a square tile of that area.
-        let mut area = (budget / kb).max(1.0);
-        let side = area.sqrt();
-        area = (area - PACK_COST * 2.0 * side)
-            .max(MIN_STEP_MACS / kb)
-            .max(1.0);
+        let area = self.step_area(budget);
         let n = self.n as f64;
         let side = area.sqrt().max(1.0);
         // Whole rows when a band of them is no flatter than 1:4 (rows : n).
@@ -374,13 +413,29 @@ impl GemmPlan {
         } else {
             (side, side)
         };
-        let even = |want: f64, len: usize| -> usize {
-            let want = (want as usize).clamp(1, len.max(1));
-            let parts = len.div_ceil(want).max(1);
-            len.div_ceil(parts).max(1)
-        };
         (even(rows, rows_left), even(cols, self.n))
     }
+
+    /// Columns of the next tile of a band of `rows` rows whose pass has reached column `col`:
+    /// the step area for `budget` over `rows`, the remaining columns split into nearly equal
+    /// parts.
+    fn tile_cols(&self, rows: usize, col: usize, budget: f64) -> usize {
+        let want = self.step_area(budget) / rows.max(1) as f64;
+        even(want, self.n.saturating_sub(col))
+    }
+}
+
+/// `want` (at least 1, at most `len`) adjusted so that `len` splits into nearly equal parts,
+/// then to the nearest multiple of [`TILE_ALIGN`] once that large (the last part takes the rest).
+fn even(want: f64, len: usize) -> usize {
+    let want = (want as usize).clamp(1, len.max(1));
+    let parts = len.div_ceil(want).max(1);
+    let size = len.div_ceil(parts).max(1);
+    if size < TILE_ALIGN {
+        return size;
+    }
+    let aligned = (size + TILE_ALIGN / 2) / TILE_ALIGN * TILE_ALIGN;
+    aligned.clamp(TILE_ALIGN, len.max(1))
 }
 
 impl Engine for CpuEngine {
@@ -392,14 +447,19 @@ impl Engine for CpuEngine {
         self.target_ns
     }
 
-    fn run_chunk(&mut self, op: &Op, progress: &mut OpProgress) -> Result<Step, EngineError> {
+    fn run_chunk(
+        &mut self,
+        op: &Op,
+        progress: &mut OpProgress,
+        target_ns: u64,
+    ) -> Result<Step, EngineError> {
         if let Op::GemmF32 { .. } = op {
-            return self.gemm_chunk(op, progress);
+            return self.gemm_chunk(op, progress, target_ns);
         }
         let total = op.units();
         let remaining = total.saturating_sub(progress.done);
         if remaining > 0 {
-            let units = self.chunk_units(op, remaining);
+            let units = self.chunk_units(op, remaining, target_ns);
             let started = Instant::now();
             Self::execute(op, progress.done, units, progress)?;
             let elapsed = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
@@ -426,7 +486,8 @@ mod tests {
 
     fn run_to_end(engine: &mut CpuEngine, op: &Op) -> OpProgress {
         let mut p = OpProgress::default();
-        while engine.run_chunk(op, &mut p).unwrap() == Step::More {}
+        let target = engine.chunk_target_ns();
+        while engine.run_chunk(op, &mut p, target).unwrap() == Step::More {}
         p
     }
 

@@ -10,8 +10,12 @@ use super::buffer::BufferError;
 use super::job::Op;
 use super::kernels::KernelError;
 
-/// Default cost of one chunk: the scheduler's preemption granularity.
+/// Default cost of one chunk while another vGPU may need the engine: the scheduler's
+/// preemption granularity.
 pub const DEFAULT_CHUNK_TARGET_NS: u64 = 100_000;
+/// Default cost of one chunk while the running vGPU is the only one with work (longer chunks
+/// lose less to per-chunk costs; a vGPU that wakes waits at most about one of them).
+pub const DEFAULT_SOLO_CHUNK_TARGET_NS: u64 = 1_000_000;
 
 /// How far an operation has got, carried between chunks (and across preemptions).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -24,12 +28,12 @@ pub struct OpProgress {
     pub crc: u32,
     /// Chunks run so far.
     pub chunks: u64,
-    /// GEMM: rows of the current band of C tiles (0 until the band is planned).
+    /// GEMM: rows of the current band of C (0 until the band is planned).
     pub band_rows: u32,
-    /// GEMM: columns of each tile in the current band.
-    pub tile_cols: u32,
-    /// GEMM: (tile, k-block) steps done in the current band.
-    pub band_step: u64,
+    /// GEMM: the k-block the current pass over the band adds.
+    pub band_kb: u32,
+    /// GEMM: the first column of the band the current pass has not reached.
+    pub band_col: u32,
 }
 
 /// What a chunk left to do.
@@ -56,9 +60,15 @@ pub enum EngineError {
 pub trait Engine: Send {
     /// Short name for logs.
     fn name(&self) -> &'static str;
-    /// Intended cost of one chunk in nanoseconds.
+    /// Configured cost of one chunk in nanoseconds while other vGPUs may need the engine (the
+    /// preemption granularity).
     fn chunk_target_ns(&self) -> u64;
-    /// Runs the next chunk of `op` (about [`Engine::chunk_target_ns`] of work) and advances
-    /// `progress`. After [`Step::Done`] the operation must not be run again.
-    fn run_chunk(&mut self, op: &Op, progress: &mut OpProgress) -> Result<Step, EngineError>;
+    /// Runs the next chunk of `op`, about `target_ns` of work (the device thread chooses it per
+    /// chunk), and advances `progress`. After [`Step::Done`] the operation must not be run again.
+    fn run_chunk(
+        &mut self,
+        op: &Op,
+        progress: &mut OpProgress,
+        target_ns: u64,
+    ) -> Result<Step, EngineError>;
 }
