@@ -541,3 +541,99 @@ fn real_engine_slices_end_near_their_target() {
     }
     dev.shutdown();
 }
+
+/// A GEMM job of `dim`³ on fresh buffers of `vgpu` (kept alive by the returned handles).
+fn gemm_job(vgpu: &Arc<Vgpu>, dim: u32) -> (Job, Vec<Arc<DeviceBuffer>>) {
+    let bytes = u64::from(dim * dim) * 4;
+    let bufs: Vec<_> = (0..3).map(|_| vgpu.alloc_buffer(bytes).unwrap()).collect();
+    let job = Job::single(Op::GemmF32 {
+        m: dim,
+        n: dim,
+        k: dim,
+        alpha: 1.0,
+        beta: 0.0,
+        a: BufRef::new(&bufs[0], 0),
+        b: BufRef::new(&bufs[1], 0),
+        c: BufRef::new(&bufs[2], 0),
+    })
+    .unwrap();
+    (job, bufs)
+}
+
+/// Mean chunk length (ns) of vGPU `id`'s slices in `log` after slice `after`.
+fn mean_chunk_ns(log: &[SliceRecord], id: u32, after: u64) -> (u64, u32) {
+    let slices = log.iter().filter(|r| r.vgpu_id == id && r.seq > after);
+    let (run, chunks) = slices.fold((0u64, 0u32), |(t, c), r| (t + r.time_run_ns, c + r.chunks));
+    (run / u64::from(chunks.max(1)), chunks)
+}
+
+#[test]
+fn lone_vgpu_runs_long_chunks_until_another_submits() {
+    // Real CPU engine: 100 µs chunks while another vGPU has work, 3 ms alone (10 ms slices, so
+    // the cut to a turn's deadline matters little). Generous bounds: a loaded 2-core VM
+    // stretches chunks, and in a debug build a GEMM step's fixed cost makes 100 µs chunks
+    // ~300 µs.
+    let dev = Device::new(DeviceConfig {
+        memory_mib: 256,
+        policy: Policy::BestEffort,
+        timeslice_us: Some(10_000),
+        solo_chunk_target_ns: 3_000_000,
+        ..DeviceConfig::default()
+    })
+    .unwrap();
+    let lone = dev.create_vgpu("vgpu-64m", uuid(1)).unwrap();
+    let other = dev.create_vgpu("vgpu-64m", uuid(2)).unwrap();
+    let (job, _a_bufs) = gemm_job(&lone, 256);
+    let ch = lone.create_channel().unwrap();
+    let (tx, rx) = mpsc::channel();
+    for _ in 0..40 {
+        let tx = tx.clone();
+        ch.submit_fn(job.clone(), move |r| {
+            let _ = tx.send(r);
+        })
+        .unwrap();
+    }
+    // Alone: the first job's chunks are long (its first chunk may still be short while the cost
+    // model learns the machine's speed).
+    let first = wait_result(&rx).unwrap();
+    let second = wait_result(&rx).unwrap();
+    let solo_chunk = second.run_ns / second.chunks.max(1);
+    eprintln!(
+        "alone: jobs of {} and {} chunks, {} µs each (second)",
+        first.chunks,
+        second.chunks,
+        solo_chunk / 1000
+    );
+    assert!(solo_chunk >= 1_000_000, "lone chunks of {solo_chunk} ns");
+    let before = dev.scheduler_log().last().map_or(0, |r| r.seq);
+    let (solo_mean, solo_chunks) = mean_chunk_ns(&dev.scheduler_log(), lone.id(), 0);
+    assert!(
+        solo_mean >= 1_000_000,
+        "{solo_chunks} chunks of {solo_mean} ns"
+    );
+
+    // A second vGPU submits: from the next slice on, both run ≈100 µs chunks.
+    let (job2, _b_bufs) = gemm_job(&other, 256);
+    let ch2 = other.create_channel().unwrap();
+    for _ in 0..40 {
+        ch2.submit_fn(job2.clone(), |_| {}).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(400));
+    let log = dev.scheduler_log();
+    // The slice running at the submission may have started with long chunks: skip it.
+    let (shared_mean, shared_chunks) = mean_chunk_ns(&log, lone.id(), before + 1);
+    let (other_mean, other_chunks) = mean_chunk_ns(&log, other.id(), before);
+    eprintln!(
+        "shared: lone vGPU {shared_chunks} chunks of {} µs, other {other_chunks} of {} µs \
+         (alone {} µs)",
+        shared_mean / 1000,
+        other_mean / 1000,
+        solo_mean / 1000
+    );
+    assert!(shared_chunks >= 10 && other_chunks >= 10);
+    assert!(shared_mean <= 600_000, "{shared_mean} ns");
+    assert!(other_mean <= 600_000, "{other_mean} ns");
+    assert!(solo_mean >= 3 * shared_mean);
+    drop((ch, ch2));
+    dev.shutdown();
+}

@@ -253,7 +253,10 @@ impl CpuEngine {
         let per_unit = self.ns_per_unit[OpKind::Gemm.index()].max(1e-6);
         let budget = target_ns.max(1) as f64 / per_unit;
         if progress.band_rows == 0 {
-            let (rows, _) = plan.band(row, budget);
+            // Rows stay few enough for tiles of the configured (short) target's size, which a
+            // band planned for a long chunk may have to continue in.
+            let short = self.target_ns as f64 / per_unit;
+            let (rows, _) = plan.band(row, budget, plan.max_band_rows(short));
             progress.band_rows = u32::try_from(rows).unwrap_or(u32::MAX);
             progress.band_kb = 0;
             progress.band_col = 0;
@@ -401,19 +404,25 @@ impl GemmPlan {
     }
 
     /// Tile rows and columns for a band starting at row `row`, given a chunk budget in cost
-    /// units.
-    fn band(&self, row: usize, budget: f64) -> (usize, usize) {
+    /// units and at most `max_rows` rows.
+    fn band(&self, row: usize, budget: f64, max_rows: f64) -> (usize, usize) {
         let rows_left = self.m.saturating_sub(row).max(1);
         let area = self.step_area(budget);
         let n = self.n as f64;
         let side = area.sqrt().max(1.0);
-        // Whole rows when a band of them is no flatter than 1:4 (rows : n).
+        // Whole rows when a band of them has at least about n/5 rows.
         let (rows, cols) = if n <= WHOLE_ROW_SPAN * side {
             ((area / n).max(1.0), n)
         } else {
             (side, side)
         };
-        (even(rows, rows_left), even(cols, self.n))
+        (even(rows.min(max_rows), rows_left), even(cols, self.n))
+    }
+
+    /// Most rows a band may have so that a tile of a `short` budget over them is no flatter
+    /// than 4:1 (rows : columns).
+    fn max_band_rows(&self, short: f64) -> f64 {
+        (2.0 * self.step_area(short).sqrt()).max(1.0)
     }
 
     /// Columns of the next tile of a band of `rows` rows whose pass has reached column `col`:
@@ -510,7 +519,7 @@ mod tests {
             for budget in [1.0, 1e3, 1e5, 6.5e6, 1e12] {
                 let mut row = 0;
                 while row < plan.m {
-                    let (rows, cols) = plan.band(row, budget);
+                    let (rows, cols) = plan.band(row, budget, f64::MAX);
                     assert!(
                         rows >= 1 && cols >= 1 && cols <= plan.n,
                         "{m}x{n}x{k} {budget}"
@@ -522,11 +531,11 @@ mod tests {
         }
         // A 100 µs budget on a fast machine: big tiles, whole rows when n is small.
         let plan = GemmPlan::new(256, 256, 256);
-        let (rows, cols) = plan.band(0, 6.5e6);
+        let (rows, cols) = plan.band(0, 6.5e6, f64::MAX);
         assert_eq!(cols, 256);
         assert!(rows >= 64, "{rows}");
         let plan = GemmPlan::new(4096, 4096, 4096);
-        let (rows, cols) = plan.band(0, 6.5e6);
+        let (rows, cols) = plan.band(0, 6.5e6, f64::MAX);
         assert!(rows >= 128 && (128..4096).contains(&cols), "{rows}x{cols}");
         let packing = PACK_COST * (1.0 / rows as f64 + 1.0 / cols as f64);
         assert!(packing < 0.07, "{packing}");
@@ -736,14 +745,14 @@ mod tests {
         assert!(chunks <= 16, "{chunks} chunks");
         let plan = GemmPlan::new(m, n, k);
         for budget in [1.0, 100.0, 1e4] {
-            let (rows, cols) = plan.band(0, budget);
+            let (rows, cols) = plan.band(0, budget, f64::MAX);
             assert!(
                 (rows * cols * plan.kb) as f64 >= MIN_STEP_MACS,
                 "{rows}x{cols} at {budget}"
             );
         }
         // A matrix smaller than the minimum is one tile.
-        assert_eq!(GemmPlan::new(4, 4, 4).band(0, 1.0), (4, 4));
+        assert_eq!(GemmPlan::new(4, 4, 4).band(0, 1.0, f64::MAX), (4, 4));
     }
 
     #[test]
