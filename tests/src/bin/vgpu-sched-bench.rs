@@ -12,10 +12,11 @@
 //! - (b) queue wait of a light vGPU (small jobs, think time) under 3 busy ones, against
 //!   Σ other slices + 1 ms.
 //! - (c) 256³, 512³ and 1024³ f32 GEMM throughput called directly vs through one vGPU's driver
-//!   channel (100 µs chunks, and 1 ms chunks for comparison) and through a real `vgpud` over
+//!   channel (default chunks: 100 µs, 1 ms while the vGPU runs alone; and 1 ms chunks throughout
+//!   for comparison) and through a real `vgpud` over
 //!   vhost-user (one fenced SUBMIT_3D per GEMM, two in flight; needs the release `vgpud`).
-//! - (d) `vgpud` RSS with 32 `--vgpu` sockets (the per-device maximum), before and after 32 idle
-//!   test frontends connect.
+//! - (d) `vgpud` RSS with 64 `--vgpu` sockets of `vgpu-64m` (its `max_instances`; 64 × 64 MiB
+//!   fills the default 4096 MiB), before and after 64 idle test frontends connect.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -50,9 +51,9 @@ const SHARE_ERR_TARGET: f64 = 0.03;
 const OVERHEAD_TARGET: f64 = 0.03;
 /// RSS target per idle vGPU (bytes).
 const RSS_TARGET: u64 = 4 << 20;
-/// vGPUs started for (d): 32, the most one device allows (time-sliced vGPUs per GPU, as NVIDIA;
-/// also `vgpu-64m`'s `max_instance`).
-const RSS_VGPUS: usize = 32;
+/// vGPUs started for (d): 64, `vgpu-64m`'s `max_instances` (64 × 64 MiB, the default device
+/// memory).
+const RSS_VGPUS: usize = 64;
 /// GEMM sizes for (c): the headline one first.
 const GEMM_DIMS: [u32; 3] = [256, 512, 1024];
 /// A longer engine chunk, for the channel row that shows what chunk length meets the target.
