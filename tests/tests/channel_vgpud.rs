@@ -125,7 +125,9 @@ fn to_f32s(b: &[u8]) -> Vec<f32> {
 
 fn connect(backend: &Backend) -> GpuClient {
     let cfg = FrontendConfig {
-        device_features: FrontendConfig::default().device_features | (1 << VIRTIO_GPU_F_VIRGL),
+        device_features: FrontendConfig::default().device_features
+            | (1 << VIRTIO_GPU_F_VIRGL)
+            | (1 << VIRTIO_GPU_F_CONTEXT_INIT),
         ..Default::default()
     };
     GpuClient::connect(backend.socket(), &cfg).expect("connect to vgpud")
@@ -138,6 +140,10 @@ fn channel_kernels_fences_and_limits() {
     };
     let mut c = connect(&backend);
     assert!(c.has_gpu_feature(VIRTIO_GPU_F_VIRGL), "VIRGL offered");
+    assert!(
+        c.has_gpu_feature(VIRTIO_GPU_F_CONTEXT_INIT),
+        "CONTEXT_INIT offered"
+    );
     assert_eq!(c.config().num_capsets, 1);
     match c
         .ctrl(&GpuCommand::GetCapsetInfo(GetCapsetInfo::default()))
@@ -161,9 +167,13 @@ fn channel_kernels_fences_and_limits() {
         }
         other => panic!("{other:?}"),
     }
+    // context_init = our capset id, as a guest that negotiated CONTEXT_INIT creates it.
     ok(
         &mut c,
-        GpuCommand::CtxCreate(CtxCreate::default()),
+        GpuCommand::CtxCreate(CtxCreate {
+            context_init: VGPU_CAPSET_ID,
+            ..Default::default()
+        }),
         "ctx create",
     );
 

@@ -10,6 +10,9 @@ use vgpu_protocol::virtio_gpu::{
     CtxCreate, ResourceCreate3d, Transfer3d, VIRTIO_GPU_CMD_SUBMIT_3D,
 };
 use vgpu_protocol::MemEntries;
+
+/// `VIRTIO_GPU_CONTEXT_INIT_CAPSET_ID_MASK`: the capset id bits of CTX_CREATE.context_init.
+const CONTEXT_INIT_CAPSET_ID_MASK: u32 = 0xff;
 use vm_memory::GuestMemory;
 
 use crate::driver::partition::PartitionCharge;
@@ -112,7 +115,10 @@ impl Gpu3d {
         if ctx_id == 0 || self.contexts.contains_key(&ctx_id) {
             return Err(GpuError::InvalidContext(ctx_id));
         }
-        if c.context_init != 0 && c.context_init != VGPU_CAPSET_ID {
+        // With CONTEXT_INIT the low 8 bits name the capset (0: the default, ours); the rest is
+        // reserved. Without it Linux sends 0.
+        let capset = c.context_init & CONTEXT_INIT_CAPSET_ID_MASK;
+        if c.context_init != capset || (capset != 0 && capset != VGPU_CAPSET_ID) {
             return Err(GpuError::ContextInit {
                 ctx_id,
                 capset: c.context_init,

@@ -292,6 +292,9 @@ fn context_lifecycle() {
     assert_eq!(vm.ctx(1, 0), Err(ErrorCode::InvalidContextId));
     assert_eq!(vm.ctx(2, 42), OK);
     assert_eq!(vm.ctx(3, 1), Err(ErrorCode::InvalidParameter));
+    // CONTEXT_INIT: only the low 8 bits name a capset; reserved bits set are refused.
+    assert_eq!(vm.ctx(4, 0x100 | 42), Err(ErrorCode::InvalidParameter));
+    assert_eq!(vm.ctx(5, 2), Err(ErrorCode::InvalidParameter));
     assert_eq!(
         vm.result(9, GpuCommand::CtxDestroy),
         Err(ErrorCode::InvalidContextId)

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use log::Level;
 use vgpu_protocol::virtio_gpu::{
-    VirtioGpuConfig, VIRTIO_GPU_F_EDID, VIRTIO_GPU_F_RESOURCE_UUID, VIRTIO_GPU_F_VIRGL,
+    VirtioGpuConfig, VIRTIO_GPU_F_CONTEXT_INIT, VIRTIO_GPU_F_EDID, VIRTIO_GPU_F_RESOURCE_UUID,
+    VIRTIO_GPU_F_VIRGL,
 };
 use vgpu_protocol::Request;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
@@ -197,13 +198,19 @@ pub struct GpuBackendImpl<D: VmDevice> {
 
 impl<D: VmDevice> GpuBackendImpl<D> {
     /// A backend named `name` (for logs) offering `features`, driving `device`.
-    /// `VIRTIO_GPU_F_VIRGL` is offered exactly when the device has 3D ([`VmDevice::has_3d`]),
-    /// whatever `features` says.
+    /// `VIRTIO_GPU_F_VIRGL` and `VIRTIO_GPU_F_CONTEXT_INIT` (contexts of our capset) are offered
+    /// exactly when the device has 3D ([`VmDevice::has_3d`]), whatever `features` says. QEMU's
+    /// `vhost-user-gpu-pci` passes VIRGL to the guest and masks CONTEXT_INIT; frontends that pass
+    /// every bit let the guest create contexts with `context_init` = our capset id.
     pub fn new(name: impl Into<String>, features: GpuFeatures, device: D) -> Arc<Self> {
         let features = if device.has_3d() {
-            features.with_device_feature(VIRTIO_GPU_F_VIRGL)
+            features
+                .with_device_feature(VIRTIO_GPU_F_VIRGL)
+                .with_device_feature(VIRTIO_GPU_F_CONTEXT_INIT)
         } else {
-            features.without_device_feature(VIRTIO_GPU_F_VIRGL)
+            features
+                .without_device_feature(VIRTIO_GPU_F_VIRGL)
+                .without_device_feature(VIRTIO_GPU_F_CONTEXT_INIT)
         };
         let name = name.into();
         let mut device = device;
