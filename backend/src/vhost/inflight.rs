@@ -112,6 +112,18 @@ pub fn classify(cmd: &GpuCommand<'_>) -> Class {
     }
 }
 
+/// Largest request buffer a pooled entry keeps: a deferred SUBMIT_3D can copy up to ~1 MiB, and
+/// a pool of 256 such buffers must not stay allocated after the burst.
+const POOLED_REQUEST_CAPACITY: usize = 64 << 10;
+
+/// An entry fit for the pool: its request buffer is dropped if a large request grew it.
+fn shrunk(mut e: Entry) -> Entry {
+    if e.request.capacity() > POOLED_REQUEST_CAPACITY {
+        e.request = Vec::new();
+    }
+    e
+}
+
 /// The taken-but-unreturned requests of one control queue, oldest first.
 #[derive(Debug, Default)]
 pub struct Inflight {
@@ -148,6 +160,15 @@ impl Inflight {
         self.entries
             .iter()
             .any(|e| e.state == Some(EntryState::Deferred))
+    }
+
+    /// Request bytes held by deferred entries (copies of guest requests waiting to run).
+    pub fn deferred_bytes(&self) -> usize {
+        self.entries
+            .iter()
+            .filter(|e| e.state == Some(EntryState::Deferred))
+            .map(|e| e.request.len())
+            .sum()
     }
 
     /// True if a waiting request names `resource`.
@@ -203,7 +224,7 @@ impl Inflight {
 
     /// Gives an entry's buffers back to the pool.
     pub fn recycle(&mut self, e: Entry) {
-        self.pool.push(e);
+        self.pool.push(shrunk(e));
     }
 
     /// The running entry with `token`, marked ready with the response `write` produces. False if
@@ -260,7 +281,7 @@ impl Inflight {
             if ready && !(fenced && blocked) {
                 if let Some(e) = self.entries.remove(i) {
                     release(&e);
-                    self.pool.push(e);
+                    self.pool.push(shrunk(e));
                     released += 1;
                 }
                 continue;
@@ -277,7 +298,7 @@ impl Inflight {
     /// completions find no entry.
     pub fn clear(&mut self) {
         while let Some(e) = self.entries.pop_front() {
-            self.pool.push(e);
+            self.pool.push(shrunk(e));
         }
         self.running = 0;
     }

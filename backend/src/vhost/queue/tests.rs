@@ -447,3 +447,85 @@ fn fenced_responses_keep_order_and_hazards_wait_for_jobs() {
     assert_eq!(read_header(&mem, RESP_A + 0x100).fence_id, 2);
     assert!(w.inflight().is_empty());
 }
+
+#[test]
+fn deferred_request_bytes_are_bounded_and_the_ring_resumes_on_completion() {
+    use crate::device::JobNotifier;
+    use vgpu_protocol::virtio_gpu::*;
+    use vgpu_protocol::GpuCommand;
+    let mem = memory(16 << 20);
+    let big = vec![0u8; 1 << 20];
+    let t3 = Transfer3d {
+        box_: Box3d {
+            w: 4,
+            h: 1,
+            d: 1,
+            ..Default::default()
+        },
+        resource_id: 5,
+        ..Default::default()
+    };
+    // A running job, a read-back that must wait for it, then six 1 MiB submits that queue behind.
+    let mut cmds = vec![
+        GpuCommand::Submit3d(Submit3d::default(), &[]),
+        GpuCommand::TransferFromHost3d(t3),
+    ];
+    for _ in 0..6 {
+        cmds.push(GpuCommand::Submit3d(
+            Submit3d {
+                size: 1 << 20,
+                padding: 0,
+            },
+            &big,
+        ));
+    }
+    let mut descs = Vec::new();
+    for (i, cmd) in cmds.iter().enumerate() {
+        let mut bytes = Vec::new();
+        cmd.encode(
+            CtrlHeader {
+                ctx_id: 1,
+                ..Default::default()
+            },
+            &mut bytes,
+        );
+        let at = 0x10_0000 + i as u64 * 0x18_0000;
+        mem.write_slice(&bytes, GuestAddress(at)).unwrap();
+        let next = (2 * i + 1) as u16;
+        descs.push(RawDescriptor::from(SplitDescriptor::new(
+            at,
+            bytes.len() as u32,
+            1,
+            next,
+        )));
+        descs.push(desc(RESP_A + i as u64 * 0x100, 64, true));
+    }
+    let vq = MockSplitQueue::new(&mem, 16);
+    vq.add_desc_chains(&descs, 0).unwrap();
+    let vring =
+        VringMutex::<GuestMemoryHandle>::new(GuestMemoryAtomic::new(mem.clone()), 16).unwrap();
+    vring.set_queue_size(16);
+    vring
+        .set_queue_info(vq.desc_table_addr().0, vq.avail_addr().0, vq.used_addr().0)
+        .unwrap();
+    vring.set_queue_ready(true);
+    vring.set_enabled(true);
+
+    let sink = AsyncSink::default();
+    let completions = CompletionQueue::new().unwrap();
+    let mut w = QueueWorker::new(QueueKind::Control);
+    w.drain(&vring, &mem, &sink).unwrap();
+    // Only the first submit ran; the read-back and four big submits wait (4 MiB held), the last
+    // two stay in the ring.
+    assert_eq!(sink.seen.borrow().len(), 1);
+    assert_eq!(w.inflight().len(), 6);
+    assert!(w.inflight().deferred_bytes() >= MAX_DEFERRED_BYTES);
+    assert!(w.inflight().deferred_bytes() < MAX_DEFERRED_BYTES + (2 << 20));
+
+    // The job completes: the waiting requests run, and the drain resumes without a new kick.
+    let token = sink.tokens.borrow()[0];
+    completions.job_done(token, true);
+    w.complete(&vring, &mem, &sink, &completions).unwrap();
+    assert_eq!(sink.seen.borrow().len(), 8);
+    assert_eq!(w.inflight().deferred_bytes(), 0);
+}
