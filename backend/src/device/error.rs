@@ -253,7 +253,9 @@ impl GpuError {
             | GpuError::RangeOutside { .. }
             | GpuError::BeyondBacking { .. }
             | GpuError::Job(_) => ErrorCode::InvalidParameter,
-            GpuError::TooManyContexts(_) => ErrorCode::OutOfMemory,
+            GpuError::TooManyContexts(_) | GpuError::Submit(SubmitError::OutOfMemory(_)) => {
+                ErrorCode::OutOfMemory
+            }
             GpuError::Buffer(BufferError::OutOfMemory(_) | BufferError::HostAlloc(_)) => {
                 ErrorCode::OutOfMemory
             }

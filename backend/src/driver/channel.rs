@@ -8,6 +8,14 @@ use thiserror::Error;
 use super::device::Vgpu;
 use super::engine::EngineError;
 use super::job::{Job, JobError};
+use super::partition::PartitionCharge;
+use crate::device::{Charge, HostMemoryLimit, MemoryBudget};
+
+/// Command-buffer bytes every channel reserves from its vGPU's partition when it is created.
+/// Queued jobs draw on this reserve first, so small jobs (status queries) still run when the
+/// partition is full; beyond it their command buffers are charged to the partition, and past
+/// the partition the submission is refused with [`SubmitError::OutOfMemory`].
+pub const CHANNEL_RESERVE_BYTES: u64 = 128 << 10;
 
 /// How a finished job went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -61,6 +69,9 @@ pub enum SubmitError {
     /// The channel already has the maximum number of queued jobs.
     #[error("channel queue full")]
     QueueFull,
+    /// The job's command buffer does not fit in the vGPU's partition.
+    #[error("partition full: the job's {0} bytes of commands do not fit")]
+    OutOfMemory(u64),
     /// The vGPU was destroyed.
     #[error("vGPU destroyed")]
     VgpuDestroyed,
@@ -74,11 +85,19 @@ pub enum SubmitError {
 pub struct Channel {
     id: u32,
     vgpu: Arc<Vgpu>,
+    /// What queued jobs draw on first: [`CHANNEL_RESERVE_BYTES`], paid by `_reserve_charge`.
+    reserve: Arc<dyn MemoryBudget>,
+    _reserve_charge: PartitionCharge,
 }
 
 impl Channel {
-    pub(crate) fn new(id: u32, vgpu: Arc<Vgpu>) -> Self {
-        Self { id, vgpu }
+    pub(crate) fn new(id: u32, vgpu: Arc<Vgpu>, reserve_charge: PartitionCharge) -> Self {
+        Self {
+            id,
+            vgpu,
+            reserve: Arc::new(HostMemoryLimit::new(CHANNEL_RESERVE_BYTES)),
+            _reserve_charge: reserve_charge,
+        }
     }
 
     /// Channel id, unique within its vGPU.
@@ -94,7 +113,11 @@ impl Channel {
     /// Queues `job`; `completion` is called once it finishes or is cancelled. Never blocks on
     /// the engine: it only takes the scheduler lock to append to the runlist.
     pub fn submit(&self, job: Job, completion: Box<dyn Completion>) -> Result<(), SubmitError> {
-        self.vgpu.submit_on(self.id, job, completion)
+        let bytes = job.host_bytes();
+        let charge = Charge::new(&self.reserve, bytes)
+            .or_else(|_| Charge::new(&self.vgpu.budget(), bytes))
+            .map_err(|_| SubmitError::OutOfMemory(bytes))?;
+        self.vgpu.submit_on(self.id, job, completion, charge)
     }
 
     /// [`Channel::submit`] with a closure.

@@ -11,7 +11,7 @@ use vgpu_mdev::{TypeTable, VgpuType, TIMESLICE_RANGE_US};
 
 use super::budget::MemoryBudget;
 use super::buffer::{BufferError, DeviceBuffer};
-use super::channel::{Channel, Completion, SubmitError};
+use super::channel::{Channel, Completion, SubmitError, CHANNEL_RESERVE_BYTES};
 use super::engine::cpu::CpuEngine;
 use super::engine::{Engine, DEFAULT_CHUNK_TARGET_NS, DEFAULT_SOLO_CHUNK_TARGET_NS};
 use super::job::Job;
@@ -21,6 +21,7 @@ use super::runlist::QueuedJob;
 use super::scheduler::{Policy, SchedCore};
 use super::stats::{percentile, SliceRecord, VgpuStats};
 use super::worker::{self, ChunkTargets, Shared, VgpuSched};
+use crate::device::Charge;
 
 /// Default device memory (MiB).
 pub const DEFAULT_DEVICE_MEMORY_MIB: u64 = 4096;
@@ -380,8 +381,12 @@ impl Vgpu {
         if self.destroyed.load(Ordering::Acquire) {
             return Err(DriverError::Destroyed);
         }
+        let reserve = self
+            .partition
+            .charge_guard(CHANNEL_RESERVE_BYTES)
+            .map_err(|e| DriverError::Buffer(BufferError::OutOfMemory(e)))?;
         let id = self.next_channel.fetch_add(1, Ordering::Relaxed);
-        Ok(Channel::new(id, Arc::clone(self)))
+        Ok(Channel::new(id, Arc::clone(self), reserve))
     }
 
     pub(crate) fn submit_on(
@@ -389,6 +394,7 @@ impl Vgpu {
         channel: u32,
         job: Job,
         completion: Box<dyn Completion>,
+        charge: Charge,
     ) -> Result<(), SubmitError> {
         job.check_owner(self.id)?;
         let shared = &self.device.shared;
@@ -408,6 +414,7 @@ impl Vgpu {
                 channel,
                 submitted: Instant::now(),
                 submitted_slice,
+                _charge: Some(charge),
             };
             let rejected = vgpu.runlist.push(queued).err();
             if state.refresh(self.id) {

@@ -286,6 +286,12 @@ impl Job {
         &self.ops
     }
 
+    /// Host memory the queued job takes (its command buffer), charged to the vGPU's partition
+    /// while the job is queued or running.
+    pub fn host_bytes(&self) -> u64 {
+        (std::mem::size_of::<Self>() + self.ops.len() * std::mem::size_of::<Op>()) as u64
+    }
+
     /// Checks that every buffer belongs to vGPU `vgpu_id`.
     pub fn check_owner(&self, vgpu_id: u32) -> Result<(), JobError> {
         for (i, op) in self.ops.iter().enumerate() {

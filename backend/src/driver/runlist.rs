@@ -6,6 +6,7 @@ use std::time::Instant;
 use super::channel::{Completion, JobFailure, JobReport};
 use super::engine::{Engine, EngineError, OpProgress, Step};
 use super::job::Job;
+use crate::device::Charge;
 
 /// Most jobs queued on one channel; submissions past it are refused.
 pub const MAX_QUEUED_PER_CHANNEL: usize = 1024;
@@ -18,6 +19,8 @@ pub(crate) struct QueuedJob {
     pub submitted: Instant,
     /// Device slice sequence number at submission.
     pub submitted_slice: u64,
+    /// The job's command buffer charged to the vGPU's partition, released with the job.
+    pub _charge: Option<Charge>,
 }
 
 impl QueuedJob {
@@ -181,6 +184,7 @@ mod tests {
             channel,
             submitted: Instant::now(),
             submitted_slice: 0,
+            _charge: None,
         }
     }
 

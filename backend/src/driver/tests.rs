@@ -637,3 +637,54 @@ fn lone_vgpu_runs_long_chunks_until_another_submits() {
     drop((ch, ch2));
     dev.shutdown();
 }
+
+#[test]
+fn queued_command_buffers_are_charged_reserve_first_then_partition() {
+    use crate::driver::channel::CHANNEL_RESERVE_BYTES;
+    let dev = sleep_device(128, Policy::BestEffort);
+    let v = dev.create_vgpu("vgpu-64m", uuid(1)).unwrap();
+    let buf = v.alloc_buffer(4096).unwrap();
+    let ch = v.create_channel().unwrap();
+    // The channel's reserve is charged when it is created.
+    assert_eq!(v.partition().used(), 4096 + CHANNEL_RESERVE_BYTES);
+    // Fill the partition completely.
+    let rest = v.partition().available();
+    let fill = v.partition().charge_guard(rest).unwrap();
+    assert_eq!(v.partition().available(), 0);
+    // A long job keeps the engine busy; command buffers still queue from the reserve.
+    ch.submit_fn(sleep_job(&buf, 1000, 1000), |_| {}).unwrap();
+    let big = || {
+        let ops = (0..200)
+            .map(|_| Op::Fill {
+                dst: BufRef::new(&buf, 0),
+                len: 1,
+                pattern: 1,
+            })
+            .collect();
+        Job::new(ops).unwrap()
+    };
+    let one = big().host_bytes();
+    let fit = ((CHANNEL_RESERVE_BYTES - sleep_job(&buf, 1, 1).host_bytes()) / one) as usize;
+    assert!(fit >= 2);
+    for _ in 0..fit {
+        ch.submit_fn(big(), |_| {}).unwrap();
+    }
+    // The reserve is spent and the partition full: the next command buffer is refused.
+    assert!(matches!(
+        ch.submit_fn(big(), |_| {}),
+        Err(SubmitError::OutOfMemory(_))
+    ));
+    // With room in the partition, it is charged there.
+    drop(fill);
+    let before = v.partition().used();
+    ch.submit_fn(big(), |_| {}).unwrap();
+    assert_eq!(v.partition().used(), before + one);
+    // Dropping the channel cancels its queued jobs and gives everything back (a job already on
+    // the engine gives its bytes back when it ends).
+    drop(ch);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while v.partition().used() != 4096 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(v.partition().used(), 4096);
+}
