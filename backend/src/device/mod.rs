@@ -118,6 +118,8 @@ pub struct VirtioGpuDevice {
     cursor: Cursor,
     log: LogLimiter,
     gpu3d: Option<Gpu3d>,
+    /// Whether the driver negotiated `VIRTIO_GPU_F_VIRGL` (3D commands are refused otherwise).
+    virgl_negotiated: bool,
 }
 
 impl std::fmt::Debug for VirtioGpuDevice {
@@ -147,6 +149,7 @@ impl VirtioGpuDevice {
             cursor: Cursor::new(),
             log: LogLimiter::new("virtio-gpu"),
             gpu3d: None,
+            virgl_negotiated: true,
         }
     }
 
@@ -162,6 +165,13 @@ impl VirtioGpuDevice {
     /// True when the device has a vGPU (3D commands and the capset are served).
     pub fn has_3d(&self) -> bool {
         self.gpu3d.is_some()
+    }
+
+    /// Records whether the driver acknowledged `VIRTIO_GPU_F_VIRGL`. Without it 3D commands are
+    /// answered `ERR_UNSPEC`, as for a device without 3D (the default is on, for callers that
+    /// negotiate nothing, such as in-process frontends).
+    pub fn set_virgl_negotiated(&mut self, negotiated: bool) {
+        self.virgl_negotiated = negotiated;
     }
 
     /// Where the completions of submitted jobs are reported (the vhost glue's completion queue).
@@ -407,7 +417,7 @@ impl VirtioGpuDevice {
     ) -> Result<Reply, GpuError> {
         let ctx_id = req.hdr.ctx_id;
         let resources = &self.resources;
-        let Some(g) = self.gpu3d.as_mut() else {
+        let Some(g) = self.gpu3d.as_mut().filter(|_| self.virgl_negotiated) else {
             return Err(GpuError::Unsupported(req.cmd.type_()));
         };
         match req.cmd {

@@ -284,6 +284,17 @@ fn capsets() {
 }
 
 #[test]
+fn three_d_needs_virgl_negotiated() {
+    let g = gpu();
+    let mut vm = Vm::new(&g, 1);
+    vm.dev.set_virgl_negotiated(false);
+    assert_eq!(vm.ctx(1, 0), Err(ErrorCode::Unspec));
+    assert_eq!(vm.create_buffer(7, 64), Err(ErrorCode::Unspec));
+    vm.dev.set_virgl_negotiated(true);
+    assert_eq!(vm.ctx(1, 0), OK);
+}
+
+#[test]
 fn context_lifecycle() {
     let g = gpu();
     let mut vm = Vm::new(&g, 1);

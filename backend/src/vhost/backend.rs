@@ -139,6 +139,8 @@ pub trait VmDevice: Send + 'static {
     fn has_3d(&self) -> bool {
         false
     }
+    /// The driver acknowledged (or not) `VIRTIO_GPU_F_VIRGL`.
+    fn set_virgl_negotiated(&mut self, _negotiated: bool) {}
 }
 
 impl VmDevice for crate::device::VirtioGpuDevice {
@@ -171,6 +173,10 @@ impl VmDevice for crate::device::VirtioGpuDevice {
 
     fn has_3d(&self) -> bool {
         crate::device::VirtioGpuDevice::has_3d(self)
+    }
+
+    fn set_virgl_negotiated(&mut self, negotiated: bool) {
+        crate::device::VirtioGpuDevice::set_virgl_negotiated(self, negotiated)
     }
 }
 
@@ -344,9 +350,6 @@ impl<D: VmDevice> VhostUserBackend for GpuBackendImpl<D> {
     }
 
     fn features(&self) -> u64 {
-        if std::env::var_os("VGPUD_DEBUG_ALLFEAT").is_some() {
-            return u64::MAX;
-        }
         self.features.bits()
     }
 
@@ -356,6 +359,9 @@ impl<D: VmDevice> VhostUserBackend for GpuBackendImpl<D> {
         for w in &self.workers {
             lock(w).set_notify_on_empty(on_empty);
         }
+        lock(&self.vm)
+            .device
+            .set_virgl_negotiated(features & (1 << VIRTIO_GPU_F_VIRGL) != 0);
         log::debug!("{}: features acked {features:#x}", self.name);
     }
 
