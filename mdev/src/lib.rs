@@ -4,10 +4,12 @@
 //! `framebuffer_bytes`, at most `max_instances` such vGPUs per device, the display limits the guest
 //! sees, and a scheduling `weight` (used by the fixed-share policy). A [`TypeTable`] holds the
 //! built-in types ([`TypeTable::builtin`]) and can be extended or overridden from a TOML or JSON
-//! file ([`TypeTable::load_file`]).
+//! file ([`TypeTable::load_file`]). [`ctl`] is the client of a running `vgpud`'s control socket
+//! behind the `vgpuctl` tool.
 
 #![deny(missing_docs)]
 
+pub mod ctl;
 mod size;
 mod table;
 mod vgpu_type;
