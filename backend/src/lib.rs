@@ -4,5 +4,8 @@ pub mod control;
 pub mod demo;
 pub mod device;
 pub mod driver;
+pub mod libvirt;
+pub mod logging;
 pub mod options;
+pub mod signals;
 pub mod vhost;

@@ -15,12 +15,13 @@ use vgpu_backend::config::{self, ConfigError, Plan};
 use vgpu_backend::control::{self, ControlState, ControlVgpu};
 use vgpu_backend::driver::scheduler::{DEFAULT_TIMESLICE_US, DENSE_TIMESLICE_US, DENSE_VGPU_COUNT};
 use vgpu_backend::driver::{Device, DriverError};
-use vgpu_backend::options::{Capabilities, Options};
+use vgpu_backend::logging::{self, Sinks};
+use vgpu_backend::options::{self, Capabilities, Options};
+use vgpu_backend::signals::{block_stop_signals, wait_signal};
 use vgpu_backend::vhost::backend::GpuFeatures;
 use vgpu_backend::vhost::daemon::{Daemon, ServerStatus, VgpuConfig};
+use vgpu_backend::vhost::socket_access::SocketAccess;
 
-/// Signals that end the daemon.
-const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
 /// How often the main thread checks whether the served connections ended.
 const POLL: Duration = Duration::from_millis(100);
 /// How long shutdown waits for connection threads before exiting anyway.
@@ -49,36 +50,6 @@ impl From<ConfigError> for Failure {
             message: e.to_string(),
         }
     }
-}
-
-/// Blocks the stop signals in this thread (and every thread spawned later), so that only
-/// [`wait_signal`] receives them.
-fn block_stop_signals() -> std::io::Result<libc::sigset_t> {
-    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it; pthread_sigmask only
-    // reads it.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in STOP_SIGNALS {
-            libc::sigaddset(&mut set, s);
-        }
-        let r = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        if r != 0 {
-            return Err(std::io::Error::from_raw_os_error(r));
-        }
-        Ok(set)
-    }
-}
-
-/// Waits up to `timeout` for one of the blocked stop signals; returns it if one arrived.
-fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> Option<libc::c_int> {
-    let ts = libc::timespec {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
-    };
-    // SAFETY: `set` is an initialised sigset, `ts` a valid timespec; no siginfo is requested.
-    let r = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
-    (r > 0).then_some(r)
 }
 
 /// Waits for a stop signal or for every daemon thread to end; logs stats every `interval`.
@@ -118,15 +89,7 @@ fn stop(mut daemon: Daemon) {
 
 /// `vgpud --fd N --attach SOCKET`: hand a libvirt connection to the shared daemon.
 fn run_attach(fd: i32, socket: &Path) -> Result<(), Failure> {
-    let set = block_stop_signals().map_err(|e| Failure::runtime(format!("signals: {e}")))?;
-    let mut daemon = Daemon::new().map_err(|e| Failure::runtime(e.to_string()))?;
-    daemon
-        .attach_fd(fd, socket)
-        .map_err(|e| Failure::runtime(e.to_string()))?;
-    log::info!("--fd {fd}: relaying to {}", socket.display());
-    wait_until_done(&set, &daemon, None);
-    stop(daemon);
-    Ok(())
+    vgpu_backend::libvirt::relay_until_stopped(fd, socket).map_err(Failure::runtime)
 }
 
 fn driver_failure(name: &str, e: DriverError) -> Failure {
@@ -157,7 +120,7 @@ fn raise_fd_limit() {
     }
 }
 
-fn run(plan: Plan, fd: Option<i32>) -> Result<(), Failure> {
+fn run(plan: Plan, fd: Option<i32>, access: SocketAccess) -> Result<(), Failure> {
     let set = block_stop_signals().map_err(|e| Failure::runtime(format!("signals: {e}")))?;
     raise_fd_limit();
     let settings = &plan.settings;
@@ -193,6 +156,7 @@ fn run(plan: Plan, fd: Option<i32>) -> Result<(), Failure> {
         settings.driver.policy.as_str(),
     );
     let mut daemon = Daemon::new().map_err(|e| Failure::runtime(e.to_string()))?;
+    daemon.set_socket_access(access);
     for (v, s) in plan.vgpus.iter().zip(&served) {
         let config = VgpuConfig {
             name: v.name.clone(),
@@ -288,25 +252,49 @@ fn main() -> ExitCode {
             args.get(2..).unwrap_or_default(),
         ));
     }
-    let opts = Options::parse();
-    if opts.print_capabilities {
+    // libvirt probes with `--print-capabilities` alone, but wrappers add their own options: answer
+    // it before anything else can fail.
+    if options::wants_capabilities(args.get(1..).unwrap_or_default()) {
         println!("{}", Capabilities::current().to_json());
         return ExitCode::SUCCESS;
     }
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let opts = Options::parse();
+    if let Err(e) = logging::init(
+        c"vgpud",
+        log::LevelFilter::Info,
+        Sinks::detect(),
+        opts.log_file.as_deref(),
+    ) {
+        eprintln!("vgpud: {e}");
+        return ExitCode::from(2);
+    }
     let result = if opts.list_types {
         list_types(&opts)
+    } else if let Some(Err(message)) = opts
+        .render_node
+        .as_deref()
+        .map(vgpu_backend::libvirt::check_render_node)
+    {
+        Err(Failure { code: 2, message })
     } else if let (Some(fd), Some(socket)) = (opts.fd, &opts.attach) {
         run_attach(fd, socket)
     } else {
+        if let Some(node) = &opts.render_node {
+            log::info!(
+                "render node {}: accepted; the embedded CPU engine serves every vGPU",
+                node.display()
+            );
+        }
+        let access = SocketAccess::new(opts.socket_group, opts.socket_mode);
         config::plan(&opts)
             .map_err(Failure::from)
-            .and_then(|plan| run(plan, opts.fd))
+            .and_then(|plan| run(plan, opts.fd, access))
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             eprintln!("vgpud: {}", f.message);
+            logging::persist_error(&f.message);
             ExitCode::from(f.code)
         }
     }

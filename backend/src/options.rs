@@ -13,6 +13,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::driver::Policy;
+use crate::vhost::socket_access::{parse_group, parse_mode};
 
 /// Smallest accepted scanout width or height.
 pub const MIN_DIMENSION: u32 = 16;
@@ -278,6 +279,42 @@ pub struct Options {
     /// Serve JSON status requests (`{"cmd":"list"|"stats"|"sched-log"}`) on this UNIX socket.
     #[arg(long, value_name = "PATH")]
     pub control_socket: Option<PathBuf>,
+
+    // ── libvirt, socket access and logging (issue 8 §4) ──
+    /// Accepted as libvirt passes it for `<acceleration accel3d='yes'/>`; VIRGL (the path of our
+    /// compute channel) is offered to every guest either way.
+    #[arg(long)]
+    pub virgl: bool,
+
+    /// DRM render node of the GPU to use (libvirt passes `/dev/dri/renderD*`); must be a DRM
+    /// character device.
+    #[arg(long, value_name = "PATH")]
+    pub render_node: Option<PathBuf>,
+
+    /// Group owning the vGPU sockets (name or gid), e.g. the group libvirt's QEMU user is in; makes
+    /// them 0660 unless `--socket-mode` says otherwise.
+    #[arg(long, value_name = "GROUP", value_parser = parse_group)]
+    pub socket_group: Option<u32>,
+
+    /// Mode of the vGPU sockets, octal [default: 0600, or 0660 with `--socket-group`].
+    #[arg(long, value_name = "MODE", value_parser = parse_mode)]
+    pub socket_mode: Option<u32>,
+
+    /// Append log lines to this file too. Logs go to stderr, and also to syslog (the journal)
+    /// when stderr is not a terminal, as under libvirt, which sends it to /dev/null. libvirt passes
+    /// only `--fd`: set `VGPUD_LOG_FILE` in its environment instead.
+    #[arg(long, value_name = "FILE", env = "VGPUD_LOG_FILE")]
+    pub log_file: Option<PathBuf>,
+}
+
+/// True when `args` (without the program name) ask for `--print-capabilities` (or `-c`), which
+/// libvirt probes and which must answer whatever other options come with it, as QEMU's backend
+/// does. Arguments after `--` are operands, not options.
+pub fn wants_capabilities<S: AsRef<str>>(args: &[S]) -> bool {
+    args.iter()
+        .map(AsRef::as_ref)
+        .take_while(|a| *a != "--")
+        .any(|a| a == "--print-capabilities" || a == "-c")
 }
 
 /// The `--print-capabilities` document.
@@ -291,11 +328,17 @@ pub struct Capabilities {
 }
 
 impl Capabilities {
-    /// Our capabilities: a GPU backend with neither `--render-node` nor `--virgl` yet.
+    /// Our capabilities on this host: `virgl`, and `render-node` when the host has a DRM render
+    /// node (see [`crate::libvirt::capability_features`]).
     pub fn current() -> Self {
+        Self::for_dri_dir(std::path::Path::new(crate::libvirt::DRI_DIR))
+    }
+
+    /// The capabilities on a host whose DRM nodes are in `dir`.
+    pub fn for_dri_dir(dir: &std::path::Path) -> Self {
         Capabilities {
             type_: "gpu",
-            features: Vec::new(),
+            features: crate::libvirt::capability_features(dir),
         }
     }
 
@@ -427,8 +470,50 @@ mod tests {
 
     #[test]
     fn capabilities_json() {
+        let none = std::path::Path::new("/nonexistent-dri");
         let v: serde_json::Value =
-            serde_json::from_str(&Capabilities::current().to_json()).unwrap();
-        assert_eq!(v, serde_json::json!({"type": "gpu", "features": []}));
+            serde_json::from_str(&Capabilities::for_dri_dir(none).to_json()).unwrap();
+        assert_eq!(v, serde_json::json!({"type": "gpu", "features": ["virgl"]}));
+    }
+
+    #[test]
+    fn print_capabilities_wins_over_any_other_option() {
+        assert!(wants_capabilities(&["--print-capabilities"]));
+        assert!(wants_capabilities(&[
+            "--attach",
+            "/x",
+            "--print-capabilities"
+        ]));
+        assert!(wants_capabilities(&["--bogus", "-c"]));
+        assert!(!wants_capabilities(&["--fd", "3"]));
+        assert!(!wants_capabilities(&["--", "--print-capabilities"]));
+    }
+
+    #[test]
+    fn libvirt_options() {
+        let o = parse(&["--fd=20", "--virgl", "--render-node=/dev/dri/renderD128"]).unwrap();
+        assert!(o.virgl);
+        assert_eq!(o.render_node, Some(PathBuf::from("/dev/dri/renderD128")));
+        let o = parse(&[
+            "--vgpu",
+            "socket=/a",
+            "--socket-group",
+            "0",
+            "--socket-mode",
+            "0666",
+            "--log-file",
+            "/var/log/vgpud.log",
+        ])
+        .unwrap();
+        assert_eq!((o.socket_group, o.socket_mode), (Some(0), Some(0o666)));
+        assert_eq!(o.log_file, Some(PathBuf::from("/var/log/vgpud.log")));
+        for bad in [
+            &["--socket-group", "no-such-group-vgpud"][..],
+            &["--socket-mode", "888"],
+            &["--socket-mode", "0460"],
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad:?}");
+        }
     }
 }

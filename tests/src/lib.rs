@@ -8,6 +8,7 @@
 //! - [`client`]: `GpuClient`, virtio-gpu commands and 2D helpers.
 //! - [`backend`]: spawning `vgpud` or QEMU's `vhost-user-gpu` on a temporary socket.
 //! - [`conformance`]: the reusable 2D conformance sequence.
+//! - [`libvirt`]: a private libvirtd for tests, `virsh`, and a guest console on a socket.
 //!
 //! Typical use (a test):
 //! ```no_run
@@ -29,6 +30,7 @@ pub mod connection;
 pub mod error;
 pub mod gpu_socket;
 pub mod guest;
+pub mod libvirt;
 pub mod memory;
 pub mod vring;
 

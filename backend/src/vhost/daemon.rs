@@ -37,6 +37,7 @@ use vmm_sys_util::tempdir::TempDir;
 
 use super::backend::{GpuBackendImpl, GpuFeatures};
 use super::fd_relay;
+use super::socket_access::SocketAccess;
 use crate::device::{DeviceConfig, VirtioGpuDevice};
 use crate::driver::Vgpu;
 
@@ -340,6 +341,8 @@ pub struct Daemon {
     temp_dirs: Vec<TempDir>,
     /// Streams of `--attach` relays, shut down to end them.
     relays: Vec<UnixStream>,
+    /// Group and mode of the vGPU sockets.
+    access: SocketAccess,
 }
 
 impl Daemon {
@@ -351,7 +354,14 @@ impl Daemon {
             sockets: Vec::new(),
             temp_dirs: Vec::new(),
             relays: Vec::new(),
+            access: SocketAccess::default(),
         })
+    }
+
+    /// Sets the group and mode of vGPU sockets added from now on (`--socket-group`,
+    /// `--socket-mode`).
+    pub fn set_socket_access(&mut self, access: SocketAccess) {
+        self.access = access;
     }
 
     /// The daemon's shutdown signal.
@@ -366,6 +376,12 @@ impl Daemon {
         once: bool,
     ) -> Result<(), DaemonError> {
         let (listener, file) = bind(path)?;
+        self.access
+            .apply(path)
+            .map_err(|source| DaemonError::Socket {
+                path: path.into(),
+                source,
+            })?;
         let name = config.name.clone();
         let server = Server {
             name: name.clone(),

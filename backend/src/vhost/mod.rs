@@ -5,6 +5,7 @@
 //! - [`display`]: the device's display sink over QEMU's vhost-user-gpu socket.
 //! - [`daemon`]: listeners, the reconnect loop and shutdown.
 //! - [`fd_relay`]: serving a connected `--fd` by relaying it to a listening socket.
+//! - [`socket_access`]: group and mode of the vGPU sockets.
 
 use std::fmt;
 
@@ -18,6 +19,7 @@ pub mod fd_relay;
 pub mod inflight;
 pub mod queue;
 pub mod ratelimit;
+pub mod socket_access;
 
 pub use ratelimit::LogRateLimiter;
 

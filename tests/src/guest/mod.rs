@@ -51,7 +51,7 @@ pub enum GuestError {
 }
 
 impl GuestError {
-    fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         GuestError::Io {
             context: context.into(),
             source,

@@ -1,0 +1,197 @@
+//! Where `vgpud` and `vgpud-relay` log: stderr always, the system log (syslog, which the journal
+//! collects) when stderr is not a terminal, and a `--log-file` when one is given.
+//!
+//! libvirt starts a vhost-user backend with stdin, stdout and stderr on `/dev/null`, so a backend
+//! that only writes to stderr fails silently: the operator sees "Could not get process id of
+//! vhost-user-gpu" and nothing else. Sending the same lines to syslog (and to a file on request)
+//! makes the reason findable with `journalctl -t vgpud-relay` or in the file.
+//!
+//! The level comes from `RUST_LOG` (env_logger syntax) with a default per program.
+
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::io::{self, IsTerminal, Write};
+use std::path::Path;
+use std::sync::{Mutex, OnceLock};
+
+use log::{Level, LevelFilter, Record};
+use thiserror::Error;
+
+/// Why logging could not be set up.
+#[derive(Debug, Error)]
+pub enum LoggingError {
+    /// The log file could not be opened for appending.
+    #[error("log file {path}: {source}")]
+    File {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: io::Error,
+    },
+    /// A logger was installed already.
+    #[error("logger already installed")]
+    AlreadySet,
+}
+
+/// Where log lines go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sinks {
+    /// Write to stderr.
+    pub stderr: bool,
+    /// Send to syslog (`LOG_DAEMON`, identified by the program name, with the pid).
+    pub syslog: bool,
+}
+
+impl Sinks {
+    /// The default sinks: stderr, plus syslog when stderr is not a terminal (as under libvirt or
+    /// systemd).
+    pub fn detect() -> Self {
+        Sinks {
+            stderr: true,
+            syslog: !io::stderr().is_terminal(),
+        }
+    }
+}
+
+/// The sinks that outlive stderr: syslog and the log file.
+struct Persistent {
+    syslog: bool,
+    file: Option<Mutex<File>>,
+}
+
+impl Persistent {
+    fn write(&self, level: Level, line: &str, message: &str) {
+        if let Some(file) = &self.file {
+            let mut f = file.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = f.write_all(line.as_bytes());
+            let _ = f.flush();
+        }
+        if self.syslog {
+            let text = format!("{level}: {message}").replace('\0', " ");
+            if let Ok(c) = CString::new(text) {
+                // SAFETY: both strings are NUL-terminated; the format consumes exactly one %s.
+                unsafe { libc::syslog(syslog_priority(level), c"%s".as_ptr(), c.as_ptr()) };
+            }
+        }
+    }
+}
+
+/// Set once by [`init`]; [`persist_error`] reaches it without going through stderr.
+static PERSISTENT: OnceLock<Persistent> = OnceLock::new();
+
+fn syslog_priority(level: Level) -> libc::c_int {
+    match level {
+        Level::Error => libc::LOG_ERR,
+        Level::Warn => libc::LOG_WARNING,
+        Level::Info => libc::LOG_INFO,
+        Level::Debug | Level::Trace => libc::LOG_DEBUG,
+    }
+}
+
+/// Formats one line as the file and stderr show it: time, level, target, message.
+fn format_line(record: &Record<'_>) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!(
+        "[{}.{:03} {} {}] {}\n",
+        now.as_secs(),
+        now.subsec_millis(),
+        record.level(),
+        record.target(),
+        record.args()
+    )
+}
+
+/// Installs the process logger for `program` (a static name: syslog keeps the pointer), at
+/// `default` level unless `RUST_LOG` says otherwise, writing to `sinks` and, if given, appending
+/// to `log_file`.
+pub fn init(
+    program: &'static std::ffi::CStr,
+    default: LevelFilter,
+    sinks: Sinks,
+    log_file: Option<&Path>,
+) -> Result<(), LoggingError> {
+    let file = match log_file {
+        Some(path) => Some(Mutex::new(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| LoggingError::File {
+                    path: path.display().to_string(),
+                    source,
+                })?,
+        )),
+        None => None,
+    };
+    PERSISTENT
+        .set(Persistent {
+            syslog: sinks.syslog,
+            file,
+        })
+        .map_err(|_| LoggingError::AlreadySet)?;
+    if sinks.syslog {
+        // SAFETY: `program` is 'static, as openlog requires.
+        unsafe { libc::openlog(program.as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) };
+    }
+    let stderr = sinks.stderr;
+    env_logger::Builder::new()
+        .filter_level(default)
+        .parse_env("RUST_LOG")
+        .format(move |buf, record| {
+            let line = format_line(record);
+            if let Some(p) = PERSISTENT.get() {
+                p.write(record.level(), &line, &record.args().to_string());
+            }
+            if stderr {
+                buf.write_all(line.as_bytes())
+            } else {
+                Ok(())
+            }
+        })
+        .try_init()
+        .map_err(|_| LoggingError::AlreadySet)
+}
+
+/// Sends an error that the caller also prints on stderr (a fatal one, as `vgpud: message`) to
+/// the persistent sinks only: syslog and the log file, when [`init`] enabled them.
+pub fn persist_error(message: &str) {
+    if let Some(p) = PERSISTENT.get() {
+        let args = format_args!("{message}");
+        let record = Record::builder()
+            .args(args)
+            .level(Level::Error)
+            .target("vgpud")
+            .build();
+        p.write(Level::Error, &format_line(&record), message);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn syslog_levels() {
+        assert_eq!(syslog_priority(Level::Error), libc::LOG_ERR);
+        assert_eq!(syslog_priority(Level::Warn), libc::LOG_WARNING);
+        assert_eq!(syslog_priority(Level::Trace), libc::LOG_DEBUG);
+    }
+
+    #[test]
+    fn line_format_has_level_and_message() {
+        let line = format_line(
+            &Record::builder()
+                .args(format_args!("relay failed: boom"))
+                .level(Level::Error)
+                .target("vgpud_relay")
+                .build(),
+        );
+        assert!(
+            line.contains("ERROR vgpud_relay] relay failed: boom"),
+            "{line}"
+        );
+        assert!(line.ends_with('\n'));
+    }
+}
