@@ -123,6 +123,21 @@ pub struct ConfigFile {
     /// Control socket path.
     #[serde(default)]
     pub control_socket: Option<PathBuf>,
+    /// Group allowed to use the control socket.
+    #[serde(default)]
+    pub control_group: Option<String>,
+    /// State directory.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    /// Directory of default instance sockets.
+    #[serde(default)]
+    pub run_dir: Option<PathBuf>,
+    /// Prometheus endpoint address.
+    #[serde(default)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// VM map of `claim`.
+    #[serde(default)]
+    pub vm_map: Option<PathBuf>,
     /// The vGPUs to serve.
     #[serde(default)]
     pub vgpu: Vec<VgpuEntry>,
@@ -209,10 +224,32 @@ pub struct Settings {
     pub resolution: Option<Resolution>,
     /// Seconds between stats log lines (0: off).
     pub stats_interval: u64,
-    /// Control socket path.
+    /// Control socket path given (else the default, see [`Operations`]).
     pub control_socket: Option<PathBuf>,
+    /// Control socket, state, metrics and claim settings.
+    pub ops: Operations,
     file_vgpus: Vec<VgpuSpec>,
 }
+
+/// Where the daemon's operator interfaces live (issue 8).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Operations {
+    /// Group of the control socket (mode 0660).
+    pub control_group: Option<String>,
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// Directory of default instance sockets.
+    pub run_dir: PathBuf,
+    /// Prometheus endpoint.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// VM map of `claim`.
+    pub vm_map: Option<PathBuf>,
+}
+
+/// Default `--state-dir`.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/vgpud";
+/// Default `--run-dir`.
+pub const DEFAULT_RUN_DIR: &str = "/run/vgpud";
 
 /// Loads `--config` (if any) and merges it with the command line.
 pub fn settings(opts: &Options) -> Result<Settings, ConfigError> {
@@ -283,6 +320,21 @@ pub fn settings(opts: &Options) -> Result<Settings, ConfigError> {
         resolution,
         stats_interval,
         control_socket: opts.control_socket.clone().or(file.control_socket.clone()),
+        ops: Operations {
+            control_group: opts.control_group.clone().or(file.control_group.clone()),
+            state_dir: opts
+                .state_dir
+                .clone()
+                .or(file.state_dir.clone())
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+            run_dir: opts
+                .run_dir
+                .clone()
+                .or(file.run_dir.clone())
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_RUN_DIR)),
+            metrics_addr: opts.metrics_addr.or(file.metrics_addr),
+            vm_map: opts.vm_map.clone().or(file.vm_map.clone()),
+        },
         file_vgpus: file.specs()?,
     })
 }
@@ -324,7 +376,9 @@ pub fn stable_uuid(key: &str) -> Uuid {
     uuid::Builder::from_random_bytes(bytes).into_uuid()
 }
 
-fn device_config(
+/// The virtio-gpu configuration of vGPU `name` of type `ty`: `--scanouts`/`--resolution` (or
+/// the spec's own) within the type's limits.
+pub fn device_config(
     name: &str,
     ty: &VgpuType,
     spec_scanouts: Option<u32>,
@@ -362,6 +416,24 @@ fn device_config(
     })
 }
 
+/// The virtio-gpu configuration of an instance created at run time: the daemon's `--scanouts`
+/// and `--resolution`, clamped to what type `ty` allows.
+pub fn live_device_config(ty: &VgpuType, settings: &Settings) -> DeviceConfig {
+    let num_scanouts = settings
+        .scanouts
+        .unwrap_or(ty.max_heads)
+        .clamp(1, ty.max_heads.max(1));
+    let (w, h) = settings
+        .resolution
+        .map_or((DEFAULT_WIDTH, DEFAULT_HEIGHT), |r| (r.width, r.height));
+    DeviceConfig {
+        num_scanouts,
+        width: w.min(ty.max_width),
+        height: h.min(ty.max_height),
+        edid: true,
+    }
+}
+
 /// Merges the command line and config file into a validated [`Plan`]: every type exists, no
 /// socket or UUID is used twice, no type has more vGPUs than its `max_instances`, and the
 /// partitions fit in device memory.
@@ -390,12 +462,7 @@ pub fn plan(opts: &Options) -> Result<Plan, ConfigError> {
     for spec in settings.file_vgpus.iter().chain(&opts.vgpus) {
         specs.push((Some(spec.socket.clone()), spec.clone()));
     }
-    if specs.is_empty() {
-        return Err(usage(
-            "nothing to serve: give --socket-path PATH, --vgpu socket=PATH,type=TYPE, \
-             --config FILE or --fd N",
-        ));
-    }
+    // With no vGPU the daemon starts empty and waits for `vgpuctl create`.
     let mut sockets = HashSet::new();
     let mut uuids = HashSet::new();
     let mut vgpus = Vec::with_capacity(specs.len());

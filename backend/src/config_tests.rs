@@ -202,7 +202,8 @@ fn config_errors() {
     }
     let e = usage_err(&["--config", "/nonexistent/vgpud.toml"]);
     assert!(e.contains("cannot read"), "{e}");
-    assert!(usage_err(&[]).contains("nothing to serve"));
+    // No vGPU at all: the daemon starts empty and waits for `create`.
+    assert!(plan(&opts(&[])).unwrap().vgpus.is_empty());
     assert!(usage_err(&["--vgpu", "socket=/a,type=vgpu-9z"]).contains("vgpu-9z"));
     assert!(
         usage_err(&["--vgpu", "socket=/a", "--vgpu", "socket=/a"]).contains("used by two vGPUs")

@@ -6,6 +6,7 @@ pub mod device;
 pub mod driver;
 pub mod libvirt;
 pub mod logging;
+pub mod metrics;
 pub mod options;
 pub mod signals;
 pub mod vhost;

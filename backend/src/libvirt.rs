@@ -17,16 +17,17 @@
 //! `/proc/self/fd`, so the shared daemon can give each VM its own instance (`"vm"` in the claim).
 
 use std::fs;
-use std::io::{self, BufRead, BufReader, Write};
+use std::io;
 use std::os::fd::RawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use thiserror::Error;
+use vgpu_mdev::ctl::{Client, CtlError};
+use vgpu_mdev::proto::Request;
 
 use crate::signals;
 use crate::vhost::daemon::Daemon;
@@ -39,12 +40,6 @@ pub const DRM_MAJOR: u64 = 226;
 pub const DRI_DIR: &str = "/dev/dri";
 /// The relay's configuration file when neither `--config` nor `$VGPUD_RELAY_CONFIG` names one.
 pub const DEFAULT_RELAY_CONFIG: &str = "/etc/vgpud/relay.toml";
-/// The shared daemon's control socket when nothing else names one (`$VGPUD_CONTROL` does).
-pub const DEFAULT_CONTROL: &str = "/run/vgpud/control.sock";
-/// How long a claim may take (the daemon answers once the instance's socket listens).
-pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(20);
-/// Longest claim reply read.
-const MAX_REPLY: u64 = 64 * 1024;
 /// How often the relay's main thread checks whether the connection ended.
 const RELAY_POLL: Duration = Duration::from_millis(100);
 /// How long the relay waits for its threads at exit.
@@ -169,16 +164,11 @@ pub enum RelayClientError {
         message: String,
     },
     /// The control socket could not be reached or did not answer.
-    #[error("shared daemon's control socket {path}: {source}")]
-    Control {
-        /// The socket.
-        path: PathBuf,
-        /// The cause.
-        source: io::Error,
-    },
-    /// The daemon refused the claim.
-    #[error("shared daemon refused the claim: {0}")]
-    Refused(String),
+    #[error("shared daemon: {0}")]
+    Control(CtlError),
+    /// The daemon refused the claim (`kind`, sentence).
+    #[error("shared daemon refused the claim ({0}): {1}")]
+    Refused(String, String),
     /// The reply is not a claim reply.
     #[error("unexpected claim reply: {0}")]
     BadReply(String),
@@ -218,25 +208,17 @@ pub struct Claim {
     pub type_name: String,
 }
 
-/// The claim request line: `{"cmd":"claim"}` with `"type"` and `"vm"` when known.
-pub fn claim_request(type_name: Option<&str>, vm: Option<&str>) -> Value {
-    let mut req = json!({"cmd": "claim"});
-    if let Some(t) = type_name {
-        req["type"] = json!(t);
+/// The claim request: `{"cmd":"claim"}` with `"type"` and `"vm"` when known.
+pub fn claim_request(type_name: Option<&str>, vm: Option<&str>) -> Request {
+    Request::Claim {
+        v: None,
+        type_name: type_name.map(str::to_string),
+        vm: vm.map(str::to_string),
     }
-    if let Some(v) = vm {
-        req["vm"] = json!(v);
-    }
-    req
 }
 
-/// Reads a claim reply: `{"ok":true,"uuid":..,"socket":..,"type":..}` or
-/// `{"ok":false,"error":..}`.
+/// Reads an `ok` claim reply: `{"ok":true,"uuid":..,"socket":..,"type":..}`.
 pub fn parse_claim_reply(reply: &Value) -> Result<Claim, RelayClientError> {
-    if reply["ok"] != json!(true) {
-        let why = reply["error"].as_str().unwrap_or("no reason given");
-        return Err(RelayClientError::Refused(why.to_string()));
-    }
     let field = |k: &str| {
         reply[k]
             .as_str()
@@ -250,33 +232,20 @@ pub fn parse_claim_reply(reply: &Value) -> Result<Claim, RelayClientError> {
     })
 }
 
-/// Asks the shared daemon on `control` for an instance (see [`claim_request`]).
+/// Asks the shared daemon on `control` for an instance (see [`claim_request`]), through the
+/// control protocol's one client.
 pub fn claim(
     control: &Path,
     type_name: Option<&str>,
     vm: Option<&str>,
 ) -> Result<Claim, RelayClientError> {
-    let err = |source| RelayClientError::Control {
-        path: control.into(),
-        source,
-    };
-    let mut stream = UnixStream::connect(control).map_err(err)?;
-    stream.set_read_timeout(Some(CLAIM_TIMEOUT)).map_err(err)?;
-    stream.set_write_timeout(Some(CLAIM_TIMEOUT)).map_err(err)?;
-    let mut line = claim_request(type_name, vm).to_string();
-    line.push('\n');
-    stream.write_all(line.as_bytes()).map_err(err)?;
-    let mut reply = String::new();
-    BufReader::new(io::Read::take(&stream, MAX_REPLY))
-        .read_line(&mut reply)
-        .map_err(err)?;
-    let value: Value = serde_json::from_str(reply.trim()).map_err(|e| {
-        RelayClientError::BadReply(format!(
-            "{e}: {:?}",
-            reply.chars().take(200).collect::<String>()
-        ))
-    })?;
-    parse_claim_reply(&value)
+    let reply = Client::new(control)
+        .call(claim_request(type_name, vm))
+        .map_err(|e| match e {
+            CtlError::Daemon { kind, message } => RelayClientError::Refused(kind, message),
+            other => RelayClientError::Control(other),
+        })?;
+    parse_claim_reply(&reply)
 }
 
 /// Relays the libvirt connection `fd` into the vGPU socket `socket` of a running daemon until
@@ -305,6 +274,8 @@ pub fn relay_until_stopped(fd: RawFd, socket: &Path) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+    use std::io::{BufRead, BufReader, Write};
     use std::os::unix::net::UnixListener;
 
     #[test]
@@ -410,7 +381,7 @@ mod tests {
             let mut got = Vec::new();
             for reply in [
                 r#"{"ok":true,"uuid":"u-1","socket":"/run/vgpud/u-1.sock","type":"vgpu-1q"}"#,
-                r#"{"ok":false,"error":"no free vgpu-4q instance"}"#,
+                r#"{"ok":false,"kind":"no-room","error":"no free vgpu-4q instance"}"#,
                 r#"{"ok":true}"#,
             ] {
                 let (s, _) = listener.accept().unwrap();
@@ -425,14 +396,17 @@ mod tests {
         assert_eq!(c.socket, PathBuf::from("/run/vgpud/u-1.sock"));
         assert_eq!((c.uuid.as_str(), c.type_name.as_str()), ("u-1", "vgpu-1q"));
         let e = claim(&path, Some("vgpu-4q"), None).unwrap_err().to_string();
-        assert!(e.contains("no free vgpu-4q instance"), "{e}");
+        assert!(e.contains("(no-room): no free vgpu-4q instance"), "{e}");
         assert!(matches!(
             claim(&path, None, None),
             Err(RelayClientError::BadReply(_))
         ));
         let requests = server.join().unwrap();
-        assert_eq!(requests[0], json!({"cmd": "claim", "vm": "vm1"}));
-        assert_eq!(requests[1], json!({"cmd": "claim", "type": "vgpu-4q"}));
+        assert_eq!(requests[0], json!({"cmd": "claim", "v": 1, "vm": "vm1"}));
+        assert_eq!(
+            requests[1],
+            json!({"cmd": "claim", "v": 1, "type": "vgpu-4q"})
+        );
         let e = claim(&dir.join("absent.sock"), None, None)
             .unwrap_err()
             .to_string();

@@ -12,14 +12,15 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use vgpu_backend::config::{self, ConfigError, Plan};
-use vgpu_backend::control::{self, ControlState, ControlVgpu};
+use vgpu_backend::control::state::StateStore;
+use vgpu_backend::control::{self, Manager, ManagerConfig, NewInstance};
 use vgpu_backend::driver::scheduler::{DEFAULT_TIMESLICE_US, DENSE_TIMESLICE_US, DENSE_VGPU_COUNT};
 use vgpu_backend::driver::{Device, DriverError};
 use vgpu_backend::logging::{self, Sinks};
 use vgpu_backend::options::{self, Capabilities, Options};
 use vgpu_backend::signals::{block_stop_signals, wait_signal};
 use vgpu_backend::vhost::backend::GpuFeatures;
-use vgpu_backend::vhost::daemon::{Daemon, ServerStatus, VgpuConfig};
+use vgpu_backend::vhost::daemon::{Daemon, DaemonError, ServerStatus, VgpuConfig};
 use vgpu_backend::vhost::socket_access::SocketAccess;
 
 /// How often the main thread checks whether the served connections ended.
@@ -52,11 +53,12 @@ impl From<ConfigError> for Failure {
     }
 }
 
-/// Waits for a stop signal or for every daemon thread to end; logs stats every `interval`.
+/// Waits for a stop signal or for every daemon thread to end (`daemon`: the per-VM modes; the
+/// shared daemon runs until a signal); logs stats every `interval`.
 fn wait_until_done(
     set: &libc::sigset_t,
-    daemon: &Daemon,
-    stats: Option<(&ControlState, Duration)>,
+    daemon: Option<&Daemon>,
+    stats: Option<(&dyn Fn() -> Vec<String>, Duration)>,
 ) {
     let mut next_stats = stats.map(|(_, every)| Instant::now() + every);
     loop {
@@ -64,13 +66,13 @@ fn wait_until_done(
             log::info!("signal {sig}: shutting down");
             return;
         }
-        if daemon.finished() {
+        if daemon.is_some_and(Daemon::finished) {
             log::info!("connection ended: exiting");
             return;
         }
-        if let (Some((state, every)), Some(due)) = (stats, next_stats) {
+        if let (Some((lines, every)), Some(due)) = (stats, next_stats) {
             if Instant::now() >= due {
-                for line in state.stats_lines() {
+                for line in lines() {
                     log::info!("stats {line}");
                 }
                 next_stats = Some(due + every);
@@ -120,24 +122,11 @@ fn raise_fd_limit() {
     }
 }
 
-fn run(plan: Plan, fd: Option<i32>, access: SocketAccess) -> Result<(), Failure> {
+fn run(plan: Plan, fd: Option<i32>) -> Result<(), Failure> {
     let set = block_stop_signals().map_err(|e| Failure::runtime(format!("signals: {e}")))?;
     raise_fd_limit();
     let settings = &plan.settings;
     let device = Device::new(settings.driver.clone()).map_err(|e| driver_failure("device", e))?;
-    // Every partition is reserved before any socket exists.
-    let mut served = Vec::with_capacity(plan.vgpus.len());
-    for v in &plan.vgpus {
-        let vgpu = device
-            .create_vgpu(&v.type_name, v.uuid)
-            .map_err(|e| driver_failure(&v.name, e))?;
-        served.push(ControlVgpu {
-            name: v.name.clone(),
-            socket: v.socket.clone(),
-            vgpu,
-            status: Arc::new(ServerStatus::default()),
-        });
-    }
     let (total, reserved) = device.memory();
     let slice = settings
         .driver
@@ -156,52 +145,171 @@ fn run(plan: Plan, fd: Option<i32>, access: SocketAccess) -> Result<(), Failure>
         settings.driver.policy.as_str(),
     );
     let mut daemon = Daemon::new().map_err(|e| Failure::runtime(e.to_string()))?;
-    daemon.set_socket_access(access);
-    for (v, s) in plan.vgpus.iter().zip(&served) {
-        let config = VgpuConfig {
-            name: v.name.clone(),
-            device: v.device,
-            features: GpuFeatures::base(),
-            vgpu: Arc::clone(&s.vgpu),
-            status: Arc::clone(&s.status),
-        };
-        let added = match (&v.socket, fd) {
-            (Some(path), _) => daemon.add_socket(path, config),
-            (None, Some(fd)) => daemon.add_connected_fd(fd, config),
-            (None, None) => continue,
-        };
-        added.map_err(|e| Failure::runtime(format!("{}: {e}", v.name)))?;
+    if let Some(fd) = fd {
+        // The standalone per-VM backend: one vGPU on the inherited connection, no control.
+        let v = plan
+            .vgpus
+            .first()
+            .ok_or_else(|| Failure::runtime("--fd: nothing to serve"))?;
+        let vgpu = device
+            .create_vgpu(&v.type_name, v.uuid)
+            .map_err(|e| driver_failure(&v.name, e))?;
         log::info!(
-            "{} type={} fb={}M uuid={} socket={} scanouts={} resolution={}x{}",
+            "{} type={} fb={}M uuid={} socket=fd:{fd} scanouts={} resolution={}x{}",
             v.name,
             v.type_name,
-            s.vgpu.vgpu_type().framebuffer_bytes / MIB,
+            vgpu.vgpu_type().framebuffer_bytes / MIB,
             v.uuid,
-            v.socket.as_ref().map_or_else(
-                || format!("fd:{}", fd.unwrap_or(-1)),
-                |p| p.display().to_string()
-            ),
             v.device.num_scanouts,
             v.device.width,
             v.device.height,
         );
-    }
-    let state = ControlState {
-        device: Arc::clone(&device),
-        vgpus: served,
-    };
-    if let Some(path) = &settings.control_socket {
-        let handler_state = state.clone();
+        let config = VgpuConfig {
+            name: v.name.clone(),
+            device: v.device,
+            features: GpuFeatures::base(),
+            vgpu,
+            status: Arc::new(ServerStatus::default()),
+        };
         daemon
-            .add_control(path, Arc::new(move |line: &str| handler_state.handle(line)))
-            .map_err(|e| Failure::runtime(format!("control socket: {e}")))?;
+            .add_connected_fd(fd, config)
+            .map_err(|e| Failure::runtime(format!("{}: {e}", v.name)))?;
+        wait_until_done(&set, Some(&daemon), None);
+        stop(daemon);
+        device.shutdown();
+        return Ok(());
     }
-    let stats = (settings.stats_interval > 0)
-        .then(|| (&state, Duration::from_secs(settings.stats_interval)));
-    wait_until_done(&set, &daemon, stats);
+    let manager = Arc::new(start_manager(&plan, &device, &daemon)?);
+    if let Err(e) = serve_operators(&plan, &manager, &mut daemon) {
+        manager.stop_all();
+        return Err(e);
+    }
+    let lines = || control::stats_lines(&manager);
+    let stats = (settings.stats_interval > 0).then(|| {
+        (
+            &lines as &dyn Fn() -> Vec<String>,
+            Duration::from_secs(settings.stats_interval),
+        )
+    });
+    wait_until_done(&set, None, stats);
     stop(daemon);
-    drop(state);
+    manager.stop_all();
+    drop(manager);
     device.shutdown();
+    Ok(())
+}
+
+// ---- Operating the daemon: instances, state, control socket, metrics (issue 8) ----
+
+/// Starts the command line's vGPUs, then restores `--state-dir` (scheduler settings, defined
+/// instances, the `auto` ones started).
+fn start_manager(plan: &Plan, device: &Arc<Device>, daemon: &Daemon) -> Result<Manager, Failure> {
+    let settings = plan.settings.clone();
+    let ops = &plan.settings.ops;
+    let persist = uses_control(plan);
+    let store = persist.then(|| StateStore::new(&ops.state_dir));
+    let state = match &store {
+        Some(s) => Some(s.load().map_err(|e| Failure {
+            code: 2,
+            message: e.to_string(),
+        })?),
+        None => None,
+    };
+    let manager = Manager::new(
+        Arc::clone(device),
+        daemon.shutdown_signal(),
+        ManagerConfig {
+            run_dir: ops.run_dir.clone(),
+            state: store,
+            vm_map: ops.vm_map.clone(),
+            default_type: settings.default_type.clone(),
+            device_config: Box::new(move |ty| config::live_device_config(ty, &settings)),
+            features: GpuFeatures::base(),
+        },
+    );
+    for v in &plan.vgpus {
+        let Some(socket) = &v.socket else { continue };
+        manager
+            .start_instance(NewInstance {
+                name: Some(v.name.clone()),
+                type_name: v.type_name.clone(),
+                uuid: Some(v.uuid),
+                socket: Some(socket.clone()),
+                device: Some(v.device),
+            })
+            .map_err(|e| {
+                manager.stop_all();
+                Failure {
+                    code: match e.kind {
+                        vgpu_mdev::proto::ErrorKind::NoRoom => 3,
+                        vgpu_mdev::proto::ErrorKind::Invalid
+                        | vgpu_mdev::proto::ErrorKind::Exists => 2,
+                        _ => 1,
+                    },
+                    message: e.message,
+                }
+            })?;
+    }
+    if let (Some(state), Some(path)) = (&state, manager.state_path()) {
+        manager.restore(state).map_err(|e| {
+            manager.stop_all();
+            Failure {
+                code: 2,
+                message: format!("{}: {e}", path.display()),
+            }
+        })?;
+        log::info!(
+            "state {}: {} defined instances ({} auto)",
+            path.display(),
+            state.instances.len(),
+            state.instances.iter().filter(|i| i.auto).count()
+        );
+    }
+    Ok(manager)
+}
+
+/// Whether this daemon serves a control socket (and so keeps state): always but with `--fd`,
+/// unless the default socket is taken.
+fn uses_control(plan: &Plan) -> bool {
+    plan.settings.control_socket.is_some() || control_default_free()
+}
+
+fn control_default_free() -> bool {
+    let path = vgpu_mdev::ctl::default_control_socket();
+    !matches!(
+        vgpu_backend::vhost::daemon::prepare_socket_path_check(&path),
+        Err(DaemonError::SocketInUse(_))
+    )
+}
+
+/// The control socket (the given one, else the default) and the metrics endpoint.
+fn serve_operators(
+    plan: &Plan,
+    manager: &Arc<Manager>,
+    daemon: &mut Daemon,
+) -> Result<(), Failure> {
+    let ops = &plan.settings.ops;
+    let explicit = plan.settings.control_socket.clone();
+    let path = explicit
+        .clone()
+        .unwrap_or_else(vgpu_mdev::ctl::default_control_socket);
+    let handler_manager = Arc::clone(manager);
+    let handler = Arc::new(move |line: &[u8]| control::handle(&handler_manager, line));
+    match daemon.add_control(&path, ops.control_group.as_deref(), handler) {
+        Ok(()) => {}
+        Err(e) if explicit.is_some() => {
+            return Err(Failure::runtime(format!("control socket: {e}")))
+        }
+        Err(e) => log::warn!(
+            "no control socket (vgpuctl cannot reach this daemon; give --control-socket): {e}"
+        ),
+    }
+    if let Some(addr) = ops.metrics_addr {
+        let handle =
+            vgpu_backend::metrics::serve(addr, Arc::clone(manager), daemon.shutdown_signal())
+                .map_err(|e| Failure::runtime(e.to_string()))?;
+        daemon.adopt_thread(handle);
+    }
     Ok(())
 }
 
@@ -285,10 +393,10 @@ fn main() -> ExitCode {
                 node.display()
             );
         }
-        let access = SocketAccess::new(opts.socket_group, opts.socket_mode);
+        SocketAccess::new(opts.socket_group, opts.socket_mode).install();
         config::plan(&opts)
             .map_err(Failure::from)
-            .and_then(|plan| run(plan, opts.fd, access))
+            .and_then(|plan| run(plan, opts.fd))
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -276,9 +276,31 @@ pub struct Options {
           value_parser = clap::value_parser!(u64).range(0..=MAX_STATS_INTERVAL))]
     pub stats_interval: Option<u64>,
 
-    /// Serve JSON status requests (`{"cmd":"list"|"stats"|"sched-log"}`) on this UNIX socket.
+    // ---- Operating the daemon: control socket, persistence, metrics, claim (issue 8) ----
+    /// Serve the control protocol (vgpuctl; mdev/README.md) on this UNIX socket [default:
+    /// $VGPUD_CONTROL, else /run/vgpud/control.sock; none with --fd].
     #[arg(long, value_name = "PATH")]
     pub control_socket: Option<PathBuf>,
+
+    /// Let this group use the control socket (mode 0660 instead of 0600).
+    #[arg(long, value_name = "GROUP")]
+    pub control_group: Option<String>,
+
+    /// Keep defined instances and scheduler settings in DIR/state.json [default: /var/lib/vgpud].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Put the sockets of instances created without a socket path in DIR [default: /run/vgpud].
+    #[arg(long, value_name = "DIR")]
+    pub run_dir: Option<PathBuf>,
+
+    /// Serve Prometheus metrics on http://ADDR/metrics (e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
+    /// VM-name → type/instance map (TOML) consulted when a per-VM relay claims an instance.
+    #[arg(long, value_name = "FILE")]
+    pub vm_map: Option<PathBuf>,
 
     // ── libvirt, socket access and logging (issue 8 §4) ──
     /// Accepted as libvirt passes it for `<acceleration accel3d='yes'/>`; VIRGL (the path of our

@@ -1,18 +1,33 @@
-//! The client side of `vgpud --control-socket` for `vgpuctl`: one JSON request line, one JSON
-//! reply line (see `backend/src/control.rs` for the server), and the tables `vgpuctl` prints.
+//! The one client of `vgpud`'s control socket, used by `vgpuctl` and `vgpud ctl`: one
+//! [`Request`] line out, one JSON reply line back (see [`crate::proto`] and mdev/README.md), and
+//! the tables `vgpuctl` prints.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use thiserror::Error;
 
-/// How long a query may take.
-const TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest reply accepted (the scheduler log is the largest).
-const MAX_REPLY: u64 = 16 << 20;
+use crate::proto::Request;
+
+/// The daemon's control socket when neither `--control-socket` nor `$VGPUD_CONTROL` says.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/vgpud/control.sock";
+/// The environment variable naming the control socket.
+pub const CONTROL_ENV: &str = "VGPUD_CONTROL";
+/// How long a query may take (a `create` waits for its socket to listen).
+const TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest reply accepted (the scheduler log and screenshots are the largest).
+const MAX_REPLY: u64 = 64 << 20;
+
+/// `$VGPUD_CONTROL` if set and non-empty, else [`DEFAULT_CONTROL_SOCKET`].
+pub fn default_control_socket() -> PathBuf {
+    match std::env::var_os(CONTROL_ENV) {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from(DEFAULT_CONTROL_SOCKET),
+    }
+}
 
 /// Why a query failed.
 #[derive(Debug, Error)]
@@ -29,34 +44,80 @@ pub enum CtlError {
     #[error("control socket {0}: the reply is not JSON")]
     BadReply(String),
     /// The daemon answered with an error.
-    #[error("vgpud: {0}")]
-    Daemon(String),
+    #[error("vgpud: {message}")]
+    Daemon {
+        /// The reply's `kind` (`not-found`, `busy`, `no-room`, ...).
+        kind: String,
+        /// The reply's `error`.
+        message: String,
+    },
+}
+
+/// A control-socket client.
+#[derive(Debug, Clone)]
+pub struct Client {
+    path: PathBuf,
+}
+
+impl Client {
+    /// A client of the control socket at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Client { path: path.into() }
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Sends `request` (stamped with the protocol version) and returns the `ok` reply.
+    pub fn call(&self, request: Request) -> Result<Value, CtlError> {
+        let line = serde_json::to_string(&request.versioned()).map_err(|e| CtlError::Io {
+            path: self.path.display().to_string(),
+            source: std::io::Error::other(e),
+        })?;
+        let reply = self.raw(&line)?;
+        if reply["ok"] != json!(true) {
+            return Err(CtlError::Daemon {
+                kind: reply["kind"].as_str().unwrap_or("failed").to_string(),
+                message: reply["error"].as_str().unwrap_or("error").to_string(),
+            });
+        }
+        Ok(reply)
+    }
+
+    /// Sends one raw request line and returns the parsed reply, `ok` or not.
+    pub fn raw(&self, line: &str) -> Result<Value, CtlError> {
+        let path = self.path.display().to_string();
+        let io = |source| CtlError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut stream = UnixStream::connect(&self.path).map_err(io)?;
+        stream.set_read_timeout(Some(TIMEOUT)).map_err(io)?;
+        stream.set_write_timeout(Some(TIMEOUT)).map_err(io)?;
+        stream
+            .write_all(format!("{}\n", line.trim_end()).as_bytes())
+            .map_err(io)?;
+        let mut reply = String::new();
+        let mut reader = BufReader::new(std::io::Read::take(stream, MAX_REPLY));
+        reader.read_line(&mut reply).map_err(io)?;
+        serde_json::from_str(&reply).map_err(|_| CtlError::BadReply(path.clone()))
+    }
 }
 
 /// Sends `{"cmd": cmd}` (plus `"limit"`) to the control socket at `path` and returns the reply.
 pub fn query(path: &Path, cmd: &str, limit: Option<usize>) -> Result<Value, CtlError> {
-    let io = |source| CtlError::Io {
-        path: path.display().to_string(),
-        source,
-    };
-    let mut stream = UnixStream::connect(path).map_err(io)?;
-    stream.set_read_timeout(Some(TIMEOUT)).map_err(io)?;
-    stream.set_write_timeout(Some(TIMEOUT)).map_err(io)?;
-    let mut request = json!({ "cmd": cmd });
+    let mut request = json!({ "cmd": cmd, "v": crate::proto::PROTOCOL_VERSION });
     if let Some(n) = limit {
         request["limit"] = json!(n);
     }
-    stream
-        .write_all(format!("{request}\n").as_bytes())
-        .map_err(io)?;
-    let mut line = String::new();
-    let mut reader = BufReader::new(std::io::Read::take(stream, MAX_REPLY));
-    reader.read_line(&mut line).map_err(io)?;
-    let reply: Value =
-        serde_json::from_str(&line).map_err(|_| CtlError::BadReply(path.display().to_string()))?;
+    let reply = Client::new(path).raw(&request.to_string())?;
     if reply["ok"] != json!(true) {
-        let msg = reply["error"].as_str().unwrap_or("error").to_string();
-        return Err(CtlError::Daemon(msg));
+        return Err(CtlError::Daemon {
+            kind: reply["kind"].as_str().unwrap_or("failed").to_string(),
+            message: reply["error"].as_str().unwrap_or("error").to_string(),
+        });
     }
     Ok(reply)
 }
@@ -69,8 +130,10 @@ fn text(v: &Value) -> String {
     }
 }
 
-/// `vgpuctl list`: one line per vGPU instance (like `mdevctl list`).
+/// `vgpuctl list`: one line per instance (like `mdevctl list`): uuid, type, state, memory,
+/// utilization, socket, and `auto` for instances started with the daemon.
 pub fn list_table(reply: &Value) -> String {
+    let mib = |v: &Value| v.as_u64().unwrap_or(0).div_ceil(1 << 20);
     let mut out = String::new();
     for v in reply["vgpus"]
         .as_array()
@@ -78,16 +141,37 @@ pub fn list_table(reply: &Value) -> String {
         .unwrap_or_default()
     {
         out.push_str(&format!(
-            "{} {} {} {} ({})\n",
+            "{} {} {} fb={}/{}M util={:.1}% {}{}\n",
             text(&v["uuid"]),
-            text(&v["name"]),
             text(&v["type"]),
-            if v["connected"] == json!(true) {
-                "connected"
-            } else {
-                "waiting"
-            },
+            text(&v["state"]),
+            mib(&v["fb_used_bytes"]),
+            mib(&v["fb_total_bytes"]),
+            v["utilization_permille"].as_u64().unwrap_or(0) as f64 / 10.0,
             text(&v["socket"]),
+            if v["auto"] == json!(true) {
+                " (auto)"
+            } else {
+                ""
+            },
+        ));
+    }
+    out
+}
+
+/// `vgpuctl types`: each type with its live `available_instances`.
+pub fn types_table(reply: &Value) -> String {
+    let mut out = String::new();
+    for t in reply["types"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        out.push_str(&format!(
+            "{}\n  Available instances: {}\n  {}\n",
+            text(&t["name"]),
+            text(&t["available_instances"]),
+            text(&t["description"]),
         ));
     }
     out
@@ -158,10 +242,17 @@ mod tests {
     #[test]
     fn tables_render_replies() {
         let list = json!({"ok": true, "vgpus": [{"uuid": "u-1", "name": "vgpu0", "type": "vgpu-1q",
-            "connected": true, "socket": "/run/a.sock"}]});
+            "state": "connected", "socket": "/run/a.sock", "fb_used_bytes": 3u64 << 20,
+            "fb_total_bytes": 1u64 << 30, "utilization_permille": 125, "auto": true}]});
         assert_eq!(
             list_table(&list),
-            "u-1 vgpu0 vgpu-1q connected (/run/a.sock)\n"
+            "u-1 vgpu-1q connected fb=3/1024M util=12.5% /run/a.sock (auto)\n"
+        );
+        let types = json!({"ok": true, "types": [{"name": "vgpu-1q", "available_instances": 3,
+            "description": "d"}]});
+        assert_eq!(
+            types_table(&types),
+            "vgpu-1q\n  Available instances: 3\n  d\n"
         );
         let stats = json!({"ok": true, "vgpus": [{"name": "vgpu0", "type_name": "vgpu-1q",
             "utilization_permille": 505, "share_permille": 500, "framebuffer_used": 4u64 << 20,

@@ -10,6 +10,7 @@
 #![deny(missing_docs)]
 
 pub mod ctl;
+pub mod proto;
 mod size;
 mod table;
 mod vgpu_type;

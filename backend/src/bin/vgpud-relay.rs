@@ -124,8 +124,7 @@ fn main() -> ExitCode {
         .control
         .clone()
         .or(config.control)
-        .or_else(|| std::env::var_os("VGPUD_CONTROL").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(libvirt::DEFAULT_CONTROL));
+        .unwrap_or_else(vgpu_mdev::ctl::default_control_socket);
     let type_name = opts.type_name.clone().or(config.type_name);
     log::info!(
         "fd {} for VM {} (libvirt domain id {}, {}){}{}: claiming from {}",

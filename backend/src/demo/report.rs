@@ -488,6 +488,9 @@ mod tests {
             queue_wait_p50_ns: 0,
             queue_wait_p99_ns: 0,
             debt_ns: 0,
+            slices: 0,
+            overruns: 0,
+            wait_histogram: Default::default(),
         }
     }
 

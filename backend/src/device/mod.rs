@@ -20,6 +20,7 @@ pub mod format;
 pub mod log_limit;
 pub mod resource;
 pub mod scanout;
+pub mod screenshot;
 pub mod submit;
 pub mod transfer;
 
@@ -294,6 +295,9 @@ impl VirtioGpuDevice {
             Err(e) => {
                 self.log
                     .warn(format_args!("command {:#x} failed: {e}", req.cmd.type_()));
+                if let Some(vgpu) = self.vgpu() {
+                    vgpu.record_guest_error(e.code());
+                }
                 Response::Err(e.code())
             }
         };

@@ -1,6 +1,6 @@
 //! The driver core: one [`Device`] per process, shared by every VM, and its [`Vgpu`]s.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -8,6 +8,7 @@ use std::time::Instant;
 use thiserror::Error;
 use uuid::Uuid;
 use vgpu_mdev::{TypeTable, VgpuType, TIMESLICE_RANGE_US};
+use vgpu_protocol::ErrorCode;
 
 use super::budget::MemoryBudget;
 use super::buffer::{BufferError, DeviceBuffer};
@@ -75,8 +76,12 @@ pub enum DriverError {
         /// Its `max_instances`.
         max: u32,
     },
-    /// No contiguous device memory for the type's framebuffer.
-    #[error("cannot create vGPU of type {name}: {source}")]
+    /// No contiguous device memory for the type's framebuffer (nothing was created).
+    #[error(
+        "no room for a vGPU of type {name}: it needs {} MiB of device memory in one range; {} MiB \
+         are free, the largest free range is {} MiB (nothing was created)",
+        source.requested >> 20, source.free >> 20, source.largest_free >> 20
+    )]
     DeviceFull {
         /// The type.
         name: String,
@@ -117,6 +122,7 @@ struct DeviceInner {
     memory: Arc<DeviceMemory>,
     types: TypeTable,
     registry: Mutex<Registry>,
+    engine: &'static str,
 }
 
 #[derive(Default)]
@@ -165,6 +171,7 @@ impl Device {
             SchedCore::new(config.policy, config.timeslice_us),
             chunks,
         ));
+        let engine_name = engine.name();
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("vgpu-engine".into())
@@ -179,6 +186,7 @@ impl Device {
                     next_id: 1,
                     ..Registry::default()
                 }),
+                engine: engine_name,
             }),
             thread: Mutex::new(Some(thread)),
         }))
@@ -189,9 +197,48 @@ impl Device {
         &self.inner.types
     }
 
+    /// The engine's name (`cpu`, ...).
+    pub fn engine_name(&self) -> &'static str {
+        self.inner.engine
+    }
+
     /// The scheduling policy.
     pub fn policy(&self) -> Policy {
         self.inner.shared.lock().core.policy()
+    }
+
+    /// The device time slice now in force (µs).
+    pub fn timeslice_us(&self) -> u32 {
+        self.inner.shared.lock().core.device_timeslice_us()
+    }
+
+    /// Changes the scheduling policy and/or the device time slice now (the running slice ends
+    /// at its old target; the next turn uses the new one). Returns the policy and slice before.
+    pub fn set_scheduler(
+        &self,
+        policy: Option<Policy>,
+        timeslice_us: Option<u32>,
+    ) -> Result<(Policy, u32), DriverError> {
+        if let Some(us) = timeslice_us {
+            if !TIMESLICE_RANGE_US.contains(&us) {
+                return Err(DriverError::Config(format!(
+                    "timeslice {us} µs outside 1000..=30000"
+                )));
+            }
+        }
+        let before = {
+            let mut state = self.inner.shared.lock();
+            let before = (state.core.policy(), state.core.device_timeslice_us());
+            if let Some(p) = policy {
+                state.core.set_policy(p);
+            }
+            if timeslice_us.is_some() {
+                state.core.set_timeslice_us(timeslice_us);
+            }
+            before
+        };
+        self.inner.shared.wake.notify_all();
+        Ok(before)
     }
 
     /// Device memory (total bytes, bytes reserved by partitions).
@@ -287,6 +334,7 @@ impl Device {
             device: Arc::clone(&self.inner),
             next_channel: AtomicU32::new(1),
             destroyed: AtomicBool::new(false),
+            guest_errors: Default::default(),
         }))
     }
 
@@ -340,9 +388,36 @@ pub struct Vgpu {
     device: Arc<DeviceInner>,
     next_channel: AtomicU32,
     destroyed: AtomicBool,
+    guest_errors: [AtomicU64; GUEST_ERROR_CODES.len()],
 }
 
+/// The error responses counted per vGPU, with their metric label.
+pub const GUEST_ERROR_CODES: [(ErrorCode, &str); 6] = [
+    (ErrorCode::Unspec, "ERR_UNSPEC"),
+    (ErrorCode::OutOfMemory, "ERR_OUT_OF_MEMORY"),
+    (ErrorCode::InvalidScanoutId, "ERR_INVALID_SCANOUT_ID"),
+    (ErrorCode::InvalidResourceId, "ERR_INVALID_RESOURCE_ID"),
+    (ErrorCode::InvalidContextId, "ERR_INVALID_CONTEXT_ID"),
+    (ErrorCode::InvalidParameter, "ERR_INVALID_PARAMETER"),
+];
+
 impl Vgpu {
+    /// Counts an error response sent to the guest.
+    pub fn record_guest_error(&self, code: ErrorCode) {
+        if let Some(i) = GUEST_ERROR_CODES.iter().position(|&(c, _)| c == code) {
+            self.guest_errors[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Error responses sent to the guest so far, by code (in [`GUEST_ERROR_CODES`] order).
+    pub fn guest_errors(&self) -> Vec<(&'static str, u64)> {
+        GUEST_ERROR_CODES
+            .iter()
+            .zip(&self.guest_errors)
+            .map(|(&(_, name), n)| (name, n.load(Ordering::Relaxed)))
+            .collect()
+    }
+
     /// Device-wide vGPU id (≥ 1).
     pub fn id(&self) -> u32 {
         self.id
@@ -502,6 +577,9 @@ impl Vgpu {
             queue_wait_p50_ns: 0,
             queue_wait_p99_ns: 0,
             debt_ns,
+            slices: 0,
+            overruns: 0,
+            wait_histogram: Default::default(),
         };
         let mut waits = Vec::new();
         if let Some(vgpu) = state.vgpus.get_mut(&self.id) {
@@ -510,6 +588,9 @@ impl Vgpu {
             stats.jobs_completed = c.jobs_completed;
             stats.jobs_failed = c.jobs_failed;
             stats.busy_ns = c.busy_ns;
+            stats.slices = c.slices;
+            stats.overruns = c.overruns;
+            stats.wait_histogram = c.wait_histogram.clone();
             waits = c.wait_samples();
             stats.queued_jobs = u32::try_from(vgpu.outstanding()).unwrap_or(u32::MAX);
         }

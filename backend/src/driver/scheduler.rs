@@ -164,6 +164,16 @@ impl SchedCore {
         self.policy
     }
 
+    /// Switches the policy; every vGPU keeps its place in virtual time, debts included.
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.policy = policy;
+    }
+
+    /// Sets the device time slice (`None`: the default by vGPU count); the next turn uses it.
+    pub fn set_timeslice_us(&mut self, timeslice_us: Option<u32>) {
+        self.timeslice_us = timeslice_us;
+    }
+
     /// The device time slice now in force (µs).
     pub fn device_timeslice_us(&self) -> u32 {
         self.timeslice_us

@@ -14,6 +14,45 @@ const BUCKET_NS: u64 = 100_000_000;
 const BUCKETS: usize = 10;
 /// Queue-wait samples kept per vGPU for percentiles.
 const WAIT_SAMPLES: usize = 1024;
+/// Upper bounds (ns) of the queue-wait histogram's buckets; one more bucket holds the rest.
+pub const WAIT_BUCKETS_NS: [u64; 12] = [
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    1_000_000_000,
+];
+
+/// Cumulative queue-wait histogram of one vGPU (every job since creation).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct WaitHistogram {
+    /// Jobs per bucket: `counts[i]` waited at most [`WAIT_BUCKETS_NS`]`[i]` (and more than the
+    /// bound before); the last entry counts the longer waits.
+    pub counts: [u64; WAIT_BUCKETS_NS.len() + 1],
+    /// Sum of all waits (ns).
+    pub sum_ns: u64,
+    /// Jobs observed.
+    pub count: u64,
+}
+
+impl WaitHistogram {
+    /// Adds one wait.
+    pub fn observe(&mut self, wait_ns: u64) {
+        let i = WAIT_BUCKETS_NS.partition_point(|&b| b < wait_ns);
+        if let Some(c) = self.counts.get_mut(i) {
+            *c += 1;
+        }
+        self.sum_ns = self.sum_ns.saturating_add(wait_ns);
+        self.count += 1;
+    }
+}
 
 /// One scheduler slice, like a line of `nvidia-smi vgpu -sl`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -109,6 +148,10 @@ pub struct VgpuCounters {
     pub jobs_failed: u64,
     /// Slices the vGPU owned.
     pub slices: u64,
+    /// Slices that ran past their target.
+    pub overruns: u64,
+    /// Every job's queue wait.
+    pub wait_histogram: WaitHistogram,
     /// Busy time over the last second.
     pub window: BusyWindow,
     waits: VecDeque<u64>,
@@ -123,10 +166,19 @@ impl VgpuCounters {
 
     /// Records a job's queue wait (submission to first chunk).
     pub fn record_wait(&mut self, wait_ns: u64) {
+        self.wait_histogram.observe(wait_ns);
         if self.waits.len() >= WAIT_SAMPLES {
             self.waits.pop_front();
         }
         self.waits.push_back(wait_ns);
+    }
+
+    /// Counts a slice that ended; `overran` when it ran past its target.
+    pub fn end_slice(&mut self, overran: bool) {
+        self.slices += 1;
+        if overran {
+            self.overruns += 1;
+        }
     }
 
     /// The recent queue-wait samples (ns), oldest first.
@@ -179,6 +231,12 @@ pub struct VgpuStats {
     pub queue_wait_p99_ns: u64,
     /// Overrun not yet repaid (ns).
     pub debt_ns: u64,
+    /// Slices the vGPU owned.
+    pub slices: u64,
+    /// Slices that ran past their target.
+    pub overruns: u64,
+    /// Queue waits of every job so far.
+    pub wait_histogram: WaitHistogram,
 }
 
 #[cfg(test)]

@@ -356,7 +356,7 @@ fn run_slot<'a>(
     guard.core.account(&turn, elapsed);
     guard.refresh(turn.vgpu);
     if let Some(vgpu) = guard.vgpus.get_mut(&turn.vgpu) {
-        vgpu.counters.slices += 1;
+        vgpu.counters.end_slice(elapsed > turn.target_ns);
     }
     shared.push_log(SliceRecord {
         seq,

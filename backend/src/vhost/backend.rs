@@ -293,6 +293,11 @@ impl<D: VmDevice> GpuBackendImpl<D> {
         lock(&self.vm).display.has_socket()
     }
 
+    /// Runs `f` on the device (under its lock; keep it short).
+    pub fn with_device<R>(&self, f: impl FnOnce(&D) -> R) -> R {
+        f(&lock(&self.vm).device)
+    }
+
     /// The connection ended: free everything the VM had, drop its GPU socket and guest memory.
     pub fn disconnect(&self) {
         self.reset_inflight();

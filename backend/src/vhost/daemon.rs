@@ -23,7 +23,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::thread::{self, JoinHandle};
 
 use thiserror::Error;
@@ -38,6 +38,7 @@ use vmm_sys_util::tempdir::TempDir;
 use super::backend::{GpuBackendImpl, GpuFeatures};
 use super::fd_relay;
 use super::socket_access::SocketAccess;
+use crate::device::screenshot::{ScanoutImage, ScreenshotError};
 use crate::device::{DeviceConfig, VirtioGpuDevice};
 use crate::driver::Vgpu;
 
@@ -93,14 +94,49 @@ pub struct VgpuConfig {
     pub status: Arc<ServerStatus>,
 }
 
+/// Reads the scanouts of the device a connected VM drives (for screenshots).
+pub trait ScanoutSource: Send + Sync {
+    /// The pixels scanout `head` shows.
+    fn scanout_image(&self, head: u32) -> Result<ScanoutImage, ScreenshotError>;
+}
+
+impl ScanoutSource for GpuBackendImpl<VirtioGpuDevice> {
+    fn scanout_image(&self, head: u32) -> Result<ScanoutImage, ScreenshotError> {
+        self.with_device(|d| d.scanout_image(head))
+    }
+}
+
 /// Connection state of one vGPU socket, readable from other threads.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct ServerStatus {
     connected: AtomicBool,
     connections: AtomicU64,
+    source: Mutex<Option<Weak<dyn ScanoutSource>>>,
+}
+
+impl std::fmt::Debug for ServerStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerStatus")
+            .field("connected", &self.connected())
+            .field("connections", &self.connections())
+            .finish()
+    }
 }
 
 impl ServerStatus {
+    /// The scanouts of the connected VM's device, if one is connected.
+    pub fn scanout_source(&self) -> Option<Arc<dyn ScanoutSource>> {
+        self.source
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .and_then(Weak::upgrade)
+    }
+
+    fn set_source(&self, source: Option<Weak<dyn ScanoutSource>>) {
+        *self.source.lock().unwrap_or_else(PoisonError::into_inner) = source;
+    }
+
     /// True while a frontend is connected.
     pub fn connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)
@@ -119,6 +155,7 @@ pub struct ShutdownSignal {
     consumer: EventConsumer,
     next_id: AtomicU64,
     live: Mutex<HashMap<u64, ShutdownHandle>>,
+    children: Mutex<Vec<Weak<ShutdownSignal>>>,
 }
 
 impl ShutdownSignal {
@@ -132,7 +169,21 @@ impl ShutdownSignal {
             consumer,
             next_id: AtomicU64::new(0),
             live: Mutex::new(HashMap::new()),
+            children: Mutex::new(Vec::new()),
         }))
+    }
+
+    /// A signal of its own (to end one server) that also fires when this one does.
+    pub fn child(&self) -> io::Result<Arc<Self>> {
+        let child = Self::new()?;
+        let mut children = self.children.lock().unwrap_or_else(PoisonError::into_inner);
+        children.retain(|c| c.strong_count() > 0);
+        children.push(Arc::downgrade(&child));
+        drop(children);
+        if self.requested() {
+            child.trigger();
+        }
+        Ok(child)
     }
 
     /// Asks every listener and connection to end.
@@ -142,6 +193,17 @@ impl ShutdownSignal {
         let live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
         for handle in live.values() {
             handle.shutdown();
+        }
+        drop(live);
+        let children: Vec<Arc<ShutdownSignal>> = self
+            .children
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for child in children {
+            child.trigger();
         }
     }
 
@@ -238,6 +300,19 @@ pub fn prepare_socket_path(path: &Path) -> Result<(), DaemonError> {
     }
 }
 
+/// Checks, without removing anything, whether `path` could be bound: `Err(SocketInUse)` when a
+/// live process serves it.
+pub fn prepare_socket_path_check(path: &Path) -> Result<(), DaemonError> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => match UnixStream::connect(path) {
+            Ok(_) => Err(DaemonError::SocketInUse(path.into())),
+            Err(_) => Ok(()),
+        },
+        Ok(_) => Err(DaemonError::NotASocket(path.into())),
+        Err(_) => Ok(()),
+    }
+}
+
 /// A bound socket file, removed when dropped if it is still ours.
 pub(crate) struct SocketFile {
     path: PathBuf,
@@ -267,6 +342,19 @@ pub(crate) fn bind(path: &Path) -> Result<(UnixListener, SocketFile), DaemonErro
             ino,
         },
     ))
+}
+
+/// Binds a vGPU socket and gives it the process's [`SocketAccess`] (`--socket-group`,
+/// `--socket-mode`).
+fn bind_vgpu_socket(path: &Path) -> Result<(UnixListener, SocketFile), DaemonError> {
+    let (listener, file) = bind(path)?;
+    SocketAccess::current()
+        .apply(path)
+        .map_err(|source| DaemonError::Socket {
+            path: path.into(),
+            source,
+        })?;
+    Ok((listener, file))
 }
 
 /// One served vGPU socket.
@@ -313,12 +401,15 @@ impl Server {
         let status = &self.config.status;
         status.connections.fetch_add(1, Ordering::AcqRel);
         status.connected.store(true, Ordering::Release);
+        let weak: Weak<GpuBackendImpl<VirtioGpuDevice>> = Arc::downgrade(&backend);
+        status.set_source(Some(weak));
         log::info!("{}: frontend connected", self.name);
         let id = daemon.shutdown_handle().map(|h| shutdown.register(h));
         let result = daemon.wait();
         if let Some(id) = id {
             shutdown.unregister(id);
         }
+        status.set_source(None);
         backend.disconnect();
         status.connected.store(false, Ordering::Release);
         // Dropping the daemon ends and joins its vring worker threads.
@@ -333,6 +424,78 @@ impl Server {
     }
 }
 
+/// One vGPU socket served on its own, stoppable without touching the others (live `create` and
+/// `remove`). Dropping the handle stops the server.
+pub struct ServerHandle {
+    name: String,
+    signal: Arc<ShutdownSignal>,
+    thread: Option<JoinHandle<()>>,
+    _socket: SocketFile,
+}
+
+impl ServerHandle {
+    /// Stops listening, disconnects a connected VM (its device is reset and everything it
+    /// allocated freed) and waits up to `timeout` for that; returns true if the server ended.
+    /// The socket file is removed.
+    pub fn stop(mut self, timeout: std::time::Duration) -> bool {
+        self.end(timeout)
+    }
+
+    fn end(&mut self, timeout: std::time::Duration) -> bool {
+        self.signal.trigger();
+        let Some(thread) = self.thread.take() else {
+            return true;
+        };
+        let deadline = std::time::Instant::now() + timeout;
+        while !thread.is_finished() && std::time::Instant::now() < deadline {
+            thread::sleep(std::time::Duration::from_millis(2));
+        }
+        if thread.is_finished() {
+            let _ = thread.join();
+            true
+        } else {
+            log::warn!("{}: server did not end within {timeout:?}", self.name);
+            false
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.end(std::time::Duration::from_secs(3));
+    }
+}
+
+/// Serves a vGPU on the socket `path` until the returned handle is stopped or `parent` fires.
+/// Returns once the socket listens.
+pub fn start_server(
+    path: &Path,
+    config: VgpuConfig,
+    parent: &ShutdownSignal,
+) -> Result<ServerHandle, DaemonError> {
+    let (listener, file) = bind_vgpu_socket(path)?;
+    let signal = parent.child()?;
+    let name = config.name.clone();
+    let server = Server {
+        name: name.clone(),
+        config,
+        listener: Listener::from(listener),
+        once: false,
+    };
+    let thread_signal = Arc::clone(&signal);
+    let thread = thread::Builder::new()
+        .name(format!("vgpud-{name}"))
+        .stack_size(THREAD_STACK)
+        .spawn(move || server.run(&thread_signal))?;
+    log::debug!("{name}: listening on {}", path.display());
+    Ok(ServerHandle {
+        name,
+        signal,
+        thread: Some(thread),
+        _socket: file,
+    })
+}
+
 /// The daemon: listener threads, one per vGPU socket.
 pub struct Daemon {
     shutdown: Arc<ShutdownSignal>,
@@ -341,8 +504,6 @@ pub struct Daemon {
     temp_dirs: Vec<TempDir>,
     /// Streams of `--attach` relays, shut down to end them.
     relays: Vec<UnixStream>,
-    /// Group and mode of the vGPU sockets.
-    access: SocketAccess,
 }
 
 impl Daemon {
@@ -354,14 +515,7 @@ impl Daemon {
             sockets: Vec::new(),
             temp_dirs: Vec::new(),
             relays: Vec::new(),
-            access: SocketAccess::default(),
         })
-    }
-
-    /// Sets the group and mode of vGPU sockets added from now on (`--socket-group`,
-    /// `--socket-mode`).
-    pub fn set_socket_access(&mut self, access: SocketAccess) {
-        self.access = access;
     }
 
     /// The daemon's shutdown signal.
@@ -375,13 +529,7 @@ impl Daemon {
         config: VgpuConfig,
         once: bool,
     ) -> Result<(), DaemonError> {
-        let (listener, file) = bind(path)?;
-        self.access
-            .apply(path)
-            .map_err(|source| DaemonError::Socket {
-                path: path.into(),
-                source,
-            })?;
+        let (listener, file) = bind_vgpu_socket(path)?;
         let name = config.name.clone();
         let server = Server {
             name: name.clone(),
@@ -447,24 +595,40 @@ impl Daemon {
         Ok(())
     }
 
-    /// Serves the control socket at `path`: each connection sends one request line and gets the
-    /// line `handler` returns.
+    /// Serves the control socket at `path` (mode 0600, or 0660 for `group`): each connection
+    /// sends one request line and gets the line `handler` returns.
     pub fn add_control(
         &mut self,
         path: &Path,
-        handler: Arc<dyn Fn(&str) -> String + Send + Sync>,
+        group: Option<&str>,
+        handler: crate::control::Handler,
     ) -> Result<(), DaemonError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::create_dir_all(dir).map_err(|source| DaemonError::Socket {
+                path: path.into(),
+                source,
+            })?;
+        }
         let (listener, file) = bind(path)?;
+        crate::control::secure_socket(path, group).map_err(|source| DaemonError::Socket {
+            path: path.into(),
+            source,
+        })?;
         listener.set_nonblocking(true)?;
         let shutdown = Arc::clone(&self.shutdown);
         let handle = thread::Builder::new()
             .name("vgpud-control".into())
             .stack_size(THREAD_STACK)
-            .spawn(move || crate::control::serve(&listener, &shutdown, &*handler))?;
+            .spawn(move || crate::control::serve(&listener, &shutdown, handler))?;
         self.sockets.push(file);
         self.threads.push(handle);
         log::info!("control socket {}", path.display());
         Ok(())
+    }
+
+    /// Counts `thread` (which must end when the shutdown signal fires) among the daemon's.
+    pub fn adopt_thread(&mut self, thread: JoinHandle<()>) {
+        self.threads.push(thread);
     }
 
     /// True once every server and relay thread has ended.

@@ -10,6 +10,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
+use std::sync::OnceLock;
 
 /// Mode of vGPU sockets without `--socket-group`.
 pub const DEFAULT_MODE: u32 = 0o600;
@@ -34,7 +35,21 @@ impl Default for SocketAccess {
     }
 }
 
+/// The access every vGPU socket of this process gets; set once from the command line.
+static CURRENT: OnceLock<SocketAccess> = OnceLock::new();
+
 impl SocketAccess {
+    /// Makes `self` the access of every vGPU socket this process binds from now on; the first
+    /// call wins (returns false after).
+    pub fn install(self) -> bool {
+        CURRENT.set(self).is_ok()
+    }
+
+    /// The installed access, else the default (0600, the daemon's group).
+    pub fn current() -> Self {
+        CURRENT.get().copied().unwrap_or_default()
+    }
+
     /// From the options: the group, and the mode (default 0660 with a group, else 0600).
     pub fn new(gid: Option<u32>, mode: Option<u32>) -> Self {
         let fallback = if gid.is_some() {
