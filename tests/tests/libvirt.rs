@@ -349,7 +349,14 @@ fn install_shipped(lv: &Libvirt, name: &str, binary: &Path) {
 
 /// Boots `name` from a domain XML, waits for the display test, checks `virsh screenshot` pixel by
 /// pixel, answers the guest and waits for its last check. Returns the guest's console text.
-fn boot_and_check_display(lv: &Libvirt, name: &str, files: &GuestFiles, dir: &Path) -> String {
+/// `while_running` runs once the display is checked, while the guest still waits for its answer.
+fn boot_and_check_display(
+    lv: &Libvirt,
+    name: &str,
+    files: &GuestFiles,
+    dir: &Path,
+    while_running: &mut dyn FnMut(),
+) -> String {
     let serial = dir.join(format!("{name}.serial.sock"));
     let xml = dir.join(format!("{name}.xml"));
     fs::write(
@@ -390,6 +397,9 @@ fn boot_and_check_display(lv: &Libvirt, name: &str, files: &GuestFiles, dir: &Pa
         Ok(summary) => format!("ACK pixels ok: {summary}"),
         Err(why) => format!("ACK pixels bad: {why}"),
     };
+    if pixels.is_ok() {
+        while_running();
+    }
     console.reply(&answer).unwrap();
     let last = console
         .wait_marker("drm-errors", Duration::from_secs(30))
@@ -477,7 +487,7 @@ fn libvirt_per_vm_daemon() {
     // Under its shipped name, next to QEMU's 50-qemu-gpu.json: ours must be the one libvirt runs.
     install_shipped(&lv, "10-vgpud.json", &vgpud());
 
-    boot_and_check_display(&lv, "vm-a", &files, dir);
+    boot_and_check_display(&lv, "vm-a", &files, dir, &mut || {});
 
     // libvirt logs the external device's binary (before adding `--fd=N`); vgpud logs the fd.
     let domain_log = lv.domain_log("vm-a");
@@ -495,4 +505,126 @@ fn libvirt_per_vm_daemon() {
     wait_for("the per-VM vgpud to exit", Duration::from_secs(20), || {
         pgrep(&format!("{} --fd=", vgpud().display())).is_empty()
     });
+}
+
+/// Mode (b): one shared `vgpud` (here as root, the way a host might run it) serves the VMs; libvirt
+/// runs `vgpud-relay --fd=N` (as the unprivileged user, in the sockets' group) from the shipped
+/// `10-vgpud-relay.json`, with nothing per VM: the relay names the VM from libvirt's pidfile and
+/// claims it from the daemon, whose VM map gives `vm-b` a `vgpu-512m`.
+#[test]
+fn libvirt_shared_daemon() {
+    if skip_requested() {
+        eprintln!("VGPU_SKIP_GUEST=1: skipping the libvirt guest test");
+        return;
+    }
+    if !is_root() {
+        panic!("this test runs libvirt as another user than the shared daemon: run it as root");
+    }
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let work = WorkDir::new("libvirt-shared").unwrap();
+    let dir = work.path();
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let files = guest_files(dir);
+
+    // The shared daemon and its operator files, owned by root.
+    let shared = dir.join("shared");
+    let run_dir = shared.join("run");
+    fs::create_dir_all(&run_dir).unwrap();
+    for d in [&shared, &run_dir] {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let control = shared.join("control.sock");
+    let vm_map = shared.join("vm-map.toml");
+    fs::write(&vm_map, "[vm.vm-b]\ntype = \"vgpu-512m\"\n").unwrap();
+    let daemon_log = dir.join("shared-vgpud.log");
+    let mut daemon = Command::new(vgpud())
+        .args(["--device-memory", "2048", "--type", "vgpu-64m"])
+        .arg("--control-socket")
+        .arg(&control)
+        .arg("--control-group")
+        .arg(VGPU_GROUP.to_string())
+        .arg("--socket-group")
+        .arg(VGPU_GROUP.to_string())
+        .arg("--run-dir")
+        .arg(&run_dir)
+        .arg("--state-dir")
+        .arg(shared.join("state"))
+        .arg("--vm-map")
+        .arg(&vm_map)
+        .stderr(fs::File::create(&daemon_log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for("the control socket", Duration::from_secs(20), || {
+        control.exists()
+    });
+
+    // The relay's config, found through libvirtd's environment (which libvirt passes on).
+    let relay_conf = dir.join("relay.toml");
+    fs::write(
+        &relay_conf,
+        format!("control = \"{}\"\n", control.display()),
+    )
+    .unwrap();
+    let relay_log = dir.join("relay.log");
+    fs::write(&relay_log, "").unwrap();
+    give_to_unprivileged(&relay_log).unwrap();
+    let (conf_s, log_s) = (
+        relay_conf.display().to_string(),
+        relay_log.display().to_string(),
+    );
+    let lv = Libvirt::start(
+        &dir.join("lv"),
+        &[VGPU_GROUP],
+        &[("VGPUD_RELAY_CONFIG", &conf_s), ("VGPUD_LOG_FILE", &log_s)],
+        Duration::from_secs(30),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    install_shipped(&lv, "10-vgpud-relay.json", &relay());
+
+    let list = || vgpu_mdev::ctl::query(&control, "list", None).unwrap();
+    let mut seen = None;
+    boot_and_check_display(&lv, "vm-b", &files, dir, &mut || {
+        seen = Some(list());
+    });
+    let reply = seen.unwrap();
+    let vgpus = reply["vgpus"].as_array().unwrap();
+    let mine: Vec<&serde_json::Value> = vgpus.iter().filter(|v| v["vm"] == "vm-b").collect();
+    assert_eq!(mine.len(), 1, "{reply:#}");
+    assert_eq!(mine[0]["type"], "vgpu-512m", "the VM map's type: {reply:#}");
+    assert_eq!(mine[0]["state"], "connected", "{reply:#}");
+    let socket = PathBuf::from(mine[0]["socket"].as_str().unwrap());
+    let meta = fs::metadata(&socket).unwrap();
+    assert_eq!((meta.gid(), meta.mode() & 0o777), (VGPU_GROUP, 0o660));
+    let relay_text = fs::read_to_string(&relay_log).unwrap();
+    assert!(
+        relay_text.contains("for VM vm-b (libvirt domain id")
+            && relay_text.contains(&format!(
+                "VM vm-b: vGPU {}",
+                mine[0]["uuid"].as_str().unwrap()
+            )),
+        "{relay_text}"
+    );
+
+    // The VM stops: libvirt ends the relay, the instance is free again, the daemon keeps serving.
+    if lv.running().contains(&"vm-b".to_string()) {
+        lv.virsh(&["destroy", "vm-b"]).unwrap();
+    }
+    wait_for("the relay to exit", Duration::from_secs(20), || {
+        pgrep(&format!("{} --fd=", relay().display())).is_empty()
+    });
+    wait_for("the instance to be free", Duration::from_secs(20), || {
+        list()["vgpus"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["socket"] == mine[0]["socket"] && v["state"] == "listening")
+    });
+    assert!(
+        daemon.try_wait().unwrap().is_none(),
+        "the shared daemon keeps running"
+    );
+    drop(lv);
+    // SAFETY: kill on our own child's pid.
+    unsafe { libc::kill(daemon.id() as libc::pid_t, libc::SIGTERM) };
+    assert!(wait_exit(&mut daemon, Duration::from_secs(20)).is_some_and(|s| s.success()));
 }
