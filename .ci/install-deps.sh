@@ -12,3 +12,13 @@ if command -v rustup >/dev/null; then
         rustup component list --installed 2>/dev/null | grep -q "^$c" || timeout 600 rustup component add "$c"
     done
 fi
+
+# ── libvirt 11 for tests/tests/libvirt.rs (issue 8 §4): libvirtd + virsh from bookworm-backports,
+#    matching QEMU 10 from the same suite. The tests start a private session-mode libvirtd by hand
+#    (no systemd needed) and drop to nobody with setpriv (util-linux).
+if ! command -v libvirtd >/dev/null || ! command -v virsh >/dev/null; then
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q -t bookworm-backports --no-install-recommends \
+        libvirt-daemon-driver-qemu libvirt-daemon libvirt-clients
+fi
+command -v setpriv >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q util-linux

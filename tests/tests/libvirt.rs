@@ -38,6 +38,9 @@ const VGPU_GROUP: u32 = 4242;
 const BARS: [[u8; 3]; 4] = [[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255]];
 const BOTTOM: [u8; 3] = [32, 192, 160];
 
+/// Finds one of the built binaries (called lazily, so a missing one fails only its own cases).
+type Bin = fn() -> PathBuf;
+
 fn vgpud() -> PathBuf {
     let path = BackendKind::Vgpud.binary();
     assert!(
@@ -143,13 +146,16 @@ fn shipped_descriptors_sort_before_qemus_own() {
 
 #[test]
 fn print_capabilities_answers_whatever_else_is_given() {
-    for (bin, extra) in [
-        (vgpud(), &["--attach", "/run/vgpud/vm1.sock"][..]),
-        (vgpud(), &["--fd", "-5", "--bogus"]),
-        (vgpud(), &[]),
-        (relay(), &["--control", "/nonexistent"]),
-        (relay(), &[]),
-    ] {
+    // vgpud's cases first (they fail on a vgpud without the fix), then the relay's.
+    let cases: [(Bin, &[&str]); 5] = [
+        (vgpud, &["--attach", "/run/vgpud/vm1.sock"]),
+        (vgpud, &["--fd", "-5", "--bogus"]),
+        (vgpud, &[]),
+        (relay, &["--control", "/nonexistent"]),
+        (relay, &[]),
+    ];
+    for (bin, extra) in cases {
+        let bin = bin();
         let out = Command::new(&bin)
             .arg("--print-capabilities")
             .args(extra)
@@ -183,7 +189,8 @@ fn print_capabilities_answers_whatever_else_is_given() {
 #[test]
 fn virgl_and_render_node_options_are_accepted_and_checked() {
     // --render-node must name a DRM device: /dev/null is not one.
-    for bin in [vgpud(), relay()] {
+    for bin in [vgpud as Bin, relay] {
+        let bin = bin();
         let out = Command::new(&bin)
             .args(["--fd=3", "--virgl", "--render-node=/dev/null"])
             .output()
@@ -286,18 +293,20 @@ fn socket_group_lets_another_user_connect() {
 fn relay_errors_reach_the_log_file() {
     let dir = scratch("relay-errors");
     let missing = dir.join("no-daemon.sock");
-    for (bin, args, expected) in [
+    let cases: [(Bin, Vec<String>, String); 2] = [
         (
-            relay(),
-            vec!["--control".into(), missing.display().to_string()],
-            format!("control socket {}", missing.display()),
-        ),
-        (
-            vgpud(),
+            vgpud,
             vec!["--attach".into(), missing.display().to_string()],
             missing.display().to_string(),
         ),
-    ] {
+        (
+            relay,
+            vec!["--control".into(), missing.display().to_string()],
+            format!("control socket {}", missing.display()),
+        ),
+    ];
+    for (bin, args, expected) in cases {
+        let bin = bin();
         let log = dir.join("errors.log");
         let _ = fs::remove_file(&log);
         let (_ours, theirs) = UnixStream::pair().unwrap();
