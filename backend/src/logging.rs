@@ -55,6 +55,7 @@ impl Sinks {
 
 /// The sinks that outlive stderr: syslog and the log file.
 struct Persistent {
+    program: &'static str,
     syslog: bool,
     file: Option<Mutex<File>>,
 }
@@ -90,13 +91,9 @@ fn syslog_priority(level: Level) -> libc::c_int {
 
 /// Formats one line as the file and stderr show it: time, level, target, message.
 fn format_line(record: &Record<'_>) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
     format!(
-        "[{}.{:03} {} {}] {}\n",
-        now.as_secs(),
-        now.subsec_millis(),
+        "[{} {} {}] {}\n",
+        jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.3fZ"),
         record.level(),
         record.target(),
         record.args()
@@ -127,6 +124,7 @@ pub fn init(
     };
     PERSISTENT
         .set(Persistent {
+            program: program.to_str().unwrap_or("vgpud"),
             syslog: sinks.syslog,
             file,
         })
@@ -162,7 +160,7 @@ pub fn persist_error(message: &str) {
         let record = Record::builder()
             .args(args)
             .level(Level::Error)
-            .target("vgpud")
+            .target(p.program)
             .build();
         p.write(Level::Error, &format_line(&record), message);
     }
