@@ -358,6 +358,8 @@ fn device_config(
         num_scanouts,
         width,
         height,
+        max_width: ty.max_width,
+        max_height: ty.max_height,
         edid: true,
     })
 }

@@ -17,7 +17,7 @@ use vgpu_protocol::virtio_gpu::*;
 use vgpu_protocol::{DecodedResponse, ErrorCode};
 use vgpu_tests::backend::vgpud_path;
 use vgpu_tests::client::{pattern, rect};
-use vgpu_tests::conformance::{assert_ok, run_2d_conformance};
+use vgpu_tests::conformance::{assert_ok, run_2d_conformance, DisplayModel};
 use vgpu_tests::connection::FrontendConfig;
 use vgpu_tests::gpu_socket::{GpuMsg, GPU_UPDATE};
 use vgpu_tests::{Backend, GpuClient};
@@ -161,9 +161,11 @@ fn three_vgpus_of_different_types_serve_at_once_and_reconnect_independently() {
     assert_ok(clients[1].unref(99).unwrap(), "unref the big surface");
     // All three run the full 2D conformance sequence at the same time.
     let mut handles = Vec::new();
-    for mut c in clients.drain(..) {
+    // vgpu-64m's maximum (1024x768) caps its preferred mode; the others keep 1280x800.
+    let modes = [(1024, 768), (1280, 800), (1280, 800)];
+    for (mut c, (width, height)) in clients.drain(..).zip(modes) {
         handles.push(thread::spawn(move || {
-            run_2d_conformance(&mut c);
+            run_2d_conformance(&mut c, DisplayModel::Own { width, height });
             c
         }));
     }

@@ -14,11 +14,9 @@ use std::io;
 
 use vgpu_protocol::virtio_gpu::{
     DisplayOne, Rect, VIRTIO_GPU_MAX_SCANOUTS, VIRTIO_GPU_RESP_OK_DISPLAY_INFO,
-    VIRTIO_GPU_RESP_OK_EDID,
 };
 use vhost::vhost_user::gpu_message::{
-    VhostUserGpuCursorPos, VhostUserGpuCursorUpdate, VhostUserGpuEdidRequest, VhostUserGpuScanout,
-    VhostUserGpuUpdate,
+    VhostUserGpuCursorPos, VhostUserGpuCursorUpdate, VhostUserGpuScanout, VhostUserGpuUpdate,
 };
 use vhost::vhost_user::message::VhostUserU64;
 use vhost::vhost_user::GpuBackend;
@@ -153,34 +151,6 @@ impl GpuSocketDisplay {
         }
         Ok(Some(modes))
     }
-
-    /// Asks QEMU for a scanout's EDID (`VHOST_USER_GPU_GET_EDID`), only if it offered EDID and
-    /// has that output: QEMU 10 never answers GET_EDID for a scanout at or above its
-    /// `max_outputs`, which would stall this VM's queue for good. Scanout 0 always exists; any
-    /// other is asked for only when QEMU's display info reports it enabled (a disabled output
-    /// looks the same as a missing one there), otherwise the device's own EDID is used.
-    pub fn edid(&mut self, scanout_id: u32) -> io::Result<Option<Vec<u8>>> {
-        self.handshake()?;
-        if !self.edid {
-            return Ok(None);
-        }
-        if scanout_id != 0 {
-            let known = self.display_info()?.is_some_and(|modes| {
-                modes
-                    .get(scanout_id as usize)
-                    .is_some_and(|m| m.enabled != 0)
-            });
-            if !known {
-                return Ok(None);
-            }
-        }
-        let reply = self.gpu.get_edid(&VhostUserGpuEdidRequest { scanout_id })?;
-        if reply.hdr.type_ != VIRTIO_GPU_RESP_OK_EDID {
-            return Ok(None);
-        }
-        let len = (reply.size as usize).min(reply.edid.len());
-        Ok(reply.edid.get(..len).map(<[u8]>::to_vec))
-    }
 }
 
 /// What one VM's device draws into.
@@ -298,13 +268,6 @@ impl DisplaySink for VmDisplay {
             VmDisplay::Socket(_) => self.with_socket(|s| s.display_info(), |_| ()).flatten(),
         }
     }
-
-    fn edid(&mut self, scanout_id: u32) -> Option<Vec<u8>> {
-        match self {
-            VmDisplay::Headless(h) => h.edid(scanout_id),
-            VmDisplay::Socket(_) => self.with_socket(|s| s.edid(scanout_id), |_| ()).flatten(),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -365,51 +328,5 @@ mod tests {
         d.cursor_move(0, 1, 1);
         assert!(!d.has_socket());
         assert_eq!(d.display_info(), None);
-    }
-
-    fn reply(qemu: &mut UnixStream, request: u32, body: &[u8]) {
-        let mut msg = Vec::new();
-        for v in [request, 0x4, body.len() as u32] {
-            msg.extend_from_slice(&v.to_le_bytes());
-        }
-        msg.extend_from_slice(body);
-        qemu.write_all(&msg).unwrap();
-    }
-
-    #[test]
-    fn edid_asked_only_for_outputs_qemu_has() {
-        let (ours, mut qemu) = UnixStream::pair().unwrap();
-        let peer = thread::spawn(move || {
-            let (req, _) = read_msg(&mut qemu);
-            assert_eq!(req, 1);
-            reply(&mut qemu, 1, &3u64.to_le_bytes());
-            assert_eq!(read_msg(&mut qemu).0, 2);
-            // GET_DISPLAY_INFO: only output 0 enabled (QEMU with max_outputs=1).
-            assert_eq!(read_msg(&mut qemu).0, 3);
-            let mut info = vec![0u8; 24 + 16 * 24];
-            info[0..4].copy_from_slice(&0x1101u32.to_le_bytes());
-            info[24 + 8..24 + 12].copy_from_slice(&1024u32.to_le_bytes());
-            info[24 + 12..24 + 16].copy_from_slice(&768u32.to_le_bytes());
-            info[24 + 16..24 + 20].copy_from_slice(&1u32.to_le_bytes());
-            reply(&mut qemu, 3, &info);
-            // Then GET_EDID for scanout 0 only; a GET_EDID for 1 would never be answered.
-            let (req, body) = read_msg(&mut qemu);
-            assert_eq!(
-                (req, u32::from_le_bytes(body[..4].try_into().unwrap())),
-                (11, 0)
-            );
-            let mut edid = vec![0u8; 24 + 8 + 1024];
-            edid[0..4].copy_from_slice(&0x1104u32.to_le_bytes());
-            edid[24..28].copy_from_slice(&128u32.to_le_bytes());
-            edid[32] = 0xab;
-            reply(&mut qemu, 11, &edid);
-            qemu
-        });
-        let mut d = VmDisplay::socket(GpuBackend::from_stream(ours));
-        assert_eq!(d.edid(1), None);
-        let blob = d.edid(0).unwrap();
-        assert_eq!((blob.len(), blob[0]), (128, 0xab));
-        let _qemu = peer.join().unwrap();
-        assert!(d.has_socket());
     }
 }
