@@ -618,3 +618,52 @@ fn vgpud_resolution_option_is_the_preferred_mode() {
         }
     }
 }
+
+/// Open descriptors of a process (`/proc/PID/fd`).
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Waits (generously) until `pid` holds `want` descriptors; returns the last count seen.
+fn wait_fd_count(pid: u32, want: usize) -> usize {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = fd_count(pid);
+        if n == want || std::time::Instant::now() >= deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every connection's descriptors are closed when it ends: after many well-behaved connections
+/// (and as many abrupt ones) the daemon holds exactly what it held before the first.
+#[test]
+fn vgpud_leaks_no_descriptor_per_connection() {
+    let Some(backend) = Backend::vgpud_or_skip(&[]) else {
+        return;
+    };
+    let pid = backend.pid();
+    let base = fd_count(pid);
+    assert!(base > 0, "cannot read /proc/{pid}/fd");
+    for round in 0..20u8 {
+        let mut client = connect(&backend, &FrontendConfig::default());
+        assert_serving(&mut client, "connect");
+        if round % 2 == 0 {
+            let img = pattern(8, 8, round);
+            client
+                .create_backed_2d(1, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, 8, 8, &img, 1)
+                .unwrap();
+            client.conn.shutdown().unwrap();
+        }
+        drop(client);
+        // The next connection is accepted only once this one is torn down.
+    }
+    let last = wait_fd_count(pid, base);
+    assert_eq!(
+        last, base,
+        "vgpud held {base} descriptors before 20 connections and {last} after them"
+    );
+}
