@@ -4,5 +4,6 @@ pub mod control;
 pub mod demo;
 pub mod device;
 pub mod driver;
+pub mod logging;
 pub mod options;
 pub mod vhost;

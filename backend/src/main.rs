@@ -267,7 +267,7 @@ fn run_demo(args: &[String]) -> ExitCode {
         args: vgpu_backend::demo::DemoArgs,
     }
     let cmd = DemoCommand::parse_from(args);
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let _ = vgpu_backend::logging::init("warn");
     match vgpu_backend::demo::run(&cmd.args) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
@@ -293,7 +293,7 @@ fn main() -> ExitCode {
         println!("{}", Capabilities::current().to_json());
         return ExitCode::SUCCESS;
     }
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let _ = vgpu_backend::logging::init("info");
     let result = if opts.list_types {
         list_types(&opts)
     } else if let (Some(fd), Some(socket)) = (opts.fd, &opts.attach) {

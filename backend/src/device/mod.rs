@@ -47,7 +47,7 @@ pub use scanout::Scanout;
 use backing::Backing;
 use context::{Direction, Gpu3d};
 use cursor::Cursor;
-use log_limit::LogLimiter;
+pub use log_limit::GuestLog;
 use resource::{AttachedBacking, Resource2d};
 use scanout::Scanouts;
 pub use submit::JobNotifier;
@@ -126,7 +126,7 @@ pub struct VirtioGpuDevice {
     resources: HashMap<u32, Resource2d>,
     scanouts: Scanouts,
     cursor: Cursor,
-    log: LogLimiter,
+    log: Arc<GuestLog>,
     gpu3d: Option<Gpu3d>,
     /// Whether the driver negotiated `VIRTIO_GPU_F_VIRGL` (3D commands are refused otherwise).
     virgl_negotiated: bool,
@@ -161,7 +161,7 @@ impl VirtioGpuDevice {
             resources: HashMap::new(),
             scanouts: Scanouts::new(config.num_scanouts),
             cursor: Cursor::new(),
-            log: LogLimiter::new("virtio-gpu"),
+            log: Arc::new(GuestLog::new("virtio-gpu")),
             gpu3d: None,
             virgl_negotiated: true,
         }
@@ -205,9 +205,14 @@ impl VirtioGpuDevice {
         self.gpu3d.as_ref().map(Gpu3d::vgpu)
     }
 
-    /// Sets the prefix of this device's log lines (e.g. the VM name).
+    /// Logs guest mistakes through `log`, the VM's limiter shared with its vhost-user glue.
+    pub fn set_guest_log(&mut self, log: Arc<GuestLog>) {
+        self.log = log;
+    }
+
+    /// Sets the prefix of this device's log lines (e.g. the VM name), with a limiter of its own.
     pub fn set_log_label(&mut self, label: impl Into<String>) {
-        self.log.set_label(label);
+        self.log = Arc::new(GuestLog::new(label));
     }
 
     /// The configuration in effect (after clamping).

@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use log::Level;
 use vgpu_protocol::virtio_gpu::{
     VirtioGpuConfig, VIRTIO_GPU_F_CONTEXT_INIT, VIRTIO_GPU_F_EDID, VIRTIO_GPU_F_RESOURCE_UUID,
     VIRTIO_GPU_F_VIRGL,
@@ -35,8 +34,7 @@ use vmm_sys_util::event::{
 use super::completion::CompletionQueue;
 use super::display::VmDisplay;
 use super::queue::{CommandSink, GuestMemory, GuestMemoryHandle, QueueKind, QueueWorker};
-use super::ratelimit::LogRateLimiter;
-use crate::device::{CtrlOutcome, DisplaySink, JobNotifier};
+use crate::device::{CtrlOutcome, DisplaySink, GuestLog, JobNotifier};
 
 /// Index of the control queue.
 pub const CONTROL_QUEUE: u16 = 0;
@@ -53,8 +51,6 @@ pub const COMPLETION_EVENT: u16 = NUM_QUEUES as u16 + 1;
 
 /// How long `GET_VRING_BASE` waits for a request the device is still running.
 const STOP_VRING_WAIT: Duration = Duration::from_secs(1);
-
-static EVENT_LOG: LogRateLimiter = LogRateLimiter::new(5);
 
 /// The virtio feature bits a backend offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,6 +138,8 @@ pub trait VmDevice: Send + 'static {
     }
     /// The driver acknowledged (or not) `VIRTIO_GPU_F_VIRGL`.
     fn set_virgl_negotiated(&mut self, _negotiated: bool) {}
+    /// Logs guest mistakes through `log`, the VM's limiter shared with the glue.
+    fn set_guest_log(&mut self, _log: Arc<GuestLog>) {}
 }
 
 impl VmDevice for crate::device::VirtioGpuDevice {
@@ -179,6 +177,10 @@ impl VmDevice for crate::device::VirtioGpuDevice {
     fn set_virgl_negotiated(&mut self, negotiated: bool) {
         crate::device::VirtioGpuDevice::set_virgl_negotiated(self, negotiated)
     }
+
+    fn set_guest_log(&mut self, log: Arc<GuestLog>) {
+        crate::device::VirtioGpuDevice::set_guest_log(self, log)
+    }
 }
 
 /// The device and where it draws, locked together.
@@ -201,6 +203,9 @@ pub struct GpuBackendImpl<D: VmDevice> {
     mem: Mutex<Option<GuestMemoryHandle>>,
     workers: [Mutex<QueueWorker>; NUM_QUEUES],
     completions: Option<Arc<CompletionQueue>>,
+    /// This VM's limiter of guest-caused log lines (shared with its device and queue workers,
+    /// and bound to its vring and vhost-user threads for what other crates log there).
+    log: Arc<GuestLog>,
     /// Consumer ends of the exit eventfds handed out by [`VhostUserBackend::exit_event`]:
     /// vhost-user-backend 0.24 registers them with `into_raw_fd` and never closes them, so this
     /// backend closes them when it is dropped (after every vring thread that polled them ended).
@@ -239,7 +244,9 @@ impl<D: VmDevice> GpuBackendImpl<D> {
                 .without_device_feature(VIRTIO_GPU_F_CONTEXT_INIT)
         };
         let name = name.into();
+        let log = Arc::new(GuestLog::new(name.clone()));
         let mut device = device;
+        device.set_guest_log(Arc::clone(&log));
         let completions = match CompletionQueue::new() {
             Ok(q) => {
                 let q = Arc::new(q);
@@ -260,11 +267,13 @@ impl<D: VmDevice> GpuBackendImpl<D> {
                 display: VmDisplay::default(),
             }),
             mem: Mutex::new(None),
-            workers: [
-                Mutex::new(QueueWorker::new(QueueKind::Control)),
-                Mutex::new(QueueWorker::new(QueueKind::Cursor)),
-            ],
+            workers: [QueueKind::Control, QueueKind::Cursor].map(|kind| {
+                let mut w = QueueWorker::new(kind);
+                w.set_guest_log(Arc::clone(&log));
+                Mutex::new(w)
+            }),
             completions,
+            log,
             exit_consumers: Mutex::new(Vec::new()),
         })
     }
@@ -307,6 +316,11 @@ impl<D: VmDevice> GpuBackendImpl<D> {
     /// The features the frontend acknowledged.
     pub fn acked_features(&self) -> u64 {
         self.acked.load(Ordering::Acquire)
+    }
+
+    /// This VM's limiter of guest-caused log lines.
+    pub fn guest_log(&self) -> &Arc<GuestLog> {
+        &self.log
     }
 
     /// True while the VM draws into a GPU socket.
@@ -375,6 +389,8 @@ impl<D: VmDevice> VhostUserBackend for GpuBackendImpl<D> {
     }
 
     fn acked_features(&self, features: u64) {
+        // The vhost-user thread of this connection: what vhost logs here is this VM's.
+        self.log.bind_thread();
         self.acked.store(features, Ordering::Release);
         let on_empty = features & (1 << VIRTIO_F_NOTIFY_ON_EMPTY) != 0;
         for w in &self.workers {
@@ -415,6 +431,7 @@ impl<D: VmDevice> VhostUserBackend for GpuBackendImpl<D> {
     }
 
     fn update_memory(&self, mem: GuestMemoryHandle) -> io::Result<()> {
+        self.log.bind_thread();
         *lock(&self.mem) = Some(mem);
         Ok(())
     }
@@ -460,6 +477,8 @@ impl<D: VmDevice> VhostUserBackend for GpuBackendImpl<D> {
         vrings: &[Self::Vring],
         _thread_id: usize,
     ) -> io::Result<()> {
+        // The vring thread of this connection: what virtio-queue logs here is this VM's.
+        self.log.bind_thread();
         if !evset.contains(EventSet::IN) {
             return Ok(());
         }
@@ -479,11 +498,7 @@ impl<D: VmDevice> VhostUserBackend for GpuBackendImpl<D> {
         let mut worker = lock(worker);
         if let Err(e) = worker.drain(vring, &mem, self) {
             // Returning an error would end the worker thread for every queue: log and go on.
-            super::log_limited(
-                &EVENT_LOG,
-                Level::Error,
-                format_args!("{}: queue {device_event}: {e}", self.name),
-            );
+            self.log.error(format_args!("queue {device_event}: {e}"));
         }
         Ok(())
     }
@@ -508,11 +523,7 @@ impl<D: VmDevice> GpuBackendImpl<D> {
         };
         let mem = handle.memory();
         if let Err(e) = worker.complete(vring, &mem, self, queue) {
-            super::log_limited(
-                &EVENT_LOG,
-                Level::Error,
-                format_args!("{}: completions: {e}", self.name),
-            );
+            self.log.error(format_args!("completions: {e}"));
         }
         Ok(())
     }

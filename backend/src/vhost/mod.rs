@@ -6,10 +6,6 @@
 //! - [`daemon`]: listeners, the reconnect loop and shutdown.
 //! - [`fd_relay`]: serving a connected `--fd` by relaying it to a listening socket.
 
-use std::fmt;
-
-use log::Level;
-
 pub mod backend;
 pub mod completion;
 pub mod daemon;
@@ -17,13 +13,3 @@ pub mod display;
 pub mod fd_relay;
 pub mod inflight;
 pub mod queue;
-pub mod ratelimit;
-
-pub use ratelimit::LogRateLimiter;
-
-/// Logs `args` at `level` if `limiter` lets it through (for anything a guest can trigger).
-pub fn log_limited(limiter: &LogRateLimiter, level: Level, args: fmt::Arguments<'_>) {
-    if log::log_enabled!(level) && limiter.allow() {
-        log::log!(level, "{args}");
-    }
-}
