@@ -75,6 +75,20 @@ pub fn vgpud_path() -> Option<PathBuf> {
     }
 }
 
+/// `vgpud` (see [`vgpud_path`]), or `None` with a printed note; under
+/// [`dependencies_required`] a `vgpud` that cannot be built fails the test instead.
+pub fn vgpud_or_skip_path() -> Option<PathBuf> {
+    let p = vgpud_path();
+    if p.is_none() {
+        assert!(
+            !dependencies_required(),
+            "vgpud could not be built (see above) and VGPUD is not set"
+        );
+        eprintln!("SKIP: vgpud could not be built (see above), and VGPUD is not set");
+    }
+    p
+}
+
 /// Builds `vgpud` from the workspace this crate belongs to, into the running test's profile and
 /// target directory, and returns the executable cargo reports.
 fn build_vgpud() -> std::result::Result<PathBuf, String> {
