@@ -1,6 +1,6 @@
 //! The driver core: one [`Device`] per process, shared by every VM, and its [`Vgpu`]s.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -287,6 +287,7 @@ impl Device {
             device: Arc::clone(&self.inner),
             next_channel: AtomicU32::new(1),
             destroyed: AtomicBool::new(false),
+            completion_failures: Arc::new(AtomicU64::new(0)),
         }))
     }
 
@@ -340,6 +341,8 @@ pub struct Vgpu {
     device: Arc<DeviceInner>,
     next_channel: AtomicU32,
     destroyed: AtomicBool,
+    /// Completions of this vGPU's jobs that panicked.
+    completion_failures: Arc<AtomicU64>,
 }
 
 impl Vgpu {
@@ -415,6 +418,7 @@ impl Vgpu {
                 submitted: Instant::now(),
                 submitted_slice,
                 _charge: Some(charge),
+                completion_failures: Arc::clone(&self.completion_failures),
             };
             let rejected = vgpu.runlist.push(queued).err();
             if state.refresh(self.id) {
@@ -497,6 +501,7 @@ impl Vgpu {
             active_vgpus: u32::try_from(active).unwrap_or(u32::MAX),
             jobs_completed: 0,
             jobs_failed: 0,
+            completion_failures: self.completion_failures.load(Ordering::Acquire),
             busy_ns: 0,
             queued_jobs: 0,
             queue_wait_p50_ns: 0,

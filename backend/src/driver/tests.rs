@@ -584,6 +584,9 @@ fn real_engine_slices_end_near_their_target() {
         .map(|i| dev.create_vgpu("vgpu-64m", uuid(i)).unwrap())
         .collect();
     let mut keep = Vec::new();
+    // Results are checked here, on the test thread: an assertion inside a completion would run on
+    // the engine thread, where a panic is caught (and counted, see below).
+    let results = mpsc::channel();
     for v in &vgpus {
         let ch = v.create_channel().unwrap();
         let src = v.alloc_buffer(16 * MIB).unwrap();
@@ -595,8 +598,9 @@ fn real_engine_slices_end_near_their_target() {
                 len: 16 * MIB,
             })
             .unwrap();
-            ch.submit_fn(job, |r| {
-                assert!(r.is_ok() || r == Err(JobFailure::Cancelled))
+            let tx = results.0.clone();
+            ch.submit_fn(job, move |r| {
+                let _ = tx.send(r);
             })
             .unwrap();
         }
@@ -649,6 +653,39 @@ fn real_engine_slices_end_near_their_target() {
     for v in &vgpus {
         assert!(log.iter().any(|r| r.vgpu_id == v.id() && r.time_run_ns > 0));
     }
+    dev.shutdown();
+    drop(results.0);
+    let all: Vec<JobResult> = results.1.iter().collect();
+    assert_eq!(
+        all.len(),
+        8,
+        "every job completes or is cancelled at shutdown"
+    );
+    assert!(
+        all.iter()
+            .all(|r| r.is_ok() || *r == Err(JobFailure::Cancelled)),
+        "{all:?}"
+    );
+    for v in &vgpus {
+        assert_eq!(v.stats().completion_failures, 0);
+    }
+}
+
+#[test]
+fn a_panicking_completion_is_counted_and_the_engine_goes_on() {
+    let dev = sleep_device(256, Policy::BestEffort);
+    let v = dev.create_vgpu("vgpu-64m", uuid(1)).unwrap();
+    let ch = v.create_channel().unwrap();
+    let buf = v.alloc_buffer(4096).unwrap();
+    ch.submit_fn(sleep_job(&buf, 1, 10), |_| {
+        panic!("assertion in a completion")
+    })
+    .unwrap();
+    let (tx, rx) = mpsc::channel();
+    ch.submit_fn(sleep_job(&buf, 1, 10), move |r| tx.send(r).unwrap())
+        .unwrap();
+    assert!(wait_result(&rx).is_ok(), "the next job still runs");
+    assert_eq!(v.stats().completion_failures, 1);
     dev.shutdown();
 }
 
