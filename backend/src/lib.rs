@@ -6,4 +6,5 @@ pub mod device;
 pub mod driver;
 pub mod logging;
 pub mod options;
+pub mod sandbox;
 pub mod vhost;

@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use vgpu_protocol::virtio_gpu::*;
 use vgpu_protocol::{DecodedResponse, ErrorCode, GpuCommand};
-use vgpu_tests::conformance::assert_err;
+use vgpu_tests::client::{pattern, rect};
+use vgpu_tests::conformance::{assert_err, assert_ok};
 use vgpu_tests::connection::{FrontendConfig, CTRL_QUEUE};
-use vgpu_tests::gpu_socket::GpuMsg;
+use vgpu_tests::gpu_socket::{GpuMsg, GPU_UPDATE};
 use vgpu_tests::{Backend, GpuClient};
 
 /// Generous deadline for anything the daemon does in the background.
@@ -133,4 +134,110 @@ fn out_of_range_heads_do_not_flood_the_log_nor_silence_a_neighbour() {
         "{noisy_lines} lines in {elapsed:.2} s (bound {bound})"
     );
     assert!(noisy_lines > 0, "the bad heads were not reported at all");
+}
+
+/// A VM whose QEMU display stops reading: its control queue keeps answering (no request waits
+/// longer than the display timeouts), it goes headless for a while, the neighbour VM keeps
+/// drawing, and once the display reads again the VM shows its current contents again.
+#[test]
+fn stalled_display_goes_headless_recovers_and_neighbours_never_notice() {
+    let dir = tempfile::tempdir().unwrap();
+    let other_sock = dir.path().join("other.sock");
+    let spec = format!("socket={},type=vgpu-1q", other_sock.display());
+    let Some(mut backend) = Backend::vgpud_or_skip(&["--vgpu", &spec]) else {
+        return;
+    };
+    wait_for_path(&mut backend, &other_sock);
+    let cfg = FrontendConfig::default();
+    let mut stalled = GpuClient::connect(backend.socket(), &cfg).unwrap();
+    let mut other = GpuClient::connect(&other_sock, &cfg).unwrap();
+    let (w, h) = (1024u32, 768u32);
+    let frame = rect(0, 0, w, h);
+    let images = [pattern(w, h, 1), pattern(w, h, 2)];
+    for (c, img) in [(&mut stalled, &images[0]), (&mut other, &images[1])] {
+        c.create_backed_2d(1, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, w, h, img, 4)
+            .unwrap();
+        assert_ok(c.transfer_2d(1, frame, 0).unwrap(), "transfer");
+        assert_ok(c.set_scanout(0, 1, frame).unwrap(), "scanout");
+        assert_ok(c.flush(1, frame).unwrap(), "flush");
+        c.peer().wait_for(GPU_UPDATE, DEADLINE).unwrap();
+    }
+
+    stalled.peer().stall();
+    // 20 full frames (60 MiB) while the display reads nothing: more than vgpud queues for it.
+    // Every flush is answered, and the neighbour's frames reach its display meanwhile.
+    for _ in 0..20 {
+        assert_ok(
+            stalled.flush(1, frame).unwrap(),
+            "flush while the display stalls",
+        );
+        assert_ok(other.flush(1, frame).unwrap(), "the neighbour's flush");
+    }
+    other
+        .peer()
+        .wait_until(DEADLINE, "the neighbour's 21 frames", |msgs| {
+            let n = msgs
+                .iter()
+                .filter(|m| matches!(***m, GpuMsg::Update { .. }))
+                .count();
+            (n >= 21).then_some(())
+        })
+        .unwrap();
+    wait_log_line(&backend, "about the stall", |l| {
+        l.contains("vgpu0") && l.contains("display did not take")
+    });
+    // Headless for now: display info is answered without asking the display.
+    match stalled.display_info().unwrap() {
+        DecodedResponse::OkDisplayInfo(m) => assert_eq!(m[0].r.width, 1280),
+        other => panic!("GET_DISPLAY_INFO while stalled: {other:?}"),
+    }
+
+    let resumed_at = stalled.peer().messages().len();
+    stalled.peer().resume();
+    // Recovery is noticed on the VM's next command after the headless time: the guest keeps
+    // moving its cursor, as a real one would.
+    let deadline = Instant::now() + DEADLINE;
+    let scanout_at = loop {
+        let msgs = stalled.peer().messages();
+        let found = msgs[resumed_at..].iter().position(|m| {
+            matches!(
+                **m,
+                GpuMsg::Scanout {
+                    scanout: 0,
+                    width: 1024,
+                    height: 768
+                }
+            )
+        });
+        if let Some(i) = found {
+            break resumed_at + i;
+        }
+        assert!(Instant::now() < deadline, "the display never recovered");
+        stalled.move_cursor(0, 1, 1, 0).unwrap();
+        thread::sleep(Duration::from_millis(100));
+    };
+    let redraw = stalled
+        .peer()
+        .wait_until(DEADLINE, "the redrawn frame", |msgs| {
+            msgs.get(scanout_at..)?
+                .iter()
+                .find(|m| matches!(***m, GpuMsg::Update { .. }))
+                .cloned()
+        })
+        .unwrap();
+    match &*redraw {
+        GpuMsg::Update {
+            width,
+            height,
+            data,
+            ..
+        } => {
+            assert_eq!((*width, *height), (w, h));
+            assert!(data == &images[0], "the redraw shows the current contents");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(backend.log().contains("display responds again"));
+    // And it keeps drawing.
+    assert_ok(stalled.flush(1, frame).unwrap(), "flush after recovery");
 }

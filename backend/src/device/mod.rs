@@ -240,6 +240,23 @@ impl VirtioGpuDevice {
         self.scanouts.get(scanout_id).copied()
     }
 
+    /// Sends every enabled scanout (SCANOUT, then its whole rectangle as updates) to `display`
+    /// again, e.g. after a stalled display recovered and missed updates.
+    pub fn redraw(&mut self, display: &mut dyn DisplaySink) {
+        for id in 0..self.scanouts.count() {
+            let Some(s) = self.scanouts.get(id).copied() else {
+                continue;
+            };
+            let Some(res) = self.resources.get(&s.resource_id) else {
+                continue;
+            };
+            display.scanout(id, s.rect.width, s.rect.height);
+            if let Err(e) = self.scanouts.flush(res, s.rect, display) {
+                self.log.warn(format_args!("redraw of scanout {id}: {e}"));
+            }
+        }
+    }
+
     /// The device configuration space.
     pub fn config_space(&self) -> VirtioGpuConfig {
         VirtioGpuConfig {

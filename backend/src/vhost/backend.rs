@@ -33,6 +33,7 @@ use vmm_sys_util::event::{
 
 use super::completion::CompletionQueue;
 use super::display::VmDisplay;
+use super::display_link::DisplayTimeouts;
 use super::queue::{CommandSink, GuestMemory, GuestMemoryHandle, QueueKind, QueueWorker};
 use crate::device::{CtrlOutcome, DisplaySink, GuestLog, JobNotifier};
 
@@ -138,6 +139,9 @@ pub trait VmDevice: Send + 'static {
     }
     /// The driver acknowledged (or not) `VIRTIO_GPU_F_VIRGL`.
     fn set_virgl_negotiated(&mut self, _negotiated: bool) {}
+    /// Sends every enabled scanout and its contents to `display` again (after a stalled display
+    /// recovered).
+    fn redraw(&mut self, _display: &mut dyn DisplaySink) {}
     /// Logs guest mistakes through `log`, the VM's limiter shared with the glue.
     fn set_guest_log(&mut self, _log: Arc<GuestLog>) {}
 }
@@ -180,6 +184,10 @@ impl VmDevice for crate::device::VirtioGpuDevice {
 
     fn set_guest_log(&mut self, log: Arc<GuestLog>) {
         crate::device::VirtioGpuDevice::set_guest_log(self, log)
+    }
+
+    fn redraw(&mut self, display: &mut dyn DisplaySink) {
+        crate::device::VirtioGpuDevice::redraw(self, display)
     }
 }
 
@@ -328,6 +336,14 @@ impl<D: VmDevice> GpuBackendImpl<D> {
         lock(&self.vm).display.has_socket()
     }
 
+    /// Times this VM's display stalled (see [`super::display_link`]) since its GPU socket came.
+    pub fn display_stalls(&self) -> u64 {
+        match &lock(&self.vm).display {
+            VmDisplay::Socket(link) => link.stalls(),
+            VmDisplay::Headless(_) => 0,
+        }
+    }
+
     /// The connection ended: free everything the VM had, drop its GPU socket and guest memory.
     pub fn disconnect(&self) {
         self.reset_inflight();
@@ -362,13 +378,20 @@ impl<D: VmDevice> CommandSink for GpuBackendImpl<D> {
     ) -> CtrlOutcome {
         let mut vm = lock(&self.vm);
         let VmState { device, display } = &mut *vm;
-        device.process_ctrl(mem, req, display, resp, token)
+        let outcome = device.process_ctrl(mem, req, display, resp, token);
+        if display.take_redraw() {
+            device.redraw(display);
+        }
+        outcome
     }
 
     fn cursor(&self, req: &Request<'_>) {
         let mut vm = lock(&self.vm);
         let VmState { device, display } = &mut *vm;
         device.process_cursor(req, display);
+        if display.take_redraw() {
+            device.redraw(display);
+        }
     }
 }
 
@@ -442,7 +465,7 @@ impl<D: VmDevice> VhostUserBackend for GpuBackendImpl<D> {
         self.reset_inflight();
         let mut vm = lock(&self.vm);
         vm.device.reset();
-        vm.display = VmDisplay::socket(gpu);
+        vm.display = VmDisplay::socket_named(gpu, &self.name, DisplayTimeouts::default());
         log::info!(
             "{}: new GPU socket from the frontend, device reset",
             self.name
