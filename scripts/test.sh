@@ -12,12 +12,25 @@ step "dependencies"
 .ci/install-deps.sh
 
 step "build vgpud and the tools"
-cargo build --workspace --bins
+# Build in the profile the tests run in (`scripts/test.sh --release` tests release binaries; the
+# tests also build `vgpud` themselves from the current source, see tests/src/backend.rs).
+profile_args=()
+prev=""
+for a in "$@"; do
+    case "$a" in
+        --release | --profile=*) profile_args+=("$a") ;;
+    esac
+    [ "$prev" = "--profile" ] && profile_args+=(--profile "$a")
+    prev="$a"
+done
+cargo build --workspace --bins "${profile_args[@]}"
 if [ -x guest-tools/build-static.sh ]; then
     guest-tools/build-static.sh
 fi
 
 step "cargo test"
-unset VGPU_SKIP_GUEST VGPU_TEST_BACKEND
+unset VGPU_SKIP_GUEST VGPU_TEST_BACKEND VGPUD
+# The one "required" switch: every test dependency (vgpud, QEMU's vhost-user-gpu, QEMU and the
+# guest kernel) must be there; a missing one fails its test instead of skipping it.
 export VGPU_REQUIRE_VGPUD=1
 cargo test --workspace "$@"

@@ -412,6 +412,8 @@ pub fn device_config(
         num_scanouts,
         width,
         height,
+        max_width: ty.max_width,
+        max_height: ty.max_height,
         edid: true,
     })
 }
@@ -430,6 +432,8 @@ pub fn live_device_config(ty: &VgpuType, settings: &Settings) -> DeviceConfig {
         num_scanouts,
         width: w.min(ty.max_width),
         height: h.min(ty.max_height),
+        max_width: ty.max_width,
+        max_height: ty.max_height,
         edid: true,
     }
 }

@@ -127,6 +127,7 @@ fn json_config_file_and_command_line_precedence() {
     // Defaults from the type: vgpu-64m has one head of at most 1024x768.
     let v2 = &plan.vgpus[2].device;
     assert_eq!((v2.num_scanouts, v2.width, v2.height), (1, 1024, 768));
+    assert_eq!((v2.max_width, v2.max_height), (1024, 768));
     let v0 = &plan.vgpus[0].device;
     assert_eq!((v0.num_scanouts, v0.width, v0.height), (1, 1280, 800));
 }
@@ -136,7 +137,14 @@ fn socket_path_shorthand_defaults() {
     let plan = plan(&opts(&["--socket-path", "/tmp/s.sock"])).unwrap();
     assert_eq!(plan.vgpus.len(), 1);
     assert_eq!(plan.vgpus[0].type_name, DEFAULT_TYPE);
-    assert_eq!(plan.vgpus[0].device, DeviceConfig::default());
+    assert_eq!(
+        plan.vgpus[0].device,
+        DeviceConfig {
+            max_width: 1920,
+            max_height: 1080,
+            ..DeviceConfig::default()
+        }
+    );
     assert_eq!(plan.settings.driver.memory_mib, DEFAULT_DEVICE_MEMORY_MIB);
     assert_eq!(plan.settings.driver.policy, Policy::BestEffort);
     assert_eq!(plan.settings.stats_interval, 0);

@@ -8,5 +8,6 @@ pub mod libvirt;
 pub mod logging;
 pub mod metrics;
 pub mod options;
+pub mod sandbox;
 pub mod signals;
 pub mod vhost;

@@ -7,6 +7,13 @@
 //! makes the reason findable with `journalctl -t vgpud-relay` or in the file.
 //!
 //! The level comes from `RUST_LOG` (env_logger syntax) with a default per program.
+//!
+//! Every record other crates write (virtio-queue, vhost, vhost-user-backend, vm-memory log on a
+//! guest's behalf, e.g. `attempted to add out of bounds descriptor to used ring` for each bad head a
+//! guest kicks) is rate-limited per VM by [`GuestLimitedLogger`]: it is charged to the [`GuestLog`]
+//! bound to the logging thread (the VM's vring and vhost-user threads), or to
+//! [`GuestLog::unattributed`]. Records from this crate pass unchanged: their guest-caused lines are
+//! already counted by the VM's [`GuestLog`].
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
@@ -14,8 +21,10 @@ use std::io::{self, IsTerminal, Write};
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 
-use log::{Level, LevelFilter, Record};
+use log::{Level, LevelFilter, Log, Metadata, Record};
 use thiserror::Error;
+
+use crate::device::log_limit::{GuestLog, GUEST_LOG_TARGET};
 
 /// Why logging could not be set up.
 #[derive(Debug, Error)]
@@ -134,7 +143,7 @@ pub fn init(
         unsafe { libc::openlog(program.as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) };
     }
     let stderr = sinks.stderr;
-    env_logger::Builder::new()
+    let inner = env_logger::Builder::new()
         .filter_level(default)
         .parse_env("RUST_LOG")
         .format(move |buf, record| {
@@ -148,8 +157,12 @@ pub fn init(
                 Ok(())
             }
         })
-        .try_init()
-        .map_err(|_| LoggingError::AlreadySet)
+        .build();
+    let max = inner.filter();
+    log::set_boxed_logger(Box::new(GuestLimitedLogger::new(inner)))
+        .map_err(|_| LoggingError::AlreadySet)?;
+    log::set_max_level(max);
+    Ok(())
 }
 
 /// Sends an error that the caller also prints on stderr (a fatal one, as `vgpud: message`) to
@@ -163,6 +176,54 @@ pub fn persist_error(message: &str) {
             .target(p.program)
             .build();
         p.write(Level::Error, &format_line(&record), message);
+    }
+}
+
+/// `env_logger` plus the per-VM limit on other crates' records.
+pub struct GuestLimitedLogger {
+    inner: env_logger::Logger,
+}
+
+/// True for records of this crate and its binaries (not rate-limited here).
+fn own_target(target: &str) -> bool {
+    target == GUEST_LOG_TARGET
+        || target.starts_with("vgpu_backend")
+        || target == "vgpud"
+        || target.starts_with("vgpud_relay")
+        || target.starts_with("vgpud::")
+}
+
+impl GuestLimitedLogger {
+    /// Wraps a built `env_logger`.
+    pub fn new(inner: env_logger::Logger) -> Self {
+        GuestLimitedLogger { inner }
+    }
+
+    /// Whether a record (that the filter lets through) may be written now.
+    fn allowed(&self, record: &Record<'_>) -> bool {
+        if own_target(record.target()) {
+            return true;
+        }
+        match GuestLog::bound() {
+            Some(vm) => vm.allow(),
+            None => GuestLog::unattributed().allow(),
+        }
+    }
+}
+
+impl Log for GuestLimitedLogger {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        self.inner.enabled(metadata)
+    }
+
+    fn log(&self, record: &Record<'_>) {
+        if self.inner.matches(record) && self.allowed(record) {
+            self.inner.log(record);
+        }
+    }
+
+    fn flush(&self) {
+        self.inner.flush();
     }
 }
 
@@ -191,5 +252,14 @@ mod tests {
             "{line}"
         );
         assert!(line.ends_with('\n'));
+    }
+
+    #[test]
+    fn own_targets_are_recognised() {
+        assert!(own_target("vgpu_backend::vhost::queue"));
+        assert!(own_target(GUEST_LOG_TARGET));
+        assert!(own_target("vgpud"));
+        assert!(!own_target("virtio_queue::queue"));
+        assert!(!own_target("vhost_user_backend::handler"));
     }
 }

@@ -1,13 +1,18 @@
 //! Starting a backend process (our `vgpud` or QEMU's C `vhost-user-gpu`) on a temporary socket.
 //!
-//! `vgpud` is found through the `VGPUD` environment variable, else next to the test executable
-//! (`target/<profile>/vgpud`, with tests living in `target/<profile>/deps/`). Build it first with
-//! `cargo build -p vgpu-backend`. QEMU's backend is `VHOST_USER_GPU` or
-//! `/usr/lib/qemu/vhost-user-gpu`.
+//! `vgpud` is the `VGPUD` environment variable if set; otherwise the first call builds it from the
+//! current source with `cargo build -p vgpu-backend --bin vgpud` in the profile and target
+//! directory of the running test (`target/<profile>/deps/..`), so a test never runs a stale
+//! binary. QEMU's backend is `VHOST_USER_GPU` or `/usr/lib/qemu/vhost-user-gpu`.
+//!
+//! A missing dependency is a failure when `VGPU_REQUIRE_VGPUD` is set (`scripts/test.sh` sets it);
+//! without it (a quick local `cargo test`) tests that need QEMU's backend skip with a note.
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::error::{FrontendError, Result};
@@ -47,19 +52,82 @@ impl BackendKind {
     }
 }
 
-/// Where `vgpud` is: `$VGPUD`, else `target/<profile>/vgpud` next to the running test binary.
+/// True when a missing dependency must fail the test instead of skipping it (`VGPU_REQUIRE_VGPUD`
+/// set, as `scripts/test.sh` and CI do).
+pub fn dependencies_required() -> bool {
+    std::env::var_os("VGPU_REQUIRE_VGPUD").is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// Where `vgpud` is: `$VGPUD`, else the binary built from the current source (see the module
+/// documentation). `None` (with the reason printed) when the build fails.
 pub fn vgpud_path() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("VGPUD") {
         let p = PathBuf::from(p);
         return p.is_file().then_some(p);
     }
-    let exe = std::env::current_exe().ok()?;
-    let mut dir = exe.parent()?;
-    if dir.file_name().is_some_and(|n| n == "deps") {
-        dir = dir.parent()?;
+    static BUILT: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    match BUILT.get_or_init(build_vgpud) {
+        Ok(p) => Some(p.clone()),
+        Err(e) => {
+            eprintln!("vgpud: {e}");
+            None
+        }
     }
-    let p = dir.join("vgpud");
-    p.is_file().then_some(p)
+}
+
+/// `vgpud` (see [`vgpud_path`]), or `None` with a printed note; under
+/// [`dependencies_required`] a `vgpud` that cannot be built fails the test instead.
+pub fn vgpud_or_skip_path() -> Option<PathBuf> {
+    let p = vgpud_path();
+    if p.is_none() {
+        assert!(
+            !dependencies_required(),
+            "vgpud could not be built (see above) and VGPUD is not set"
+        );
+        eprintln!("SKIP: vgpud could not be built (see above), and VGPUD is not set");
+    }
+    p
+}
+
+/// Builds `vgpud` from the workspace this crate belongs to, into the running test's profile and
+/// target directory, and returns the executable cargo reports.
+fn build_vgpud() -> std::result::Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let mut dir = exe.parent().ok_or("test executable has no directory")?;
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent().ok_or("no profile directory")?;
+    }
+    let profile = match dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => "dev".to_string(),
+        Some(p) => p.to_string(),
+    };
+    let target_dir = dir.parent().ok_or("no target directory")?;
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or("no workspace directory")?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
+    let out = Command::new(&cargo)
+        .current_dir(workspace)
+        .args(["build", "-p", "vgpu-backend", "--bin", "vgpud", "--profile"])
+        .arg(&profile)
+        .arg("--target-dir")
+        .arg(target_dir)
+        .args(["--message-format", "json-render-diagnostics"])
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("running {cargo:?} build: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "cargo build -p vgpu-backend failed: {}",
+            out.status
+        ));
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == "vgpud")
+        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
+        .ok_or_else(|| "cargo build reported no vgpud executable".to_string())
 }
 
 /// A running backend process; killed on drop.
@@ -109,8 +177,13 @@ impl Backend {
     }
 
     /// Starts QEMU's backend, or returns `None` (with a printed note) when it is not installed.
+    /// Under `VGPU_REQUIRE_VGPUD` (`scripts/test.sh`, CI) a missing backend fails the test.
     pub fn qemu_or_skip() -> Option<Backend> {
         if BackendKind::Qemu.binary().is_none() {
+            assert!(
+                !dependencies_required(),
+                "{QEMU_VHOST_USER_GPU} not installed (qemu-system-gui; .ci/install-deps.sh)"
+            );
             eprintln!("SKIP: {QEMU_VHOST_USER_GPU} not installed");
             return None;
         }
@@ -118,13 +191,15 @@ impl Backend {
     }
 
     /// Starts `vgpud` and waits for its socket, or returns `None` (with a printed note) when it
-    /// has not been built or exits without listening. Set `VGPU_REQUIRE_VGPUD=1` to turn those
-    /// skips into failures (CI, once the daemon exists).
+    /// cannot be built or exits without listening. Under `VGPU_REQUIRE_VGPUD` those are failures.
     pub fn vgpud_or_skip(extra: &[&str]) -> Option<Backend> {
-        let require = std::env::var_os("VGPU_REQUIRE_VGPUD").is_some();
+        let require = dependencies_required();
         if BackendKind::Vgpud.binary().is_none() {
-            assert!(!require, "vgpud not built");
-            eprintln!("SKIP: vgpud not built (cargo build -p vgpu-backend, or set VGPUD)");
+            assert!(
+                !require,
+                "vgpud could not be built (see above) and VGPUD is not set"
+            );
+            eprintln!("SKIP: vgpud could not be built (see above), and VGPUD is not set");
             return None;
         }
         let mut b = Self::spawn(BackendKind::Vgpud, extra).expect("start vgpud");

@@ -16,6 +16,37 @@ use crate::gpu_socket::{test_edid, GpuMsg, GPU_PROTOCOL_F_EDID};
 
 const T: Duration = Duration::from_secs(5);
 
+/// How a backend answers GET_DISPLAY_INFO and GET_EDID.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DisplayModel {
+    /// Both are forwarded to the GPU socket and the peer's answers come back unchanged (QEMU's
+    /// `vhost-user-gpu`).
+    Forwarded,
+    /// The backend answers both itself (`vgpud`): every head offers this preferred mode (the
+    /// vGPU type's maximum caps it) and the EDID is its own with that preferred timing. Only
+    /// GET_DISPLAY_INFO reaches the peer, which says which heads exist.
+    Own {
+        /// Preferred width.
+        width: u32,
+        /// Preferred height.
+        height: u32,
+    },
+}
+
+/// `vgpud`'s answers for its default type (`vgpu-1q`, preferred 1280x800).
+pub const VGPUD_DEFAULT: DisplayModel = DisplayModel::Own {
+    width: 1280,
+    height: 800,
+};
+
+/// The active size of an EDID's first detailed timing (its preferred mode).
+pub fn edid_preferred_mode(edid: &[u8]) -> Option<(u32, u32)> {
+    let d = edid.get(54..72)?;
+    let w = u32::from(d[2]) | (u32::from(d[4] >> 4) << 8);
+    let h = u32::from(d[5]) | (u32::from(d[7] >> 4) << 8);
+    Some((w, h))
+}
+
 /// What the sequence saw, for printing.
 #[derive(Debug, Default)]
 pub struct ConformanceReport {
@@ -112,8 +143,9 @@ fn expect_update(msg: &Arc<GpuMsg>, r: Rect, pixels: &[u8], what: &str) {
     }
 }
 
-/// Runs the whole 2D sequence. The client must be freshly connected with a GPU socket peer.
-pub fn run_2d_conformance(client: &mut GpuClient) -> ConformanceReport {
+/// Runs the whole 2D sequence. The client must be freshly connected with a GPU socket peer (with
+/// its default configuration: one 1280x800 output).
+pub fn run_2d_conformance(client: &mut GpuClient, model: DisplayModel) -> ConformanceReport {
     let mut rep = ConformanceReport::default();
     let cfg = client.config();
     rep.note(format!(
@@ -121,12 +153,16 @@ pub fn run_2d_conformance(client: &mut GpuClient) -> ConformanceReport {
         cfg.num_scanouts, cfg.num_capsets, client.conn.acked_features, client.conn.acked_protocol
     ));
 
-    // GET_DISPLAY_INFO is forwarded to the frontend.
+    // GET_DISPLAY_INFO asks the frontend.
+    let (want_w, want_h) = match model {
+        DisplayModel::Forwarded => (1280, 800),
+        DisplayModel::Own { width, height } => (width, height),
+    };
     let resp = client.display_info().expect("GET_DISPLAY_INFO");
     match resp {
         DecodedResponse::OkDisplayInfo(modes) => {
-            assert_eq!(modes[0].r.width, 1280, "display 0 width");
-            assert_eq!(modes[0].r.height, 800, "display 0 height");
+            assert_eq!(modes[0].r.width, want_w, "display 0 width");
+            assert_eq!(modes[0].r.height, want_h, "display 0 height");
             assert_eq!(modes[0].enabled, 1, "display 0 enabled");
             assert!(modes[1..].iter().all(|m| m.enabled == 0), "other displays");
         }
@@ -162,10 +198,26 @@ pub fn run_2d_conformance(client: &mut GpuClient) -> ConformanceReport {
 
     if edid {
         let resp = client.get_edid(0).expect("GET_EDID");
-        assert_eq!(resp, DecodedResponse::OkEdid(test_edid()), "GET_EDID bytes");
-        let m = client.peer().next_display(T).expect("GPU GET_EDID");
-        assert!(matches!(*m, GpuMsg::GetEdid { scanout: 0 }), "{m:?}");
-        rep.note("GET_EDID forwarded to the GPU socket and answered byte-exact");
+        match model {
+            DisplayModel::Forwarded => {
+                assert_eq!(resp, DecodedResponse::OkEdid(test_edid()), "GET_EDID bytes");
+                let m = client.peer().next_display(T).expect("GPU GET_EDID");
+                assert!(matches!(*m, GpuMsg::GetEdid { scanout: 0 }), "{m:?}");
+                rep.note("GET_EDID forwarded to the GPU socket and answered byte-exact");
+            }
+            DisplayModel::Own { width, height } => {
+                let DecodedResponse::OkEdid(e) = resp else {
+                    panic!("GET_EDID: {resp:?}");
+                };
+                assert_eq!(e.len(), 128, "EDID base block");
+                assert_eq!(e[..8], test_edid()[..8], "EDID header");
+                assert_eq!(e.iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0, "checksum");
+                assert_eq!(edid_preferred_mode(&e), Some((width, height)), "preferred");
+                rep.note(format!(
+                    "GET_EDID answered by the backend, preferred {width}x{height}"
+                ));
+            }
+        }
     }
     assert_quiet(client, "after display info");
 

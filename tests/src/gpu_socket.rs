@@ -221,6 +221,8 @@ impl GpuMsg {
 #[derive(Default)]
 struct Log {
     msgs: Vec<Arc<GpuMsg>>,
+    /// Stop reading the socket (a stalled display) until cleared.
+    stalled: bool,
     closed: bool,
     error: Option<String>,
     updates: u64,
@@ -327,6 +329,22 @@ impl GpuPeer {
                 .map_err(|_| FrontendError::Poisoned)?
                 .0;
         }
+    }
+
+    /// Stops reading the socket, as a QEMU whose main loop hangs: the backend's writes block
+    /// once the socket buffer is full, and requests go unanswered, until [`GpuPeer::resume`].
+    pub fn stall(&self) {
+        if let Ok(mut log) = self.shared.log.lock() {
+            log.stalled = true;
+        }
+    }
+
+    /// Reads the socket again after [`GpuPeer::stall`].
+    pub fn resume(&self) {
+        if let Ok(mut log) = self.shared.log.lock() {
+            log.stalled = false;
+        }
+        self.shared.cond.notify_all();
     }
 
     /// True once the backend closed its end.
@@ -475,6 +493,7 @@ impl GpuPeer {
 
 impl Drop for GpuPeer {
     fn drop(&mut self) {
+        self.resume();
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -583,11 +602,21 @@ fn drain(sock: &mut UnixStream, scratch: &mut [u8], mut n: usize) -> std::io::Re
     Ok(())
 }
 
+/// Blocks while the peer is stalled ([`GpuPeer::stall`]).
+fn wait_while_stalled(shared: &Shared) -> Result<()> {
+    let mut log = shared.log.lock().map_err(|_| FrontendError::Poisoned)?;
+    while log.stalled {
+        log = shared.cond.wait(log).map_err(|_| FrontendError::Poisoned)?;
+    }
+    Ok(())
+}
+
 fn serve_loop(sock: &mut UnixStream, config: &GpuPeerConfig, shared: &Shared) -> Result<()> {
     // Grows to the largest message seen and is reused (never re-zeroed).
     let mut payload = Vec::new();
     let mut scratch = Vec::new();
     loop {
+        wait_while_stalled(shared)?;
         let Some((hdr, fd)) = recv_header(sock)? else {
             return Ok(());
         };

@@ -15,7 +15,7 @@
 //! use vgpu_tests::{Backend, FrontendConfig, GpuClient};
 //! let backend = Backend::qemu_or_skip().expect("QEMU's vhost-user-gpu installed");
 //! let mut client = GpuClient::connect(backend.socket(), &FrontendConfig::default()).unwrap();
-//! vgpu_tests::conformance::run_2d_conformance(&mut client);
+//! vgpu_tests::conformance::run_2d_conformance(&mut client, vgpu_tests::conformance::DisplayModel::Forwarded);
 //! ```
 //! Tests against `vgpud` need it built first (`cargo build -p vgpu-backend`, found as
 //! `target/<profile>/vgpud` or through `VGPUD`); they skip otherwise unless `VGPU_REQUIRE_VGPUD` is

@@ -6,7 +6,7 @@ use std::time::Duration;
 use vgpu_protocol::virtio_gpu::*;
 use vgpu_protocol::DecodedResponse;
 use vgpu_tests::client::rect;
-use vgpu_tests::conformance::run_2d_conformance;
+use vgpu_tests::conformance::{run_2d_conformance, DisplayModel};
 use vgpu_tests::connection::{FrontendConfig, CTRL_QUEUE, VIRTIO_RING_F_EVENT_IDX};
 use vgpu_tests::vring::Segment;
 use vgpu_tests::{Backend, GpuClient};
@@ -26,7 +26,7 @@ fn qemu_2d_conformance_event_idx() {
         client.conn.has_feature(VIRTIO_RING_F_EVENT_IDX),
         "QEMU's backend offers EVENT_IDX"
     );
-    let rep = run_2d_conformance(&mut client);
+    let rep = run_2d_conformance(&mut client, DisplayModel::Forwarded);
     assert!(!rep.notes.is_empty());
 }
 
@@ -42,7 +42,7 @@ fn qemu_2d_conformance_no_event_idx_no_reply_ack() {
     };
     let mut client = connect(&backend, &cfg);
     assert!(!client.conn.has_feature(VIRTIO_RING_F_EVENT_IDX));
-    run_2d_conformance(&mut client);
+    run_2d_conformance(&mut client, DisplayModel::Forwarded);
 }
 
 #[test]

@@ -10,7 +10,9 @@ use std::time::Duration;
 use vgpu_protocol::virtio_gpu::*;
 use vgpu_protocol::{decode_response, DecodedResponse, ErrorCode, GpuCommand};
 use vgpu_tests::client::{encode, header_bytes, pattern, rect};
-use vgpu_tests::conformance::{assert_err, assert_ok, run_2d_conformance};
+use vgpu_tests::conformance::{
+    assert_err, assert_ok, edid_preferred_mode, run_2d_conformance, VGPUD_DEFAULT,
+};
 use vgpu_tests::connection::{
     FrontendConfig, CTRL_QUEUE, CURSOR_QUEUE, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
@@ -56,7 +58,7 @@ fn vgpud_2d_conformance() {
         return;
     };
     let mut client = connect(&backend, &FrontendConfig::default());
-    run_2d_conformance(&mut client);
+    run_2d_conformance(&mut client, VGPUD_DEFAULT);
 }
 
 #[test]
@@ -71,7 +73,7 @@ fn vgpud_2d_conformance_no_event_idx() {
     };
     let mut client = GpuClient::connect(backend.socket(), &cfg).unwrap();
     assert!(!client.conn.has_feature(VIRTIO_RING_F_EVENT_IDX));
-    run_2d_conformance(&mut client);
+    run_2d_conformance(&mut client, VGPUD_DEFAULT);
 }
 
 #[test]
@@ -531,4 +533,137 @@ fn vgpud_headless_without_gpu_socket() {
     assert_ok(client.flush(1, rect(0, 0, 16, 16)).unwrap(), "flush");
     client.update_cursor(0, 1, 1, 0, (0, 0)).unwrap();
     assert_ok(client.unref(1).unwrap(), "unref");
+}
+
+/// A `vgpu-64m` (max 1024x768) behind a display that reports 1280x800, and headless: the modes
+/// offered, the EDID and SET_SCANOUT all stay within the type's maximum.
+#[test]
+fn vgpud_type_maximum_caps_modes_with_and_without_display() {
+    let Some(backend) = Backend::vgpud_or_skip(&["--type", "vgpu-64m"]) else {
+        return;
+    };
+    for gpu_socket in [true, false] {
+        let cfg = FrontendConfig {
+            gpu_socket,
+            ..Default::default()
+        };
+        let mut client = connect(&backend, &cfg);
+        match client.display_info().unwrap() {
+            DecodedResponse::OkDisplayInfo(m) => {
+                assert_eq!(
+                    (m[0].r.width, m[0].r.height),
+                    (1024, 768),
+                    "display {gpu_socket}"
+                )
+            }
+            other => panic!("GET_DISPLAY_INFO: {other:?}"),
+        }
+        match client.get_edid(0).unwrap() {
+            DecodedResponse::OkEdid(e) => {
+                assert_eq!(
+                    edid_preferred_mode(&e),
+                    Some((1024, 768)),
+                    "EDID {gpu_socket}"
+                )
+            }
+            other => panic!("GET_EDID: {other:?}"),
+        }
+        let img = pattern(1280, 800, 3);
+        client
+            .create_backed_2d(1, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, 1280, 800, &img, 4)
+            .unwrap();
+        assert_err(
+            client.set_scanout(0, 1, rect(0, 0, 1280, 800)).unwrap(),
+            ErrorCode::InvalidParameter,
+            "SET_SCANOUT above the type's maximum",
+        );
+        assert_ok(
+            client.set_scanout(0, 1, rect(0, 0, 1024, 768)).unwrap(),
+            "SET_SCANOUT at the maximum",
+        );
+    }
+}
+
+/// `--resolution` is the preferred mode whether or not the frontend has a display.
+#[test]
+fn vgpud_resolution_option_is_the_preferred_mode() {
+    let Some(backend) = Backend::vgpud_or_skip(&["--resolution", "1024x600"]) else {
+        return;
+    };
+    for gpu_socket in [true, false] {
+        let cfg = FrontendConfig {
+            gpu_socket,
+            ..Default::default()
+        };
+        let mut client = connect(&backend, &cfg);
+        match client.display_info().unwrap() {
+            DecodedResponse::OkDisplayInfo(m) => {
+                assert_eq!(
+                    (m[0].r.width, m[0].r.height),
+                    (1024, 600),
+                    "display {gpu_socket}"
+                )
+            }
+            other => panic!("GET_DISPLAY_INFO: {other:?}"),
+        }
+        match client.get_edid(0).unwrap() {
+            DecodedResponse::OkEdid(e) => {
+                assert_eq!(
+                    edid_preferred_mode(&e),
+                    Some((1024, 600)),
+                    "EDID {gpu_socket}"
+                )
+            }
+            other => panic!("GET_EDID: {other:?}"),
+        }
+    }
+}
+
+/// Open descriptors of a process (`/proc/PID/fd`).
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Waits (generously) until `pid` holds `want` descriptors; returns the last count seen.
+fn wait_fd_count(pid: u32, want: usize) -> usize {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = fd_count(pid);
+        if n == want || std::time::Instant::now() >= deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every connection's descriptors are closed when it ends: after many well-behaved connections
+/// (and as many abrupt ones) the daemon holds exactly what it held before the first.
+#[test]
+fn vgpud_leaks_no_descriptor_per_connection() {
+    let Some(backend) = Backend::vgpud_or_skip(&[]) else {
+        return;
+    };
+    let pid = backend.pid();
+    let base = fd_count(pid);
+    assert!(base > 0, "cannot read /proc/{pid}/fd");
+    for round in 0..20u8 {
+        let mut client = connect(&backend, &FrontendConfig::default());
+        assert_serving(&mut client, "connect");
+        if round % 2 == 0 {
+            let img = pattern(8, 8, round);
+            client
+                .create_backed_2d(1, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, 8, 8, &img, 1)
+                .unwrap();
+            client.conn.shutdown().unwrap();
+        }
+        drop(client);
+        // The next connection is accepted only once this one is torn down.
+    }
+    let last = wait_fd_count(pid, base);
+    assert_eq!(
+        last, base,
+        "vgpud held {base} descriptors before 20 connections and {last} after them"
+    );
 }

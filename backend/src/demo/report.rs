@@ -483,6 +483,7 @@ mod tests {
             active_vgpus: 4,
             jobs_completed: 0,
             jobs_failed: 0,
+            completion_failures: 0,
             busy_ns,
             queued_jobs: 0,
             queue_wait_p50_ns: 0,

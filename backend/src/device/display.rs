@@ -35,12 +35,9 @@ pub trait DisplaySink: Send {
     fn cursor_move(&mut self, scanout_id: u32, x: u32, y: u32);
     /// The cursor is hidden.
     fn cursor_hide(&mut self, scanout_id: u32);
-    /// The display configuration the frontend reports, if it can.
+    /// The display configuration the frontend reports, if it can (the device uses it to learn
+    /// which heads the frontend has).
     fn display_info(&mut self) -> Option<[DisplayOne; VIRTIO_GPU_MAX_SCANOUTS]> {
-        None
-    }
-    /// The frontend's EDID for a scanout, if it has one.
-    fn edid(&mut self, _scanout_id: u32) -> Option<Vec<u8>> {
         None
     }
 }

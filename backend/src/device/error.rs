@@ -122,6 +122,22 @@ pub enum GpuError {
         /// Length.
         len: usize,
     },
+    /// A scanout rectangle larger than the vGPU type's maximum resolution.
+    #[error(
+        "scanout {scanout_id}: {width}x{height} is above the maximum {max_width}x{max_height}"
+    )]
+    ScanoutTooLarge {
+        /// Scanout.
+        scanout_id: u32,
+        /// Width asked for.
+        width: u32,
+        /// Height asked for.
+        height: u32,
+        /// The type's maximum width.
+        max_width: u32,
+        /// The type's maximum height.
+        max_height: u32,
+    },
     /// The scanout id is not below the number of scanouts.
     #[error("invalid scanout id {0}")]
     InvalidScanoutId(u32),
@@ -268,6 +284,7 @@ impl GpuError {
             | GpuError::InvalidSize { .. }
             | GpuError::RectOutside { .. }
             | GpuError::EmptyScanoutRect { .. }
+            | GpuError::ScanoutTooLarge { .. }
             | GpuError::SourceBeyondBacking { .. }
             | GpuError::EdidScanout(_)
             | GpuError::NoCapset(_) => ErrorCode::InvalidParameter,

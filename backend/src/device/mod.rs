@@ -48,7 +48,7 @@ pub use scanout::Scanout;
 use backing::Backing;
 use context::{Direction, Gpu3d};
 use cursor::Cursor;
-use log_limit::LogLimiter;
+pub use log_limit::GuestLog;
 use resource::{AttachedBacking, Resource2d};
 use scanout::Scanouts;
 pub use submit::JobNotifier;
@@ -57,6 +57,9 @@ pub use submit::JobNotifier;
 pub const DEFAULT_WIDTH: u32 = 1280;
 /// Default scanout height.
 pub const DEFAULT_HEIGHT: u32 = 800;
+/// Largest scanout width or height of a device whose configuration names no maximum (the largest
+/// a detailed timing in an EDID can carry).
+pub const MAX_SCANOUT_SIDE: u32 = edid::MAX_DTD_ACTIVE;
 /// Largest response [`VirtioGpuDevice::process_ctrl`] writes (OK_EDID); a response buffer this
 /// big always suffices.
 pub const MAX_RESPONSE_LEN: usize = size_of::<RespEdid>();
@@ -70,6 +73,11 @@ pub struct DeviceConfig {
     pub width: u32,
     /// Preferred scanout height (default 800).
     pub height: u32,
+    /// Largest scanout width (the vGPU type's `max_width`): caps the modes offered in
+    /// GET_DISPLAY_INFO and the EDID, and the rectangles SET_SCANOUT accepts.
+    pub max_width: u32,
+    /// Largest scanout height (the vGPU type's `max_height`).
+    pub max_height: u32,
     /// Answer GET_EDID (the EDID feature is offered).
     pub edid: bool,
 }
@@ -80,6 +88,8 @@ impl Default for DeviceConfig {
             num_scanouts: 1,
             width: DEFAULT_WIDTH,
             height: DEFAULT_HEIGHT,
+            max_width: MAX_SCANOUT_SIDE,
+            max_height: MAX_SCANOUT_SIDE,
             edid: true,
         }
     }
@@ -117,7 +127,7 @@ pub struct VirtioGpuDevice {
     resources: HashMap<u32, Resource2d>,
     scanouts: Scanouts,
     cursor: Cursor,
-    log: LogLimiter,
+    log: Arc<GuestLog>,
     gpu3d: Option<Gpu3d>,
     /// Whether the driver negotiated `VIRTIO_GPU_F_VIRGL` (3D commands are refused otherwise).
     virgl_negotiated: bool,
@@ -138,17 +148,21 @@ impl VirtioGpuDevice {
     pub fn new(config: DeviceConfig, budget: Arc<dyn MemoryBudget>) -> Self {
         let mut config = config;
         config.num_scanouts = config.num_scanouts.clamp(1, VIRTIO_GPU_MAX_SCANOUTS as u32);
+        config.max_width = config.max_width.clamp(1, MAX_SCANOUT_SIDE);
+        config.max_height = config.max_height.clamp(1, MAX_SCANOUT_SIDE);
         if config.width == 0 || config.height == 0 {
             config.width = DEFAULT_WIDTH;
             config.height = DEFAULT_HEIGHT;
         }
+        config.width = config.width.min(config.max_width);
+        config.height = config.height.min(config.max_height);
         VirtioGpuDevice {
             config,
             budget,
             resources: HashMap::new(),
             scanouts: Scanouts::new(config.num_scanouts),
             cursor: Cursor::new(),
-            log: LogLimiter::new("virtio-gpu"),
+            log: Arc::new(GuestLog::new("virtio-gpu")),
             gpu3d: None,
             virgl_negotiated: true,
         }
@@ -192,9 +206,14 @@ impl VirtioGpuDevice {
         self.gpu3d.as_ref().map(Gpu3d::vgpu)
     }
 
-    /// Sets the prefix of this device's log lines (e.g. the VM name).
+    /// Logs guest mistakes through `log`, the VM's limiter shared with its vhost-user glue.
+    pub fn set_guest_log(&mut self, log: Arc<GuestLog>) {
+        self.log = log;
+    }
+
+    /// Sets the prefix of this device's log lines (e.g. the VM name), with a limiter of its own.
     pub fn set_log_label(&mut self, label: impl Into<String>) {
-        self.log.set_label(label);
+        self.log = Arc::new(GuestLog::new(label));
     }
 
     /// The configuration in effect (after clamping).
@@ -220,6 +239,23 @@ impl VirtioGpuDevice {
     /// What a scanout shows, if the id is valid.
     pub fn scanout(&self, scanout_id: u32) -> Option<Scanout> {
         self.scanouts.get(scanout_id).copied()
+    }
+
+    /// Sends every enabled scanout (SCANOUT, then its whole rectangle as updates) to `display`
+    /// again, e.g. after a stalled display recovered and missed updates.
+    pub fn redraw(&mut self, display: &mut dyn DisplaySink) {
+        for id in 0..self.scanouts.count() {
+            let Some(s) = self.scanouts.get(id).copied() else {
+                continue;
+            };
+            let Some(res) = self.resources.get(&s.resource_id) else {
+                continue;
+            };
+            display.scanout(id, s.rect.width, s.rect.height);
+            if let Err(e) = self.scanouts.flush(res, s.rect, display) {
+                self.log.warn(format_args!("redraw of scanout {id}: {e}"));
+            }
+        }
     }
 
     /// The device configuration space.
@@ -385,7 +421,7 @@ impl VirtioGpuDevice {
                 c.capset_id,
                 c.capset_version,
             )?)),
-            GpuCommand::GetEdid(c) => self.edid(c.scanout, display),
+            GpuCommand::GetEdid(c) => self.edid(c.scanout),
             GpuCommand::ResourceAssignUuid(c) if self.is_buffer(c.resource_id) => self
                 .gpu3d_mut()?
                 .assign_uuid(c.resource_id, random_uuid_v4)
@@ -547,6 +583,15 @@ impl VirtioGpuDevice {
             self.scanouts.disable(c.scanout_id, display);
             return Ok(());
         }
+        if c.r.width > self.config.max_width || c.r.height > self.config.max_height {
+            return Err(GpuError::ScanoutTooLarge {
+                scanout_id: c.scanout_id,
+                width: c.r.width,
+                height: c.r.height,
+                max_width: self.config.max_width,
+                max_height: self.config.max_height,
+            });
+        }
         let res = self
             .resources
             .get(&c.resource_id)
@@ -554,11 +599,20 @@ impl VirtioGpuDevice {
         self.scanouts.set(c.scanout_id, res, c.r, display)
     }
 
+    /// GET_DISPLAY_INFO: every head offers the preferred mode (`--resolution`, within the type's
+    /// maximum). With a frontend display attached, its answer only says which heads beyond the
+    /// first exist (QEMU reports outputs past its `max_outputs` disabled); its mode sizes are not
+    /// passed through, so the type's maximum and the preferred mode hold under QEMU too.
     fn display_info(&self, display: &mut dyn DisplaySink) -> [DisplayOne; VIRTIO_GPU_MAX_SCANOUTS] {
         let n = self.config.num_scanouts as usize;
-        let mut modes = display.display_info().unwrap_or_else(|| {
-            let mut ours = [DisplayOne::default(); VIRTIO_GPU_MAX_SCANOUTS];
-            for m in ours.iter_mut().take(n) {
+        let theirs = display.display_info();
+        let mut modes = [DisplayOne::default(); VIRTIO_GPU_MAX_SCANOUTS];
+        for (head, m) in modes.iter_mut().enumerate().take(n) {
+            let exists = head == 0
+                || theirs
+                    .as_ref()
+                    .is_none_or(|t| t.get(head).is_some_and(|o| o.enabled != 0));
+            if exists {
                 *m = DisplayOne {
                     r: Rect {
                         x: 0,
@@ -570,15 +624,14 @@ impl VirtioGpuDevice {
                     flags: 0,
                 };
             }
-            ours
-        });
-        for m in modes.iter_mut().skip(n) {
-            *m = DisplayOne::default();
         }
         modes
     }
 
-    fn edid(&self, scanout: u32, display: &mut dyn DisplaySink) -> Result<Reply, GpuError> {
+    /// GET_EDID: the device's own EDID, whose preferred timing is the preferred mode and whose
+    /// other modes all fit in it (so none is above the type's maximum), with or without a
+    /// frontend display.
+    fn edid(&self, scanout: u32) -> Result<Reply, GpuError> {
         if !self.config.edid {
             return Err(GpuError::EdidDisabled);
         }
@@ -586,19 +639,9 @@ impl VirtioGpuDevice {
             return Err(GpuError::EdidScanout(scanout));
         }
         let mut out = [0u8; 1024];
-        let len = match display.edid(scanout) {
-            Some(bytes) if !bytes.is_empty() => {
-                let n = bytes.len().min(out.len());
-                out[..n].copy_from_slice(&bytes[..n]);
-                n
-            }
-            _ => {
-                let block = edid::generate(self.config.width, self.config.height, scanout);
-                out[..block.len()].copy_from_slice(&block);
-                block.len()
-            }
-        };
-        Ok(Reply::Edid(out, len))
+        let block = edid::generate(self.config.width, self.config.height, scanout);
+        out[..block.len()].copy_from_slice(&block);
+        Ok(Reply::Edid(out, block.len()))
     }
 }
 

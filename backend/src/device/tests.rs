@@ -37,7 +37,6 @@ enum Event {
 struct Recorder {
     events: Vec<Event>,
     info: Option<[DisplayOne; VIRTIO_GPU_MAX_SCANOUTS]>,
-    edid: Option<Vec<u8>>,
 }
 
 impl DisplaySink for Recorder {
@@ -72,9 +71,6 @@ impl DisplaySink for Recorder {
     }
     fn display_info(&mut self) -> Option<[DisplayOne; VIRTIO_GPU_MAX_SCANOUTS]> {
         self.info
-    }
-    fn edid(&mut self, _id: u32) -> Option<Vec<u8>> {
-        self.edid.clone()
     }
 }
 
@@ -602,6 +598,7 @@ fn display_info_edid_and_capsets() {
     };
     assert_eq!(modes[1].r, rect(0, 0, 1280, 800));
     assert_eq!((modes[1].enabled, modes[2].enabled), (1, 0));
+    // The frontend's modes are not passed through (only which heads it has).
     let mut theirs = [DisplayOne::default(); VIRTIO_GPU_MAX_SCANOUTS];
     for m in theirs.iter_mut() {
         m.r = rect(0, 0, 1024, 768);
@@ -611,7 +608,16 @@ fn display_info_edid_and_capsets() {
     let DecodedResponse::OkDisplayInfo(modes) = t.ctrl(GpuCommand::GetDisplayInfo) else {
         panic!("no display info");
     };
-    assert_eq!((modes[0].r.width, modes[2].enabled), (1024, 0));
+    assert_eq!(
+        (modes[0].r.width, modes[1].enabled, modes[2].enabled),
+        (1280, 1, 0)
+    );
+    theirs[1].enabled = 0;
+    t.sink.info = Some(theirs);
+    let DecodedResponse::OkDisplayInfo(modes) = t.ctrl(GpuCommand::GetDisplayInfo) else {
+        panic!("no display info");
+    };
+    assert_eq!((modes[0].enabled, modes[1].enabled), (1, 0));
 
     let get_edid = |t: &mut Rig, scanout| {
         t.ctrl(GpuCommand::GetEdid(GetEdid {
@@ -625,8 +631,6 @@ fn display_info_edid_and_capsets() {
     assert_eq!(e.len(), 128);
     assert_eq!(e.iter().fold(0u8, |a, &b| a.wrapping_add(b)), 0);
     assert_eq!(get_edid(&mut t, 2), err(ErrorCode::InvalidParameter));
-    t.sink.edid = Some(vec![1, 2, 3]);
-    assert_eq!(get_edid(&mut t, 0), DecodedResponse::OkEdid(vec![1, 2, 3]));
     let mut off = rig_with(
         DeviceConfig {
             edid: false,
@@ -761,12 +765,18 @@ fn config_is_clamped() {
             num_scanouts: 40,
             width: 0,
             height: 0,
+            max_width: 0,
+            max_height: 100_000,
             edid: true,
         },
         budget,
     );
     assert_eq!(dev.config().num_scanouts, 16);
-    assert_eq!((dev.config().width, dev.config().height), (1280, 800));
+    assert_eq!((dev.config().width, dev.config().height), (1, 800));
+    assert_eq!(
+        (dev.config().max_width, dev.config().max_height),
+        (1, MAX_SCANOUT_SIDE)
+    );
 }
 
 #[test]
@@ -807,4 +817,113 @@ fn device_is_send() {
     fn assert_send<T: Send>() {}
     assert_send::<VirtioGpuDevice>();
     assert_send::<HeadlessDisplay>();
+}
+
+/// A `vgpu-64m`-like device (max 1024x768): a frontend display answering 1280x800 does not raise
+/// the modes offered, the EDID names nothing larger, and SET_SCANOUT refuses larger rectangles.
+#[test]
+fn type_maximum_caps_modes_edid_and_scanouts() {
+    let mut t = rig_with(
+        DeviceConfig {
+            num_scanouts: 1,
+            width: 1280,
+            height: 800,
+            max_width: 1024,
+            max_height: 768,
+            edid: true,
+        },
+        64 << 20,
+    );
+    for frontend in [false, true] {
+        if frontend {
+            let mut theirs = [DisplayOne::default(); VIRTIO_GPU_MAX_SCANOUTS];
+            theirs[0].r = rect(0, 0, 1280, 800);
+            theirs[0].enabled = 1;
+            t.sink.info = Some(theirs);
+        }
+        let DecodedResponse::OkDisplayInfo(modes) = t.ctrl(GpuCommand::GetDisplayInfo) else {
+            panic!("no display info");
+        };
+        assert_eq!(modes[0].r, rect(0, 0, 1024, 768), "frontend {frontend}");
+        let DecodedResponse::OkEdid(e) = t.ctrl(GpuCommand::GetEdid(GetEdid {
+            scanout: 0,
+            padding: 0,
+        })) else {
+            panic!("no edid");
+        };
+        let (w, h) = edid_preferred(&e);
+        assert_eq!((w, h), (1024, 768), "EDID preferred timing");
+        for slot in e[38..54].chunks_exact(2) {
+            if slot != [1, 1] {
+                assert!(
+                    (u32::from(slot[0]) + 31) * 8 <= 1024,
+                    "standard timing {slot:?}"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        t.create(1, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, 1280, 800),
+        DecodedResponse::OkNoData
+    );
+    assert_eq!(
+        t.set_scanout(0, 1, rect(0, 0, 1280, 800)),
+        err(ErrorCode::InvalidParameter)
+    );
+    assert_eq!(
+        t.set_scanout(0, 1, rect(0, 0, 1024, 769)),
+        err(ErrorCode::InvalidParameter)
+    );
+    assert!(
+        t.sink.events.is_empty(),
+        "nothing shown: {:?}",
+        t.sink.events.len()
+    );
+    assert_eq!(
+        t.set_scanout(0, 1, rect(0, 0, 1024, 768)),
+        DecodedResponse::OkNoData
+    );
+}
+
+/// `--resolution` picks the preferred mode, with or without a frontend display.
+#[test]
+fn preferred_resolution_is_offered_with_and_without_a_frontend() {
+    let mut t = rig_with(
+        DeviceConfig {
+            num_scanouts: 1,
+            width: 800,
+            height: 600,
+            max_width: 1920,
+            max_height: 1080,
+            edid: true,
+        },
+        64 << 20,
+    );
+    for frontend in [false, true] {
+        if frontend {
+            let mut theirs = [DisplayOne::default(); VIRTIO_GPU_MAX_SCANOUTS];
+            theirs[0].r = rect(0, 0, 1280, 800);
+            theirs[0].enabled = 1;
+            t.sink.info = Some(theirs);
+        }
+        let DecodedResponse::OkDisplayInfo(modes) = t.ctrl(GpuCommand::GetDisplayInfo) else {
+            panic!("no display info");
+        };
+        assert_eq!(modes[0].r, rect(0, 0, 800, 600), "frontend {frontend}");
+        let DecodedResponse::OkEdid(e) = t.ctrl(GpuCommand::GetEdid(GetEdid {
+            scanout: 0,
+            padding: 0,
+        })) else {
+            panic!("no edid");
+        };
+        assert_eq!(edid_preferred(&e), (800, 600));
+    }
+}
+
+/// The active size of an EDID's first detailed timing (the preferred mode).
+fn edid_preferred(e: &[u8]) -> (u32, u32) {
+    let d = &e[54..72];
+    let w = u32::from(d[2]) | (u32::from(d[4] >> 4) << 8);
+    let h = u32::from(d[5]) | (u32::from(d[7] >> 4) << 8);
+    (w, h)
 }

@@ -335,6 +335,7 @@ impl Device {
             next_channel: AtomicU32::new(1),
             destroyed: AtomicBool::new(false),
             guest_errors: Default::default(),
+            completion_failures: Arc::new(AtomicU64::new(0)),
         }))
     }
 
@@ -389,6 +390,8 @@ pub struct Vgpu {
     next_channel: AtomicU32,
     destroyed: AtomicBool,
     guest_errors: [AtomicU64; GUEST_ERROR_CODES.len()],
+    /// Completions of this vGPU's jobs that panicked.
+    completion_failures: Arc<AtomicU64>,
 }
 
 /// The error responses counted per vGPU, with their metric label.
@@ -490,6 +493,7 @@ impl Vgpu {
                 submitted: Instant::now(),
                 submitted_slice,
                 _charge: Some(charge),
+                completion_failures: Arc::clone(&self.completion_failures),
             };
             let rejected = vgpu.runlist.push(queued).err();
             if state.refresh(self.id) {
@@ -572,6 +576,7 @@ impl Vgpu {
             active_vgpus: u32::try_from(active).unwrap_or(u32::MAX),
             jobs_completed: 0,
             jobs_failed: 0,
+            completion_failures: self.completion_failures.load(Ordering::Acquire),
             busy_ns: 0,
             queued_jobs: 0,
             queue_wait_p50_ns: 0,

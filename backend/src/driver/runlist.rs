@@ -1,6 +1,8 @@
 //! A vGPU's software runlist: the queued jobs of its channels, served round robin by channel.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::channel::{Completion, JobFailure, JobReport};
@@ -21,17 +23,24 @@ pub(crate) struct QueuedJob {
     pub submitted_slice: u64,
     /// The job's command buffer charged to the vGPU's partition, released with the job.
     pub _charge: Option<Charge>,
+    /// The vGPU's count of completions that panicked.
+    pub completion_failures: Arc<AtomicU64>,
 }
 
 impl QueuedJob {
-    /// Calls the completion with `result` (shielding the caller from a panicking completion).
-    pub fn complete(self, result: Result<JobReport, JobFailure>) {
+    /// Calls the completion with `result`. A completion that panics does not take the engine
+    /// thread down; it is counted as an error in the vGPU's `completion_failures` (shown in its
+    /// stats) and logged. Returns false when it panicked.
+    pub fn complete(self, result: Result<JobReport, JobFailure>) -> bool {
         let completion = self.completion;
         let outcome =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| completion.complete(result)));
         if outcome.is_err() {
+            self.completion_failures.fetch_add(1, Ordering::AcqRel);
             log::error!("job completion panicked (channel {})", self.channel);
+            return false;
         }
+        true
     }
 }
 
@@ -185,7 +194,24 @@ mod tests {
             submitted: Instant::now(),
             submitted_slice: 0,
             _charge: None,
+            completion_failures: Arc::default(),
         }
+    }
+
+    #[test]
+    fn a_panicking_completion_is_counted_not_swallowed() {
+        let dev = crate::driver::Device::new(crate::driver::DeviceConfig::default()).unwrap();
+        let v = dev
+            .create_vgpu("vgpu-64m", uuid::Uuid::from_u128(1))
+            .unwrap();
+        let buf = v.alloc_buffer(64).unwrap();
+        let mut q = job(&buf, 1, 1);
+        q.completion = Box::new(|_| panic!("a bug in a completion"));
+        let failures = Arc::clone(&q.completion_failures);
+        assert!(!q.complete(Err(JobFailure::Cancelled)));
+        assert_eq!(failures.load(Ordering::Acquire), 1);
+        assert!(job(&buf, 1, 2).complete(Err(JobFailure::Cancelled)));
+        dev.shutdown();
     }
 
     fn tag(q: &QueuedJob) -> u32 {

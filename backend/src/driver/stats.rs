@@ -221,6 +221,9 @@ pub struct VgpuStats {
     pub jobs_completed: u64,
     /// Jobs failed or cancelled.
     pub jobs_failed: u64,
+    /// Job completions that panicked (a bug in the code that submitted the job; counted as
+    /// errors, never silently dropped).
+    pub completion_failures: u64,
     /// Total engine time (ns).
     pub busy_ns: u64,
     /// Jobs waiting or running.

@@ -1,8 +1,10 @@
 //! Driver-core tests through the public API: partitions, instances, jobs and the scheduler.
 //!
 //! Scheduler tests use [`SleepEngine`], whose chunks sleep for a set time, so they measure the
-//! scheduler rather than the CPU and hold on a loaded machine; tolerances are loose and each
-//! test runs about a second.
+//! scheduler rather than the CPU. They never sleep for a fixed time and then count: they wait (up
+//! to a generous deadline) until an amount of engine work or a number of slices is reached, and
+//! they check shares, slice counts and ratios measured in the same run, never a wall-clock time,
+//! so they hold on a loaded machine.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -12,7 +14,7 @@ use std::time::{Duration, Instant};
 use vgpu_mdev::{TypeTable, VgpuType};
 
 use super::engine::cpu::CpuEngine;
-use super::engine::{Engine, EngineError, OpProgress, Step};
+use super::engine::{Engine, EngineError, OpProgress, Step, DEFAULT_CHUNK_TARGET_NS};
 use super::*;
 
 fn uuid(n: u128) -> Uuid {
@@ -235,6 +237,43 @@ impl Engine for SleepEngine {
     }
 }
 
+/// Test engine: the CPU engine, recording the chunk target the device thread asks for each chunk
+/// (what the scheduler decides, whatever the machine's speed).
+struct RecordingEngine(CpuEngine, Arc<std::sync::Mutex<Vec<u64>>>);
+
+impl Engine for RecordingEngine {
+    fn name(&self) -> &'static str {
+        "recording"
+    }
+
+    fn chunk_target_ns(&self) -> u64 {
+        self.0.chunk_target_ns()
+    }
+
+    fn run_chunk(
+        &mut self,
+        op: &Op,
+        progress: &mut OpProgress,
+        target_ns: u64,
+    ) -> Result<Step, EngineError> {
+        self.1.lock().unwrap().push(target_ns);
+        self.0.run_chunk(op, progress, target_ns)
+    }
+}
+
+/// A device on a [`RecordingEngine`]; returns the record of chunk targets.
+fn recording_device(config: DeviceConfig) -> (Arc<Device>, Arc<std::sync::Mutex<Vec<u64>>>) {
+    let rec = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let engine = RecordingEngine(CpuEngine::default(), Arc::clone(&rec));
+    (Device::with_engine(config, Box::new(engine)).unwrap(), rec)
+}
+
+fn median(v: &[u64]) -> u64 {
+    let mut v = v.to_vec();
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or(0)
+}
+
 fn sleep_device(memory_mib: u64, policy: Policy) -> Arc<Device> {
     let config = DeviceConfig {
         memory_mib,
@@ -288,12 +327,32 @@ fn feed(vgpu: &Arc<Vgpu>, chunk_us: u32) -> Feeder {
     }
 }
 
-/// Busy ns of each vGPU over `window` (after a short warm-up), and the window's wall time.
-fn measure(vgpus: &[&Arc<Vgpu>], window: Duration) -> (Vec<u64>, u64) {
-    std::thread::sleep(Duration::from_millis(100));
+/// Generous deadline for conditions the engine reaches in the background.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Waits until `cond` holds, failing after [`DEADLINE`] with `what`.
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn total_busy(vgpus: &[&Arc<Vgpu>]) -> u64 {
+    vgpus.iter().map(|v| v.stats().busy_ns).sum()
+}
+
+/// Busy ns of each vGPU while together they run `engine_time` on the engine (after a warm-up of
+/// 100 ms of engine time), and the wall time that took. Measuring an amount of engine work rather
+/// than a wall-clock window keeps the sample the same size however loaded the machine is.
+fn measure(vgpus: &[&Arc<Vgpu>], engine_time: Duration) -> (Vec<u64>, u64) {
+    let start = total_busy(vgpus);
+    wait_until("the warm-up", || total_busy(vgpus) >= start + 100_000_000);
     let before: Vec<u64> = vgpus.iter().map(|v| v.stats().busy_ns).collect();
     let t0 = Instant::now();
-    std::thread::sleep(window);
+    let want = before.iter().sum::<u64>() + engine_time.as_nanos() as u64;
+    wait_until("the measured engine time", || total_busy(vgpus) >= want);
     let after: Vec<u64> = vgpus.iter().map(|v| v.stats().busy_ns).collect();
     let wall = t0.elapsed().as_nanos() as u64;
     (
@@ -324,7 +383,12 @@ fn equal_share_gives_each_a_quarter_and_holds_idle_shares() {
     assert_eq!(vgpus[0].stats().share_permille, 250);
     // vGPU 3 goes idle: the others keep 1/4 of the time each; the engine idles for vGPU 3.
     feeders[3].stop.store(true, Ordering::Relaxed);
-    std::thread::sleep(Duration::from_millis(50));
+    let idle_since = dev.scheduler_log().last().map_or(0, |r| r.seq);
+    wait_until("a held turn of the idle vGPU", || {
+        dev.scheduler_log()
+            .iter()
+            .any(|r| r.seq > idle_since && r.reserved && r.vgpu_id == vgpus[3].id())
+    });
     let (busy, wall) = measure(&refs[..3], Duration::from_millis(600));
     let of_wall: Vec<f64> = busy.iter().map(|&b| b as f64 / wall as f64).collect();
     eprintln!("equal-share, 3 busy + 1 idle: fraction of wall time {of_wall:.3?}");
@@ -377,8 +441,13 @@ fn best_effort_gives_idle_time_to_busy_vgpus() {
         assert!((s - 1.0 / 3.0).abs() < 0.05, "{shares:?}");
     }
     assert_eq!(busy[3], 0);
-    assert!(engine_busy > 0.75, "engine busy {engine_busy}");
-    assert!(dev.scheduler_log().iter().all(|r| !r.reserved));
+    // Work conservation, independent of machine speed: no turn is ever held for the idle vGPU
+    // (equal-share or fixed-share would hold one in every round).
+    let log = dev.scheduler_log();
+    assert!(log.len() >= 20, "{} slices", log.len());
+    assert!(log
+        .iter()
+        .all(|r| !r.reserved && r.vgpu_id != vgpus[3].id()));
     assert_eq!(vgpus[0].stats().active_vgpus, 3);
     dev.shutdown();
     drop(feeders);
@@ -391,7 +460,9 @@ fn light_vgpu_waits_at_most_one_round() {
         .map(|i| dev.create_vgpu("vgpu-64m", uuid(i)).unwrap())
         .collect();
     let feeders: Vec<_> = vgpus[..3].iter().map(|v| feed(v, 100)).collect();
-    std::thread::sleep(Duration::from_millis(50));
+    wait_until("the busy vGPUs to run", || {
+        vgpus[..3].iter().all(|v| v.stats().busy_ns > 0)
+    });
     let light = &vgpus[3];
     let ch = light.create_channel().unwrap();
     let buf = light.alloc_buffer(4096).unwrap();
@@ -412,10 +483,13 @@ fn light_vgpu_waits_at_most_one_round() {
         wait_ns[wait_ns.len() / 2] / 1000,
         wait_ns[wait_ns.len() - 1] / 1000
     );
-    // At most the slice in progress plus one slice of each other vGPU.
-    assert!(max_slices <= 3, "{waits:?}");
-    // Σ other slices (3 × 2 ms) + a chunk, with generous slack for a loaded host.
-    assert!(wait_ns[wait_ns.len() / 2] < 6_100_000 + 10_000_000);
+    // The typical job waits at most the slice in progress plus one slice of each other vGPU
+    // (counted in slices, not in time). Not every job: on a loaded machine a 100 µs chunk can
+    // stretch to milliseconds, is charged as run, and puts the light vGPU ahead in virtual time
+    // for a few rounds (waits of 6-13 slices were seen at load average 15 on 2 cores).
+    let mut slices: Vec<u64> = waits.iter().map(|r| r.wait_slices).collect();
+    slices.sort();
+    assert!(slices[slices.len() / 2] <= 1, "{waits:?}");
     let stats = light.stats();
     assert_eq!(stats.jobs_completed, 25);
     assert!(stats.queue_wait_p99_ns >= stats.queue_wait_p50_ns);
@@ -442,7 +516,17 @@ fn overrunning_vgpu_is_charged_its_debt() {
     );
     // Without debt a would get 5/(5+2) ≈ 71%; charged its overrun it gets about half.
     assert!(shares[0] < 0.62, "{shares:?}");
-    assert!(shortened > 0 || a_slices.len() < log.iter().filter(|r| r.vgpu_id == b.id()).count());
+    // Every slice of `a` overruns by ≥ 3 ms: the debt skips its next turn or shortens it.
+    assert!(
+        shortened > 0,
+        "no slice of the overrunning vGPU was shortened"
+    );
+    let b_slices = log.iter().filter(|r| r.vgpu_id == b.id()).count();
+    assert!(
+        a_slices.len() < b_slices,
+        "{} vs {b_slices} slices",
+        a_slices.len()
+    );
     assert!(a_slices.iter().all(|r| r.chunks >= 1));
     dev.shutdown();
     drop(feeders);
@@ -489,12 +573,20 @@ fn destroy_and_channel_drop_cancel_queued_jobs() {
 #[test]
 fn real_engine_slices_end_near_their_target() {
     // Two vGPUs run large copies on the CPU engine; the scheduler must cut them into slices that
-    // end at the first chunk boundary past the 2 ms target.
-    let dev = device(256, Policy::BestEffort);
+    // end at the first chunk boundary past the 2 ms target, with short chunks while both have
+    // work.
+    let (dev, rec) = recording_device(DeviceConfig {
+        memory_mib: 256,
+        policy: Policy::BestEffort,
+        ..DeviceConfig::default()
+    });
     let vgpus: Vec<_> = (0..2)
         .map(|i| dev.create_vgpu("vgpu-64m", uuid(i)).unwrap())
         .collect();
     let mut keep = Vec::new();
+    // Results are checked here, on the test thread: an assertion inside a completion would run on
+    // the engine thread, where a panic is caught (and counted, see below).
+    let results = mpsc::channel();
     for v in &vgpus {
         let ch = v.create_channel().unwrap();
         let src = v.alloc_buffer(16 * MIB).unwrap();
@@ -506,39 +598,94 @@ fn real_engine_slices_end_near_their_target() {
                 len: 16 * MIB,
             })
             .unwrap();
-            ch.submit_fn(job, |r| {
-                assert!(r.is_ok() || r == Err(JobFailure::Cancelled))
+            let tx = results.0.clone();
+            ch.submit_fn(job, move |r| {
+                let _ = tx.send(r);
             })
             .unwrap();
         }
         keep.push((ch, src, dst));
     }
-    std::thread::sleep(Duration::from_millis(400));
+    wait_until("10 preempted slices", || {
+        dev.scheduler_log().iter().filter(|r| r.preempted).count() >= 10
+    });
     let log = dev.scheduler_log();
-    let mut preempted: Vec<&SliceRecord> = log.iter().filter(|r| r.preempted).collect();
-    assert!(
-        preempted.len() >= 10,
-        "{} preempted slices",
-        preempted.len()
-    );
-    preempted.sort_by_key(|r| r.elapsed_ns);
-    let median = preempted[preempted.len() / 2];
+    let preempted: Vec<&SliceRecord> = log.iter().filter(|r| r.preempted).collect();
     let chunks: u32 = preempted.iter().map(|r| r.chunks).sum();
     let per_chunk = preempted.iter().map(|r| r.time_run_ns).sum::<u64>() / u64::from(chunks);
+    // How far past its budget a slice ran, in units of its own mean chunk: ending at the first
+    // chunk boundary past the budget means less than one chunk (speed-independent: a slower
+    // machine has longer chunks and longer overruns alike).
+    let mut overrun_in_chunks: Vec<f64> = preempted
+        .iter()
+        .map(|r| {
+            let mean = r.time_run_ns as f64 / f64::from(r.chunks.max(1));
+            r.elapsed_ns.saturating_sub(r.target_ns) as f64 / mean
+        })
+        .collect();
+    overrun_in_chunks.sort_by(f64::total_cmp);
+    let overrun = overrun_in_chunks[overrun_in_chunks.len() / 2];
+    let median_chunks = {
+        let mut c: Vec<u32> = preempted.iter().map(|r| r.chunks).collect();
+        c.sort();
+        c[c.len() / 2]
+    };
     eprintln!(
-        "real engine: {} preempted slices, median elapsed {} µs (target {} µs), mean chunk {} µs",
+        "real engine: {} preempted slices, median overrun {overrun:.2} chunks, median {} chunks \
+         per slice, mean chunk {} µs",
         preempted.len(),
-        median.elapsed_ns / 1000,
-        median.target_ns / 1000,
+        median_chunks,
         per_chunk / 1000
     );
-    // Half the slices end within 2 ms of their target even on a loaded debug build.
-    assert!(median.elapsed_ns < median.target_ns + 2_000_000);
-    assert!(per_chunk < 1_000_000, "chunks of {per_chunk} ns");
+    // A preempted slice lasted its whole budget (the cut is taken on the wall clock)...
+    for r in &preempted {
+        assert!(r.elapsed_ns >= r.target_ns, "cut before its budget: {r:?}");
+    }
+    // ...and was made of several chunks (chunks are sized to a fraction of the slice, so it ends
+    // within one chunk past its budget; how close that is in time depends on the machine and is
+    // reported by vgpu-sched-bench, not asserted here).
+    assert!(
+        median_chunks >= 2,
+        "median {median_chunks} chunks per slice"
+    );
+    assert!(!rec.lock().unwrap().is_empty());
     // Both vGPUs got turns.
     for v in &vgpus {
         assert!(log.iter().any(|r| r.vgpu_id == v.id() && r.time_run_ns > 0));
     }
+    dev.shutdown();
+    drop(results.0);
+    let all: Vec<JobResult> = results.1.iter().collect();
+    assert_eq!(
+        all.len(),
+        8,
+        "every job completes or is cancelled at shutdown"
+    );
+    assert!(
+        all.iter()
+            .all(|r| r.is_ok() || *r == Err(JobFailure::Cancelled)),
+        "{all:?}"
+    );
+    for v in &vgpus {
+        assert_eq!(v.stats().completion_failures, 0);
+    }
+}
+
+#[test]
+fn a_panicking_completion_is_counted_and_the_engine_goes_on() {
+    let dev = sleep_device(256, Policy::BestEffort);
+    let v = dev.create_vgpu("vgpu-64m", uuid(1)).unwrap();
+    let ch = v.create_channel().unwrap();
+    let buf = v.alloc_buffer(4096).unwrap();
+    ch.submit_fn(sleep_job(&buf, 1, 10), |_| {
+        panic!("assertion in a completion")
+    })
+    .unwrap();
+    let (tx, rx) = mpsc::channel();
+    ch.submit_fn(sleep_job(&buf, 1, 10), move |r| tx.send(r).unwrap())
+        .unwrap();
+    assert!(wait_result(&rx).is_ok(), "the next job still runs");
+    assert_eq!(v.stats().completion_failures, 1);
     dev.shutdown();
 }
 
@@ -573,14 +720,13 @@ fn lone_vgpu_runs_long_chunks_until_another_submits() {
     // the cut to a turn's deadline matters little). Generous bounds: a loaded 2-core VM
     // stretches chunks, and in a debug build a GEMM step's fixed cost makes 100 µs chunks
     // ~300 µs.
-    let dev = Device::new(DeviceConfig {
+    let (dev, rec) = recording_device(DeviceConfig {
         memory_mib: 256,
         policy: Policy::BestEffort,
         timeslice_us: Some(10_000),
         solo_chunk_target_ns: 3_000_000,
         ..DeviceConfig::default()
-    })
-    .unwrap();
+    });
     let lone = dev.create_vgpu("vgpu-64m", uuid(1)).unwrap();
     let other = dev.create_vgpu("vgpu-64m", uuid(2)).unwrap();
     let (job, _a_bufs) = gemm_job(&lone, 256);
@@ -604,13 +750,11 @@ fn lone_vgpu_runs_long_chunks_until_another_submits() {
         second.chunks,
         solo_chunk / 1000
     );
-    assert!(solo_chunk >= 1_000_000, "lone chunks of {solo_chunk} ns");
     let before = dev.scheduler_log().last().map_or(0, |r| r.seq);
     let (solo_mean, solo_chunks) = mean_chunk_ns(&dev.scheduler_log(), lone.id(), 0);
-    assert!(
-        solo_mean >= 1_000_000,
-        "{solo_chunks} chunks of {solo_mean} ns"
-    );
+    eprintln!("alone: {solo_chunks} chunks of {solo_mean} ns on average");
+    let solo_targets = rec.lock().unwrap().clone();
+    let at_submit = solo_targets.len();
 
     // A second vGPU submits: from the next slice on, both run ≈100 µs chunks.
     let (job2, _b_bufs) = gemm_job(&other, 256);
@@ -618,9 +762,13 @@ fn lone_vgpu_runs_long_chunks_until_another_submits() {
     for _ in 0..40 {
         ch2.submit_fn(job2.clone(), |_| {}).unwrap();
     }
-    std::thread::sleep(Duration::from_millis(400));
-    let log = dev.scheduler_log();
     // The slice running at the submission may have started with long chunks: skip it.
+    wait_until("10 shared chunks of each vGPU", || {
+        let log = dev.scheduler_log();
+        mean_chunk_ns(&log, lone.id(), before + 1).1 >= 10
+            && mean_chunk_ns(&log, other.id(), before).1 >= 10
+    });
+    let log = dev.scheduler_log();
     let (shared_mean, shared_chunks) = mean_chunk_ns(&log, lone.id(), before + 1);
     let (other_mean, other_chunks) = mean_chunk_ns(&log, other.id(), before);
     eprintln!(
@@ -630,10 +778,17 @@ fn lone_vgpu_runs_long_chunks_until_another_submits() {
         other_mean / 1000,
         solo_mean / 1000
     );
-    assert!(shared_chunks >= 10 && other_chunks >= 10);
-    assert!(shared_mean <= 600_000, "{shared_mean} ns");
-    assert!(other_mean <= 600_000, "{other_mean} ns");
-    assert!(solo_mean >= 3 * shared_mean);
+    // What the engine was asked for (the policy, whatever the machine's speed): long chunks
+    // alone (3 ms, less at the end of a 10 ms slice), the short target once another vGPU has work
+    // (after the chunk that was running at the submission).
+    let shared_targets = rec.lock().unwrap()[at_submit + 2..].to_vec();
+    let (solo_t, shared_t) = (median(&solo_targets), median(&shared_targets));
+    eprintln!("chunk targets: median {solo_t} ns alone, {shared_t} ns shared");
+    assert!(solo_t >= 1_000_000, "alone: median target {solo_t} ns");
+    assert!(
+        shared_t <= DEFAULT_CHUNK_TARGET_NS,
+        "shared: median target {shared_t} ns: {shared_targets:?}"
+    );
     drop((ch, ch2));
     dev.shutdown();
 }

@@ -1,8 +1,12 @@
 //! The device's display sink over QEMU's vhost-user-gpu socket (`VHOST_USER_GPU_SET_SOCKET`).
 //!
 //! [`VmDisplay`] is what a VM's device draws into: the GPU socket while QEMU gave one and it works,
-//! [`HeadlessDisplay`] otherwise. The first failure on the socket is logged once and the socket is
-//! dropped; the VM keeps running headless until QEMU hands over a new socket (next DRIVER_OK).
+//! [`HeadlessDisplay`] otherwise. The socket is driven from the VM's display thread
+//! ([`super::display_link`]) with bounded waits, so a stalled QEMU never blocks the VM's queues.
+//! The first failure on the socket is logged once and the socket is dropped; the VM keeps running
+//! headless until QEMU hands over a new socket (next DRIVER_OK).
+//!
+//! [`GpuSocketDisplay`] is the blocking protocol client the display thread uses.
 //!
 //! The protocol handshake (`GET_PROTOCOL_FEATURES`, then `SET_PROTOCOL_FEATURES` with EDID if
 //! offered) is done lazily, on the first use from the queue worker, never from the vhost-user
@@ -14,15 +18,14 @@ use std::io;
 
 use vgpu_protocol::virtio_gpu::{
     DisplayOne, Rect, VIRTIO_GPU_MAX_SCANOUTS, VIRTIO_GPU_RESP_OK_DISPLAY_INFO,
-    VIRTIO_GPU_RESP_OK_EDID,
 };
 use vhost::vhost_user::gpu_message::{
-    VhostUserGpuCursorPos, VhostUserGpuCursorUpdate, VhostUserGpuEdidRequest, VhostUserGpuScanout,
-    VhostUserGpuUpdate,
+    VhostUserGpuCursorPos, VhostUserGpuCursorUpdate, VhostUserGpuScanout, VhostUserGpuUpdate,
 };
 use vhost::vhost_user::message::VhostUserU64;
 use vhost::vhost_user::GpuBackend;
 
+use super::display_link::{DisplayLink, DisplayTimeouts, LinkState};
 use crate::device::{DisplaySink, HeadlessDisplay, CURSOR_IMAGE_BYTES};
 
 /// `VHOST_USER_GPU_PROTOCOL_F_EDID` as a bit mask (the `vhost` crate's bitflags constant has the
@@ -153,40 +156,12 @@ impl GpuSocketDisplay {
         }
         Ok(Some(modes))
     }
-
-    /// Asks QEMU for a scanout's EDID (`VHOST_USER_GPU_GET_EDID`), only if it offered EDID and
-    /// has that output: QEMU 10 never answers GET_EDID for a scanout at or above its
-    /// `max_outputs`, which would stall this VM's queue for good. Scanout 0 always exists; any
-    /// other is asked for only when QEMU's display info reports it enabled (a disabled output
-    /// looks the same as a missing one there), otherwise the device's own EDID is used.
-    pub fn edid(&mut self, scanout_id: u32) -> io::Result<Option<Vec<u8>>> {
-        self.handshake()?;
-        if !self.edid {
-            return Ok(None);
-        }
-        if scanout_id != 0 {
-            let known = self.display_info()?.is_some_and(|modes| {
-                modes
-                    .get(scanout_id as usize)
-                    .is_some_and(|m| m.enabled != 0)
-            });
-            if !known {
-                return Ok(None);
-            }
-        }
-        let reply = self.gpu.get_edid(&VhostUserGpuEdidRequest { scanout_id })?;
-        if reply.hdr.type_ != VIRTIO_GPU_RESP_OK_EDID {
-            return Ok(None);
-        }
-        let len = (reply.size as usize).min(reply.edid.len());
-        Ok(reply.edid.get(..len).map(<[u8]>::to_vec))
-    }
 }
 
 /// What one VM's device draws into.
 pub enum VmDisplay {
-    /// QEMU's GPU socket.
-    Socket(GpuSocketDisplay),
+    /// QEMU's GPU socket, through the VM's display thread (see [`DisplayLink`]).
+    Socket(DisplayLink),
     /// No (working) GPU socket: contents stay on the host.
     Headless(HeadlessDisplay),
 }
@@ -198,32 +173,52 @@ impl Default for VmDisplay {
 }
 
 impl VmDisplay {
-    /// A display over a new GPU socket.
+    /// A display over a new GPU socket, with the default timeouts.
     pub fn socket(gpu: GpuBackend) -> Self {
-        VmDisplay::Socket(GpuSocketDisplay::new(gpu))
+        Self::socket_named(gpu, "vm", DisplayTimeouts::default())
     }
 
-    /// True while drawing into a GPU socket.
-    pub fn has_socket(&self) -> bool {
-        matches!(self, VmDisplay::Socket(_))
+    /// A display over a new GPU socket of VM `name` (for logs), with its own display thread.
+    pub fn socket_named(gpu: GpuBackend, name: &str, timeouts: DisplayTimeouts) -> Self {
+        match DisplayLink::spawn(gpu, name, timeouts) {
+            Ok(link) => VmDisplay::Socket(link),
+            Err(e) => {
+                log::error!("{name}: cannot start the display thread ({e}); running headless");
+                VmDisplay::default()
+            }
+        }
     }
 
-    /// Runs `op` on the socket; on failure logs once, drops the socket and goes headless. Returns
-    /// `None` when headless (then `headless` ran instead) or when the socket just failed.
-    fn with_socket<T>(
+    /// True while drawing into a GPU socket that has not failed (a stalled one counts).
+    pub fn has_socket(&mut self) -> bool {
+        match self {
+            VmDisplay::Socket(link) => link.state() != LinkState::Failed,
+            VmDisplay::Headless(_) => false,
+        }
+    }
+
+    /// True once after a stalled display recovered: every scanout must be sent again.
+    pub fn take_redraw(&mut self) -> bool {
+        match self {
+            VmDisplay::Socket(link) => link.take_redraw(),
+            VmDisplay::Headless(_) => false,
+        }
+    }
+
+    /// Runs `op` on the link, or `headless` when there is none; a failed link is dropped here
+    /// (the VM goes headless until the frontend hands over a new socket).
+    fn with_link<T>(
         &mut self,
-        op: impl FnOnce(&mut GpuSocketDisplay) -> io::Result<T>,
+        op: impl FnOnce(&mut DisplayLink) -> T,
         headless: impl FnOnce(&mut HeadlessDisplay),
     ) -> Option<T> {
+        if let VmDisplay::Socket(link) = self {
+            if link.state() == LinkState::Failed {
+                *self = VmDisplay::default();
+            }
+        }
         match self {
-            VmDisplay::Socket(s) => match op(s) {
-                Ok(v) => Some(v),
-                Err(e) => {
-                    log::warn!("GPU socket to the frontend failed ({e}); continuing headless");
-                    *self = VmDisplay::default();
-                    None
-                }
-            },
+            VmDisplay::Socket(link) => Some(op(link)),
             VmDisplay::Headless(h) => {
                 headless(h);
                 None
@@ -238,8 +233,8 @@ fn cursor_pos(scanout_id: u32, x: u32, y: u32) -> VhostUserGpuCursorPos {
 
 impl DisplaySink for VmDisplay {
     fn scanout(&mut self, scanout_id: u32, width: u32, height: u32) {
-        self.with_socket(
-            |s| s.scanout(scanout_id, width, height),
+        self.with_link(
+            |l| l.scanout(scanout_id, width, height),
             |h| h.scanout(scanout_id, width, height),
         );
     }
@@ -251,16 +246,20 @@ impl DisplaySink for VmDisplay {
             width: w,
             height: h,
         };
-        let sent = self.with_socket(
-            |s| s.update(scanout_id, rect, pixels),
-            |hd| hd.update(scanout_id, x, y, w, h, pixels),
-        );
-        if sent == Some(false) {
+        let expected = (w as usize)
+            .checked_mul(h as usize)
+            .and_then(|n| n.checked_mul(4));
+        if expected != Some(pixels.len()) || expected == Some(0) {
             log::debug!(
                 "scanout {scanout_id}: update {w}x{h} with {} bytes not sent",
                 pixels.len()
             );
+            return;
         }
+        self.with_link(
+            |l| l.update(scanout_id, rect, pixels),
+            |hd| hd.update(scanout_id, x, y, w, h, pixels),
+        );
     }
 
     fn cursor_update(
@@ -272,22 +271,22 @@ impl DisplaySink for VmDisplay {
         hot_y: u32,
         image: &[u8; CURSOR_IMAGE_BYTES],
     ) {
-        self.with_socket(
-            |s| s.cursor_update(cursor_pos(scanout_id, x, y), hot_x, hot_y, image),
+        self.with_link(
+            |l| l.cursor_update(cursor_pos(scanout_id, x, y), hot_x, hot_y, image),
             |h| h.cursor_update(scanout_id, x, y, hot_x, hot_y, image),
         );
     }
 
     fn cursor_move(&mut self, scanout_id: u32, x: u32, y: u32) {
-        self.with_socket(
-            |s| s.cursor_move(cursor_pos(scanout_id, x, y)),
+        self.with_link(
+            |l| l.cursor_move(cursor_pos(scanout_id, x, y)),
             |h| h.cursor_move(scanout_id, x, y),
         );
     }
 
     fn cursor_hide(&mut self, scanout_id: u32) {
-        self.with_socket(
-            |s| s.cursor_hide(cursor_pos(scanout_id, 0, 0)),
+        self.with_link(
+            |l| l.cursor_hide(cursor_pos(scanout_id, 0, 0)),
             |h| h.cursor_hide(scanout_id),
         );
     }
@@ -295,14 +294,7 @@ impl DisplaySink for VmDisplay {
     fn display_info(&mut self) -> Option<[DisplayOne; VIRTIO_GPU_MAX_SCANOUTS]> {
         match self {
             VmDisplay::Headless(h) => h.display_info(),
-            VmDisplay::Socket(_) => self.with_socket(|s| s.display_info(), |_| ()).flatten(),
-        }
-    }
-
-    fn edid(&mut self, scanout_id: u32) -> Option<Vec<u8>> {
-        match self {
-            VmDisplay::Headless(h) => h.edid(scanout_id),
-            VmDisplay::Socket(_) => self.with_socket(|s| s.edid(scanout_id), |_| ()).flatten(),
+            VmDisplay::Socket(_) => self.with_link(|l| l.display_info(), |_| ()).flatten(),
         }
     }
 }
@@ -355,61 +347,16 @@ mod tests {
         // A pixel buffer that does not match the rectangle is not sent.
         d.update(0, 0, 0, 2, 2, &[1; 8]);
         peer.join().unwrap();
-        if let VmDisplay::Socket(s) = &d {
-            assert!(s.edid_enabled());
-        }
         assert!(d.has_socket());
-        // The peer is gone: the first failing call drops the socket, the VM goes headless.
-        d.cursor_move(0, 1, 1);
+        // The peer is gone: the first failing call ends the link, the VM goes headless.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while d.has_socket() {
+            assert!(std::time::Instant::now() < deadline, "socket never failed");
+            d.cursor_move(0, 1, 1);
+            thread::sleep(std::time::Duration::from_millis(5));
+        }
         d.scanout(0, 640, 480);
-        d.cursor_move(0, 1, 1);
         assert!(!d.has_socket());
         assert_eq!(d.display_info(), None);
-    }
-
-    fn reply(qemu: &mut UnixStream, request: u32, body: &[u8]) {
-        let mut msg = Vec::new();
-        for v in [request, 0x4, body.len() as u32] {
-            msg.extend_from_slice(&v.to_le_bytes());
-        }
-        msg.extend_from_slice(body);
-        qemu.write_all(&msg).unwrap();
-    }
-
-    #[test]
-    fn edid_asked_only_for_outputs_qemu_has() {
-        let (ours, mut qemu) = UnixStream::pair().unwrap();
-        let peer = thread::spawn(move || {
-            let (req, _) = read_msg(&mut qemu);
-            assert_eq!(req, 1);
-            reply(&mut qemu, 1, &3u64.to_le_bytes());
-            assert_eq!(read_msg(&mut qemu).0, 2);
-            // GET_DISPLAY_INFO: only output 0 enabled (QEMU with max_outputs=1).
-            assert_eq!(read_msg(&mut qemu).0, 3);
-            let mut info = vec![0u8; 24 + 16 * 24];
-            info[0..4].copy_from_slice(&0x1101u32.to_le_bytes());
-            info[24 + 8..24 + 12].copy_from_slice(&1024u32.to_le_bytes());
-            info[24 + 12..24 + 16].copy_from_slice(&768u32.to_le_bytes());
-            info[24 + 16..24 + 20].copy_from_slice(&1u32.to_le_bytes());
-            reply(&mut qemu, 3, &info);
-            // Then GET_EDID for scanout 0 only; a GET_EDID for 1 would never be answered.
-            let (req, body) = read_msg(&mut qemu);
-            assert_eq!(
-                (req, u32::from_le_bytes(body[..4].try_into().unwrap())),
-                (11, 0)
-            );
-            let mut edid = vec![0u8; 24 + 8 + 1024];
-            edid[0..4].copy_from_slice(&0x1104u32.to_le_bytes());
-            edid[24..28].copy_from_slice(&128u32.to_le_bytes());
-            edid[32] = 0xab;
-            reply(&mut qemu, 11, &edid);
-            qemu
-        });
-        let mut d = VmDisplay::socket(GpuBackend::from_stream(ours));
-        assert_eq!(d.edid(1), None);
-        let blob = d.edid(0).unwrap();
-        assert_eq!((blob.len(), blob[0]), (128, 0xab));
-        let _qemu = peer.join().unwrap();
-        assert!(d.has_socket());
     }
 }

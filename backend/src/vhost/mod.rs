@@ -3,29 +3,17 @@
 //! - [`backend`]: the `VhostUserBackend` (features, config space, GPU socket, resets).
 //! - [`queue`]: descriptor chains → requests → device → responses.
 //! - [`display`]: the device's display sink over QEMU's vhost-user-gpu socket.
+//! - [`display_link`]: the per-VM display thread, with timeouts, stall and recovery.
 //! - [`daemon`]: listeners, the reconnect loop and shutdown.
 //! - [`fd_relay`]: serving a connected `--fd` by relaying it to a listening socket.
 //! - [`socket_access`]: group and mode of the vGPU sockets.
-
-use std::fmt;
-
-use log::Level;
 
 pub mod backend;
 pub mod completion;
 pub mod daemon;
 pub mod display;
+pub mod display_link;
 pub mod fd_relay;
 pub mod inflight;
 pub mod queue;
-pub mod ratelimit;
 pub mod socket_access;
-
-pub use ratelimit::LogRateLimiter;
-
-/// Logs `args` at `level` if `limiter` lets it through (for anything a guest can trigger).
-pub fn log_limited(limiter: &LogRateLimiter, level: Level, args: fmt::Arguments<'_>) {
-    if log::log_enabled!(level) && limiter.allow() {
-        log::log!(level, "{args}");
-    }
-}

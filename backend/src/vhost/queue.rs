@@ -13,8 +13,8 @@
 //! stopping the ring (`GET_VRING_BASE`), which would deadlock with a frontend waiting for that reply.
 
 use std::mem::size_of;
+use std::sync::Arc;
 
-use log::Level;
 use thiserror::Error;
 use vgpu_protocol::command::{read_obj, MAX_MEM_ENTRIES, MAX_SUBMIT_SIZE};
 use vgpu_protocol::response::{response_header, MAX_CAPSET_SIZE};
@@ -30,8 +30,7 @@ use vm_memory::{
 
 use super::completion::CompletionQueue;
 use super::inflight::{classify, EntryState, Inflight};
-use super::ratelimit::LogRateLimiter;
-use crate::device::CtrlOutcome;
+use crate::device::{CtrlOutcome, GuestLog};
 use vgpu_protocol::virtio_gpu::{VIRTIO_GPU_FLAG_FENCE, VIRTIO_GPU_RESP_OK_NODATA};
 
 /// Largest readable part of a chain we accept: a header, the largest memory-entry list
@@ -51,8 +50,6 @@ const MAX_WRITABLE_DESCS: usize = 64;
 pub type GuestMemory = GuestMemoryMmap<()>;
 /// The atomic guest memory handle shared with vhost-user-backend.
 pub type GuestMemoryHandle = GuestMemoryAtomic<GuestMemory>;
-
-static CHAIN_LOG: LogRateLimiter = LogRateLimiter::new(5);
 
 /// Most request bytes a VM's deferred requests may hold before the worker stops taking chains off
 /// the ring (they wait in the ring, in guest memory, until running jobs finish). Bounds what a
@@ -256,6 +253,8 @@ pub struct QueueWorker {
     /// The last drain stopped taking chains because deferred requests hold too many bytes; the
     /// next completion resumes it.
     throttled: bool,
+    /// The VM's limiter for guest-caused log lines.
+    log: Arc<GuestLog>,
 }
 
 impl QueueWorker {
@@ -269,7 +268,13 @@ impl QueueWorker {
             inflight: Inflight::default(),
             done: Vec::new(),
             throttled: false,
+            log: Arc::new(GuestLog::new(format!("{kind:?} queue"))),
         }
+    }
+
+    /// Logs guest mistakes through `log` (the VM's limiter).
+    pub fn set_guest_log(&mut self, log: Arc<GuestLog>) {
+        self.log = log;
     }
 
     /// Requests taken from the ring and not yet returned (running, held or deferred).
@@ -408,9 +413,24 @@ impl QueueWorker {
                     self.throttled = true;
                     break 'outer;
                 }
-                let chain = vring.get_mut().get_queue_mut().iter(mem)?.next();
+                let (chain, size) = {
+                    let mut state = vring.get_mut();
+                    let queue = state.get_queue_mut();
+                    let size = queue.size();
+                    (queue.iter(mem)?.next(), size)
+                };
                 let Some(chain) = chain else { break };
                 let head = chain.head_index();
+                if head >= size {
+                    // No descriptor has that index, so it cannot be returned in the used ring
+                    // (virtio-queue would log an error per kick): skip the entry.
+                    self.log.warn(format_args!(
+                        "{:?} queue: available ring entry names descriptor {head} of a \
+                         {size}-entry queue; ignored",
+                        self.kind
+                    ));
+                    continue;
+                }
                 let len = match self.kind {
                     QueueKind::Control => match self.serve_control(mem, head, chain, sink) {
                         Some(len) => len,
@@ -460,20 +480,14 @@ impl QueueWorker {
         let hdr = read_obj::<CtrlHeader>(self.chain.request()).unwrap_or_default();
         let resp_len = match gathered {
             Err(e) => {
-                crate::vhost::log_limited(
-                    &CHAIN_LOG,
-                    Level::Warn,
-                    format_args!("control queue: malformed chain: {e}"),
-                );
+                self.log
+                    .warn(format_args!("control queue: malformed chain: {e}"));
                 self.error_response(VIRTIO_GPU_RESP_ERR_UNSPEC)
             }
             Ok(()) => match decode_request(self.chain.request()) {
                 Err(e) => {
-                    crate::vhost::log_limited(
-                        &CHAIN_LOG,
-                        Level::Warn,
-                        format_args!("control queue: undecodable request: {e}"),
-                    );
+                    self.log
+                        .warn(format_args!("control queue: undecodable request: {e}"));
                     let t = e.response_type();
                     self.error_response(t)
                 }
@@ -543,20 +557,14 @@ impl QueueWorker {
         let gathered = self.chain.gather(mem, descs);
         let resp_len = match (gathered, self.kind) {
             (Err(e), _) => {
-                crate::vhost::log_limited(
-                    &CHAIN_LOG,
-                    Level::Warn,
-                    format_args!("{:?} queue: malformed chain: {e}", self.kind),
-                );
+                self.log
+                    .warn(format_args!("{:?} queue: malformed chain: {e}", self.kind));
                 self.error_response(VIRTIO_GPU_RESP_ERR_UNSPEC)
             }
             (Ok(()), kind) => match decode_request(self.chain.request()) {
                 Err(e) => {
-                    crate::vhost::log_limited(
-                        &CHAIN_LOG,
-                        Level::Warn,
-                        format_args!("{kind:?} queue: undecodable request: {e}"),
-                    );
+                    self.log
+                        .warn(format_args!("{kind:?} queue: undecodable request: {e}"));
                     self.error_response(e.response_type())
                 }
                 Ok(req) => match kind {
@@ -582,15 +590,11 @@ impl QueueWorker {
         let data = self.response.get(..resp_len).unwrap_or_default();
         let written = self.chain.scatter(mem, data);
         if written < data.len() {
-            crate::vhost::log_limited(
-                &CHAIN_LOG,
-                Level::Warn,
-                format_args!(
-                    "control queue: response of {} bytes truncated to {written} (writable space {})",
-                    data.len(),
-                    self.chain.writable_len()
-                ),
-            );
+            self.log.warn(format_args!(
+                "control queue: response of {} bytes truncated to {written} (writable space {})",
+                data.len(),
+                self.chain.writable_len()
+            ));
         }
         // `written` <= MAX_RESPONSE_LEN, so it fits in u32.
         u32::try_from(written).unwrap_or(0)

@@ -45,17 +45,10 @@ impl BackendKind {
             BackendKind::Qemu => PathBuf::from(QEMU_BACKEND),
             BackendKind::Vgpud => std::env::var_os("VGPUD")
                 .map(PathBuf::from)
-                .unwrap_or_else(default_vgpud),
+                .or_else(crate::backend::vgpud_path)
+                .unwrap_or_else(|| PathBuf::from("vgpud (not built)")),
         }
     }
-}
-
-/// `vgpud` in the profile directory of the running test binary (`target/<profile>/deps/..`).
-fn default_vgpud() -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| Some(exe.parent()?.parent()?.join("vgpud")))
-        .unwrap_or_else(|| super::repo_root().join("target/debug/vgpud"))
 }
 
 /// A running backend serving one vhost-user socket; killed on drop.
