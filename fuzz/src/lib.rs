@@ -22,8 +22,11 @@ pub mod seeds;
 
 pub use reader::Reader;
 
+/// A fuzz target's entry point.
+pub type Target = fn(&[u8]);
+
 /// The fuzz targets, by name (the corpus folder and the binary suffix).
-pub const TARGETS: [(&str, fn(&[u8])); 4] = [
+pub const TARGETS: [(&str, Target); 4] = [
     ("decoder", decoder::run),
     ("channel", channel::run),
     ("device", device::run),

@@ -31,6 +31,8 @@ pub mod gpu_socket;
 pub mod guest;
 pub mod memory;
 pub mod vring;
+// ---- fuzz helper: a checked well-behaved VM (hostile-guest test, soak benchmark)
+pub mod workload;
 
 pub use backend::{Backend, BackendKind};
 pub use client::{Completion, GpuClient};
