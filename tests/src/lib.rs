@@ -33,6 +33,8 @@ pub mod guest;
 pub mod libvirt;
 pub mod memory;
 pub mod vring;
+// ---- fuzz helper: a checked well-behaved VM (hostile-guest test, soak benchmark)
+pub mod workload;
 
 pub use backend::{Backend, BackendKind};
 pub use client::{Completion, GpuClient};

@@ -342,8 +342,12 @@ impl QueueWorker {
                 break;
             };
             let request = std::mem::take(&mut e.request);
+            // The device sees only the room the chain has, so an answer that does not fit
+            // becomes ERR_UNSPEC instead of a truncated OK.
+            let room = e.writable.iter().map(|w| w.1).sum::<usize>();
+            let room = room.min(self.response.len());
             let outcome = match decode_request(&request) {
-                Ok(req) => sink.control(mem, &req, &mut self.response, token),
+                Ok(req) => sink.control(mem, &req, &mut self.response[..room], token),
                 Err(err) => {
                     let hdr = response_header(&e.hdr, err.response_type());
                     let bytes = hdr.as_slice();
@@ -504,8 +508,9 @@ impl QueueWorker {
                         return None;
                     }
                     let token = self.inflight.token();
-                    match sink.control(mem, &req, &mut self.response, token) {
-                        CtrlOutcome::Done(n) => n.min(self.response.len()),
+                    let room = self.chain.writable_len().min(self.response.len());
+                    match sink.control(mem, &req, &mut self.response[..room], token) {
+                        CtrlOutcome::Done(n) => n.min(room),
                         CtrlOutcome::Pending => {
                             let mut e = self.inflight.new_entry(head, req.hdr);
                             e.token = token;
@@ -570,8 +575,9 @@ impl QueueWorker {
                 Ok(req) => match kind {
                     QueueKind::Control => {
                         let token = self.inflight.token();
-                        match sink.control(mem, &req, &mut self.response, token) {
-                            CtrlOutcome::Done(n) => n.min(self.response.len()),
+                        let room = self.chain.writable_len().min(self.response.len());
+                        match sink.control(mem, &req, &mut self.response[..room], token) {
+                            CtrlOutcome::Done(n) => n.min(room),
                             // Synchronous callers cannot wait: the request is answered ERR_UNSPEC.
                             CtrlOutcome::Pending => self.error_response(VIRTIO_GPU_RESP_ERR_UNSPEC),
                         }

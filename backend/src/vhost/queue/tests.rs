@@ -22,6 +22,8 @@ struct MockSink {
     reply_len: usize,
     control: RefCell<Vec<u32>>,
     cursor: RefCell<Vec<u32>>,
+    /// The response buffer size each control request was given.
+    room: RefCell<Vec<usize>>,
 }
 
 impl CommandSink for MockSink {
@@ -33,6 +35,7 @@ impl CommandSink for MockSink {
         _token: u64,
     ) -> CtrlOutcome {
         self.control.borrow_mut().push(req.hdr.type_);
+        self.room.borrow_mut().push(resp.len());
         for (i, b) in resp.iter_mut().take(self.reply_len).enumerate() {
             *b = i as u8;
         }
@@ -123,6 +126,47 @@ fn response_larger_than_writable_space_is_truncated() {
     };
     let mut w = QueueWorker::new(QueueKind::Control);
     assert_eq!(w.serve_chain(&mem, chain, &sink), 16);
+}
+
+/// The device is handed only the room the chain has, so an answer that does not fit becomes its
+/// own `ERR_UNSPEC` instead of a truncated `OK_*` (found by tests/tests/hostile_guest.rs).
+#[test]
+fn the_device_sees_only_the_writable_room() {
+    let mem = memory(0x10_0000);
+    put_header(&mem, VIRTIO_GPU_CMD_GET_DISPLAY_INFO);
+    let vq = MockSplitQueue::new(&mem, 16);
+    let sink = MockSink {
+        reply_len: 24,
+        ..Default::default()
+    };
+    let mut w = QueueWorker::new(QueueKind::Control);
+    for (descs, room) in [
+        (vec![desc(REQ, 24, false), desc(RESP_A, 24, true)], 24),
+        (
+            vec![
+                desc(REQ, 24, false),
+                desc(RESP_A, 10, true),
+                desc(RESP_B, 30, true),
+            ],
+            40,
+        ),
+        (vec![desc(REQ, 24, false), desc(RESP_A, 8, true)], 8),
+        (
+            vec![desc(REQ, 24, false), desc(RESP_A, 8192, true)],
+            w.response.len(),
+        ),
+    ] {
+        let chain = vq.build_desc_chain(&descs).unwrap();
+        w.serve_chain(&mem, chain, &sink);
+        assert_eq!(sink.room.borrow().last(), Some(&room), "{descs:?}");
+    }
+    // And through the fenced, ordered path of a live ring.
+    let chain = vq
+        .build_desc_chain(&[desc(REQ, 24, false), desc(RESP_A, 24, true)])
+        .unwrap();
+    let head = chain.head_index();
+    assert_eq!(w.serve_control(&mem, head, chain, &sink), Some(24));
+    assert_eq!(sink.room.borrow().last(), Some(&24));
 }
 
 #[test]
