@@ -12,3 +12,8 @@ if command -v rustup >/dev/null; then
         rustup component list --installed 2>/dev/null | grep -q "^$c" || timeout 600 rustup component add "$c"
     done
 fi
+
+# ---- Operators (issue 8): promtool checks the /metrics output (Debian's prometheus package) ----
+if ! command -v promtool >/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus
+fi
