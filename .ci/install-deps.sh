@@ -15,5 +15,6 @@ fi
 
 # ---- Operators (issue 8): promtool checks the /metrics output (Debian's prometheus package) ----
 if ! command -v promtool >/dev/null; then
+    apt-get update -qq || true
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus
 fi

@@ -139,7 +139,10 @@ impl Daemon {
             String::from_utf8_lossy(&out.stderr),
             self.log_text()
         );
-        String::from_utf8(out.stdout).unwrap()
+        let text = String::from_utf8(out.stdout).unwrap();
+        // A transcript for `--nocapture` runs (the README's examples come from one).
+        eprintln!("$ vgpuctl {}\n{text}", args.join(" "));
+        text
     }
 
     fn json(&self, args: &[&str]) -> Value {
@@ -409,6 +412,7 @@ fn lifecycle_through_vgpuctl_while_a_neighbour_draws_and_computes() {
         other => panic!("unref of an unknown resource: {other:?}"),
     }
     let after = d.scrape();
+    eprintln!("$ curl {}\n{after}", d.metrics.as_ref().unwrap());
     assert_eq!(
         sample(&after, "vgpud_vgpu_jobs_completed_total", &uuid, ""),
         Some(5.0)
