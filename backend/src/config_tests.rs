@@ -277,3 +277,36 @@ fn list_types_text_and_json() {
     assert_eq!(json[0]["name"], "vgpu-64m");
     assert_eq!(json[0]["available_instances"], 64);
 }
+
+#[test]
+fn operator_settings_from_file_and_command_line() {
+    let dir = TempDir::new("ops");
+    let path = dir.write(
+        "vgpud.toml",
+        "control_group = \"kvm\"\nstate_dir = \"/srv/vgpud\"\nmetrics_addr = \"127.0.0.1:9464\"\n\
+         vm_map = \"/etc/vgpud/vms.toml\"\n",
+    );
+    let s = settings(&opts(&["--config", path.to_str().unwrap()])).unwrap();
+    assert_eq!(s.ops.control_group.as_deref(), Some("kvm"));
+    assert_eq!(s.ops.state_dir, PathBuf::from("/srv/vgpud"));
+    assert_eq!(s.ops.run_dir, PathBuf::from(DEFAULT_RUN_DIR));
+    assert_eq!(s.ops.metrics_addr, Some("127.0.0.1:9464".parse().unwrap()));
+    assert_eq!(s.ops.vm_map, Some(PathBuf::from("/etc/vgpud/vms.toml")));
+    let s = settings(&opts(&[
+        "--config",
+        path.to_str().unwrap(),
+        "--state-dir",
+        "/tmp/st",
+        "--run-dir",
+        "/tmp/run",
+        "--metrics-addr",
+        "[::1]:9000",
+    ]))
+    .unwrap();
+    assert_eq!(s.ops.state_dir, PathBuf::from("/tmp/st"));
+    assert_eq!(s.ops.run_dir, PathBuf::from("/tmp/run"));
+    assert_eq!(s.ops.metrics_addr, Some("[::1]:9000".parse().unwrap()));
+    let s = settings(&opts(&[])).unwrap();
+    assert_eq!(s.ops.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+    assert!(Options::try_parse_from(["vgpud", "--metrics-addr", "nope"]).is_err());
+}

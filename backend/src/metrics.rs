@@ -1,28 +1,31 @@
-//! `--metrics-addr HOST:PORT`: Prometheus metrics on `GET /metrics`, in the OpenMetrics text
-//! format (prometheus-client encodes it; tiny_http serves it). Every scrape reads fresh figures
-//! from the [`Manager`]: per instance (labels `uuid`, `type`) utilization, memory, jobs, the
-//! queue-wait histogram, slices, overruns, debt, guest errors by response code and whether a VM
-//! is connected; per device memory, policy, time slice and engine.
+//! `--metrics-addr HOST:PORT`: Prometheus metrics on `GET /metrics`, in the Prometheus text
+//! format 0.0.4 (the `prometheus` crate encodes it, so `promtool check metrics` accepts it;
+//! tiny_http serves it). Every scrape reads fresh figures from the [`Manager`]: per instance
+//! (labels `uuid`, `type`) utilization, memory, jobs, the queue-wait histogram, slices, overruns,
+//! debt, guest errors by response code and whether a VM is connected; per device memory,
+//! policy, time slice and engine.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
-use prometheus_client::metrics::MetricType;
-use prometheus_client::registry::Registry;
+use prometheus::proto::{
+    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
+};
+use prometheus::{Encoder, TextEncoder};
 use thiserror::Error;
 
+use crate::control::manager::InstanceSnapshot;
 use crate::control::Manager;
 use crate::driver::stats::WAIT_BUCKETS_NS;
+use crate::driver::VgpuStats;
 use crate::vhost::daemon::{ShutdownSignal, THREAD_STACK};
 
-/// The content type of the OpenMetrics text format.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const NS: f64 = 1e9;
+
+/// A per-vGPU metric: name, help, and how to read it from the stats.
+type Reader<T> = (&'static str, &'static str, fn(&VgpuStats) -> T);
 
 /// The metrics endpoint could not start.
 #[derive(Debug, Error)]
@@ -34,217 +37,204 @@ pub struct MetricsError {
     pub reason: String,
 }
 
-/// Reads the manager at every scrape.
-struct VgpudCollector {
-    manager: Arc<Manager>,
+fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            let mut l = LabelPair::default();
+            l.set_name((*k).to_string());
+            l.set_value((*v).to_string());
+            l
+        })
+        .collect()
 }
 
-impl fmt::Debug for VgpudCollector {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("VgpudCollector")
-    }
+fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {
+    let mut f = MetricFamily::default();
+    f.set_name(name.to_string());
+    f.set_help(help.to_string());
+    f.set_field_type(kind);
+    f.set_metric(metrics);
+    f
 }
 
-type Labels = [(&'static str, String); 2];
-
-fn gauge<V: prometheus_client::encoding::EncodeGaugeValue>(
-    enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    rows: &[(Labels, V)],
-) -> fmt::Result {
-    let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    for (labels, v) in rows {
-        m.encode_family(labels)?.encode_gauge(v)?;
-    }
-    Ok(())
+fn gauge(label: Vec<LabelPair>, v: f64) -> Metric {
+    let mut g = Gauge::default();
+    g.set_value(v);
+    let mut m = Metric::default();
+    m.set_label(label);
+    m.set_gauge(g);
+    m
 }
 
-fn counter(
-    enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    rows: &[(Labels, u64)],
-) -> fmt::Result {
-    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for (labels, v) in rows {
-        m.encode_family(labels)?
-            .encode_counter::<NoLabelSet, _, u64>(v, None)?;
-    }
-    Ok(())
+fn counter(label: Vec<LabelPair>, v: u64) -> Metric {
+    let mut c = Counter::default();
+    c.set_value(v as f64);
+    let mut m = Metric::default();
+    m.set_label(label);
+    m.set_counter(c);
+    m
 }
 
-/// A histogram whose buckets were counted elsewhere.
-struct ConstHistogram<'a> {
-    sum: f64,
-    count: u64,
-    buckets: &'a [(f64, u64)],
+fn histogram(label: Vec<LabelPair>, s: &VgpuStats) -> Metric {
+    let h = &s.wait_histogram;
+    let mut cumulative = 0u64;
+    let buckets = WAIT_BUCKETS_NS
+        .iter()
+        .zip(&h.counts)
+        .map(|(&bound, &n)| {
+            cumulative += n;
+            let mut b = Bucket::default();
+            b.set_upper_bound(bound as f64 / NS);
+            b.set_cumulative_count(cumulative);
+            b
+        })
+        .collect();
+    let mut hist = Histogram::default();
+    hist.set_sample_count(h.count);
+    hist.set_sample_sum(h.sum_ns as f64 / NS);
+    hist.set_bucket(buckets);
+    let mut m = Metric::default();
+    m.set_label(label);
+    m.set_histogram(hist);
+    m
 }
 
-impl EncodeMetric for ConstHistogram<'_> {
-    fn encode(&self, mut encoder: MetricEncoder) -> fmt::Result {
-        encoder.encode_histogram::<NoLabelSet>(self.sum, self.count, self.buckets, None)
-    }
-
-    fn metric_type(&self) -> MetricType {
-        MetricType::Histogram
-    }
-}
-
-impl Collector for VgpudCollector {
-    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
-        let device = self.manager.device();
-        let (total, used) = device.memory();
-        let mut m = enc.encode_descriptor(
+/// Every metric family, read from the manager now.
+pub fn families(manager: &Manager) -> Vec<MetricFamily> {
+    let device = manager.device();
+    let (total, used) = device.memory();
+    let mut out = vec![
+        family(
             "vgpud_device_memory_total_bytes",
             "Device memory shared by all vGPU partitions",
-            None,
-            MetricType::Gauge,
-        )?;
-        m.encode_gauge(&total)?;
-        let mut m = enc.encode_descriptor(
+            MetricType::GAUGE,
+            vec![gauge(Vec::new(), total as f64)],
+        ),
+        family(
             "vgpud_device_memory_free_bytes",
             "Device memory not reserved by a partition",
-            None,
-            MetricType::Gauge,
-        )?;
-        m.encode_gauge(&(total - used))?;
-        let mut m = enc.encode_descriptor(
+            MetricType::GAUGE,
+            vec![gauge(Vec::new(), (total - used) as f64)],
+        ),
+        family(
             "vgpud_device_timeslice_seconds",
             "Device time slice in force",
-            None,
-            MetricType::Gauge,
-        )?;
-        m.encode_gauge(&(f64::from(device.timeslice_us()) / 1e6))?;
-        let mut m = enc.encode_descriptor(
-            "vgpud_device",
-            "The device's scheduling policy and engine",
-            None,
-            MetricType::Info,
-        )?;
-        m.encode_info(&[
-            ("policy", device.policy().as_str().to_string()),
-            ("engine", device.engine_name().to_string()),
-        ])?;
-
-        let snaps = self.manager.snapshot();
-        let labels = |s: &crate::control::manager::InstanceSnapshot| -> Labels {
-            [("uuid", s.uuid.to_string()), ("type", s.type_name.clone())]
-        };
-        gauge(
-            &mut enc,
-            "vgpud_vgpu_connected",
-            "1 while a VM is connected to the instance",
-            &snaps
-                .iter()
-                .map(|s| (labels(s), u64::from(s.connected)))
-                .collect::<Vec<_>>(),
-        )?;
-        let running: Vec<_> = snaps
+            MetricType::GAUGE,
+            vec![gauge(Vec::new(), f64::from(device.timeslice_us()) / 1e6)],
+        ),
+        family(
+            "vgpud_device_info",
+            "The device's scheduling policy and engine (always 1)",
+            MetricType::GAUGE,
+            vec![gauge(
+                labels(&[
+                    ("policy", device.policy().as_str()),
+                    ("engine", device.engine_name()),
+                ]),
+                1.0,
+            )],
+        ),
+    ];
+    let snaps = manager.snapshot();
+    let id =
+        |s: &InstanceSnapshot| labels(&[("uuid", &s.uuid.to_string()), ("type", &s.type_name)]);
+    out.push(family(
+        "vgpud_vgpu_connected",
+        "1 while a VM is connected to the instance",
+        MetricType::GAUGE,
+        snaps
             .iter()
-            .filter_map(|s| Some((labels(s), s.stats.as_ref()?, &s.guest_errors)))
-            .collect();
-        let g = |f: &dyn Fn(&crate::driver::VgpuStats) -> f64| -> Vec<(Labels, f64)> {
-            running.iter().map(|(l, s, _)| (l.clone(), f(s))).collect()
-        };
-        let c = |f: &dyn Fn(&crate::driver::VgpuStats) -> u64| -> Vec<(Labels, u64)> {
-            running.iter().map(|(l, s, _)| (l.clone(), f(s))).collect()
-        };
-        gauge(
-            &mut enc,
+            .map(|s| gauge(id(s), f64::from(u8::from(s.connected))))
+            .collect(),
+    ));
+    let running: Vec<(&InstanceSnapshot, &VgpuStats)> = snaps
+        .iter()
+        .filter_map(|s| Some((s, s.stats.as_ref()?)))
+        .collect();
+    let gauges: [Reader<f64>; 4] = [
+        (
             "vgpud_vgpu_utilization_ratio",
             "Engine busy time of the vGPU over the last second (0..1)",
-            &g(&|s| f64::from(s.utilization_permille) / 1000.0),
-        )?;
-        gauge(
-            &mut enc,
+            |s| f64::from(s.utilization_permille) / 1000.0,
+        ),
+        (
             "vgpud_vgpu_memory_used_bytes",
             "Bytes allocated in the vGPU's partition",
-            &c(&|s| s.framebuffer_used),
-        )?;
-        gauge(
-            &mut enc,
+            |s| s.framebuffer_used as f64,
+        ),
+        (
             "vgpud_vgpu_memory_total_bytes",
             "Size of the vGPU's partition",
-            &c(&|s| s.framebuffer_total),
-        )?;
-        counter(
-            &mut enc,
-            "vgpud_vgpu_jobs_completed",
-            "Jobs the engine completed for the vGPU",
-            &c(&|s| s.jobs_completed),
-        )?;
-        counter(
-            &mut enc,
-            "vgpud_vgpu_jobs_failed",
-            "Jobs that failed or were cancelled",
-            &c(&|s| s.jobs_failed),
-        )?;
-        counter(
-            &mut enc,
-            "vgpud_vgpu_slices",
-            "Scheduler time slices the vGPU owned",
-            &c(&|s| s.slices),
-        )?;
-        counter(
-            &mut enc,
-            "vgpud_vgpu_overruns",
-            "Time slices that ran past their target",
-            &c(&|s| s.overruns),
-        )?;
-        gauge(
-            &mut enc,
-            "vgpud_vgpu_debt_seconds",
-            "Overrun not yet repaid",
-            &g(&|s| s.debt_ns as f64 / NS),
-        )?;
-        let mut m = enc.encode_descriptor(
-            "vgpud_vgpu_queue_wait_seconds",
-            "Time from a job's submission to its first engine chunk",
-            None,
-            MetricType::Histogram,
-        )?;
-        for (l, s, _) in &running {
-            let h = &s.wait_histogram;
-            let buckets: Vec<(f64, u64)> = WAIT_BUCKETS_NS
-                .iter()
-                .map(|&b| b as f64 / NS)
-                .chain(std::iter::once(f64::MAX))
-                .zip(h.counts.iter().copied())
-                .collect();
-            ConstHistogram {
-                sum: h.sum_ns as f64 / NS,
-                count: h.count,
-                buckets: &buckets,
-            }
-            .encode(m.encode_family(l)?)?;
-        }
-        let mut m = enc.encode_descriptor(
-            "vgpud_vgpu_guest_errors",
-            "Error responses sent to the guest, by virtio-gpu response code",
-            None,
-            MetricType::Counter,
-        )?;
-        for (l, _, errors) in &running {
-            for (code, n) in errors.iter() {
-                let labels = [l[0].clone(), l[1].clone(), ("code", code.to_string())];
-                m.encode_family(&labels)?
-                    .encode_counter::<NoLabelSet, _, u64>(n, None)?;
-            }
-        }
-        Ok(())
+            |s| s.framebuffer_total as f64,
+        ),
+        ("vgpud_vgpu_debt_seconds", "Overrun not yet repaid", |s| {
+            s.debt_ns as f64 / NS
+        }),
+    ];
+    for (name, help, f) in gauges {
+        let metrics = running.iter().map(|(i, s)| gauge(id(i), f(s))).collect();
+        out.push(family(name, help, MetricType::GAUGE, metrics));
     }
+    let counters: [Reader<u64>; 4] = [
+        (
+            "vgpud_vgpu_jobs_completed_total",
+            "Jobs the engine completed for the vGPU",
+            |s| s.jobs_completed,
+        ),
+        (
+            "vgpud_vgpu_jobs_failed_total",
+            "Jobs that failed or were cancelled",
+            |s| s.jobs_failed,
+        ),
+        (
+            "vgpud_vgpu_slices_total",
+            "Scheduler time slices the vGPU owned",
+            |s| s.slices,
+        ),
+        (
+            "vgpud_vgpu_overruns_total",
+            "Time slices that ran past their target",
+            |s| s.overruns,
+        ),
+    ];
+    for (name, help, f) in counters {
+        let metrics = running.iter().map(|(i, s)| counter(id(i), f(s))).collect();
+        out.push(family(name, help, MetricType::COUNTER, metrics));
+    }
+    out.push(family(
+        "vgpud_vgpu_queue_wait_seconds",
+        "Time from a job's submission to its first engine chunk",
+        MetricType::HISTOGRAM,
+        running.iter().map(|(i, s)| histogram(id(i), s)).collect(),
+    ));
+    let mut errors = Vec::new();
+    for (i, _) in &running {
+        for (code, n) in &i.guest_errors {
+            errors.push(counter(
+                labels(&[
+                    ("uuid", &i.uuid.to_string()),
+                    ("type", &i.type_name),
+                    ("code", code),
+                ]),
+                *n,
+            ));
+        }
+    }
+    out.push(family(
+        "vgpud_vgpu_guest_errors_total",
+        "Error responses sent to the guest, by virtio-gpu response code",
+        MetricType::COUNTER,
+        errors,
+    ));
+    // The encoder refuses families without samples (no instance yet).
+    out.retain(|f| !f.get_metric().is_empty());
+    out
 }
 
 /// The text a scrape returns.
-pub fn render(manager: &Arc<Manager>) -> Result<String, fmt::Error> {
-    let mut registry = Registry::default();
-    registry.register_collector(Box::new(VgpudCollector {
-        manager: Arc::clone(manager),
-    }));
-    let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, &registry)?;
-    Ok(out)
+pub fn render(manager: &Manager) -> Result<String, prometheus::Error> {
+    TextEncoder::new().encode_to_string(&families(manager))
 }
 
 /// Serves `/metrics` on `addr` until `shutdown` fires.
@@ -257,7 +247,11 @@ pub fn serve(
         addr,
         reason: e.to_string(),
     })?;
-    log::info!("metrics on http://{addr}/metrics");
+    let bound = server
+        .server_addr()
+        .to_ip()
+        .map_or_else(|| addr.to_string(), |a| a.to_string());
+    log::info!("metrics on http://{bound}/metrics");
     std::thread::Builder::new()
         .name("vgpud-metrics".into())
         .stack_size(THREAD_STACK)
@@ -276,9 +270,8 @@ pub fn serve(
                     (tiny_http::Method::Get, "/metrics") => match render(&manager) {
                         Ok(text) => {
                             let mut r = tiny_http::Response::from_string(text);
-                            if let Ok(h) =
-                                tiny_http::Header::from_bytes("Content-Type", CONTENT_TYPE)
-                            {
+                            let ct = TextEncoder::new().format_type().to_string();
+                            if let Ok(h) = tiny_http::Header::from_bytes("Content-Type", ct) {
                                 r.add_header(h);
                             }
                             r

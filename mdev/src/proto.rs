@@ -458,3 +458,37 @@ mod tests {
         assert!(parse_request(long.as_bytes()).is_err());
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever arrives on the socket, the parser answers without panicking, and whatever it
+        /// accepts re-encodes to a request it accepts again.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            if let Ok(req) = parse_request(&bytes) {
+                let line = serde_json::to_string(&req).unwrap();
+                prop_assert_eq!(parse_request(line.as_bytes()).unwrap(), req);
+            }
+        }
+
+        /// Near-valid requests: known verbs with arbitrary field values.
+        #[test]
+        fn mutated_requests_never_panic(
+            cmd in prop::sample::select(vec!["list", "create", "remove", "claim", "sched",
+                                             "screenshot", "define", "stop", "sched-log"]),
+            key in "[a-z_]{1,12}",
+            value in prop_oneof![
+                any::<i64>().prop_map(|n| json!(n)),
+                ".{0,40}".prop_map(|s| json!(s)),
+                any::<bool>().prop_map(|b| json!(b)),
+            ],
+        ) {
+            let line = json!({"cmd": cmd, key: value, "v": 1}).to_string();
+            let _ = parse_request(line.as_bytes());
+        }
+    }
+}

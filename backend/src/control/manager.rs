@@ -24,6 +24,8 @@ use crate::vhost::daemon::{start_server, ServerHandle, ServerStatus, ShutdownSig
 /// How long a claimed instance is held for the relay that claimed it before another claim may
 /// take it (the VM connects well within this).
 pub const CLAIM_HOLD: Duration = Duration::from_secs(10);
+/// How long `remove`/`stop` without `force` wait for a connection that is starting or ending.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long `remove`/`stop` wait for a connected VM's server to end.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -447,17 +449,32 @@ impl Manager {
     }
 
     fn remove_uuid(&self, uuid: Uuid, force: bool, forget: bool) -> Result<Value, VerbError> {
-        let (running, was_defined) = {
+        // A connection that is starting or ending (not yet or no longer "connected") is waited
+        // for briefly; a connected VM is refused at once unless `force`.
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        let (running, was_defined) = loop {
             let mut list = self.list_lock();
             let i = list
                 .iter()
                 .position(|i| i.uuid == uuid)
                 .ok_or_else(|| not_found(uuid))?;
-            if list[i].connected() && !force {
-                return Err(VerbError::new(
-                    ErrorKind::Busy,
-                    format!("instance {uuid} has a VM connected; stop the VM first or use --force"),
-                ));
+            let idle = force
+                || list[i]
+                    .running
+                    .as_ref()
+                    .is_none_or(|r| r.status.close_if_idle());
+            if !idle {
+                if list[i].connected() || Instant::now() >= deadline {
+                    return Err(VerbError::new(
+                        ErrorKind::Busy,
+                        format!(
+                            "instance {uuid} has a VM connected; stop the VM first or use --force"
+                        ),
+                    ));
+                }
+                drop(list);
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
             }
             if !forget && list[i].running.is_none() {
                 return Err(VerbError::new(
@@ -471,7 +488,7 @@ impl Manager {
             } else {
                 list[i].running.take()
             };
-            (running, was_defined)
+            break (running, was_defined);
         };
         let mut disconnected = false;
         let mut ended = true;

@@ -33,7 +33,7 @@ use vgpu_mdev::proto::{
 pub use manager::{Manager, ManagerConfig, NewInstance, VerbError};
 
 use crate::driver::VgpuStats;
-use crate::vhost::daemon::{wait_readable, ShutdownSignal, THREAD_STACK};
+use crate::vhost::daemon::{wait_readable, ShutdownSignal};
 
 /// How long one connection may take to send its whole request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -41,6 +41,12 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections answered at once.
 pub const MAX_CLIENTS: usize = 32;
+/// Stack of a connection thread (PNG compression for screenshots needs more than the daemon's
+/// usual small stacks).
+const CONN_STACK: usize = 2 << 20;
+/// Most bytes discarded after refusing an oversized request, so the client reads the refusal
+/// instead of a connection reset.
+const DRAIN_LIMIT: u64 = 16 << 20;
 /// Scheduler-log entries returned when the request names no limit.
 const DEFAULT_LOG_LIMIT: usize = 256;
 const MIB: u64 = 1 << 20;
@@ -205,7 +211,7 @@ pub fn serve(listener: &UnixListener, shutdown: &ShutdownSignal, handler: Handle
         let count = Arc::clone(&active);
         let spawned = std::thread::Builder::new()
             .name("vgpud-control-conn".into())
-            .stack_size(THREAD_STACK)
+            .stack_size(CONN_STACK)
             .spawn(move || {
                 if let Err(e) = answer(stream, &*handler) {
                     log::debug!("control connection: {e}");
@@ -271,15 +277,19 @@ fn read_request(stream: &UnixStream) -> io::Result<Result<Vec<u8>, Value>> {
 fn answer(stream: UnixStream, handler: &dyn Fn(&[u8]) -> String) -> io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
-    let mut reply = match read_request(&stream)? {
-        Ok(line) => handler(&line),
-        Err(refusal) => refusal.to_string(),
+    let (mut reply, refused) = match read_request(&stream)? {
+        Ok(line) => (handler(&line), false),
+        Err(refusal) => (refusal.to_string(), true),
     };
     reply.push('\n');
     (&stream).write_all(reply.as_bytes())?;
-    // Let the client read the reply before the socket closes (a refused client may still be
-    // writing its oversized request).
     let _ = stream.shutdown(std::net::Shutdown::Write);
+    if refused {
+        // A refused client may still be writing: take (and drop) what it sends for a while, so
+        // closing does not reset the connection before it read the refusal.
+        stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+        let _ = io::copy(&mut (&stream).take(DRAIN_LIMIT), &mut io::sink());
+    }
     Ok(())
 }
 

@@ -304,3 +304,46 @@ fn socket_serves_others_while_one_client_stalls() {
     t.join().unwrap();
     let _ = Path::new(&path);
 }
+
+#[test]
+fn fragmented_memory_gives_no_room_with_figures_and_creates_nothing() {
+    let f = Fixture::new(2048);
+    let m = f.manager(None);
+    let uuids: Vec<String> = (0..4)
+        .map(|_| {
+            let r = call(&m, json!({"cmd": "create", "type": "vgpu-512m"}));
+            assert_eq!(r["ok"], true, "{r}");
+            r["uuid"].as_str().unwrap().to_string()
+        })
+        .collect();
+    for u in [&uuids[0], &uuids[2]] {
+        assert_eq!(call(&m, json!({"cmd": "remove", "uuid": u}))["ok"], true);
+    }
+    // 1024 MiB free, but in two 512 MiB ranges.
+    assert_eq!(f.device.memory().1, 1024 << 20);
+    let r = call(&m, json!({"cmd": "create", "type": "vgpu-1q"}));
+    assert_eq!(r["kind"], "no-room", "{r}");
+    let msg = r["error"].as_str().unwrap();
+    assert!(
+        msg.contains("needs 1024 MiB")
+            && msg.contains("1024 MiB are free")
+            && msg.contains("largest free range is 512 MiB"),
+        "{msg}"
+    );
+    assert_eq!(
+        call(&m, json!({"cmd": "list"}))["vgpus"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(f.device.memory().1, 1024 << 20, "nothing half-created");
+    // The holes are reused.
+    for _ in 0..2 {
+        assert_eq!(
+            call(&m, json!({"cmd": "create", "type": "vgpu-512m"}))["ok"],
+            true
+        );
+    }
+    m.stop_all();
+}

@@ -78,8 +78,8 @@ pub enum DriverError {
     },
     /// No contiguous device memory for the type's framebuffer (nothing was created).
     #[error(
-        "no room for a vGPU of type {name}: it needs {} MiB of device memory in one range; {} MiB \
-         are free, the largest free range is {} MiB (nothing was created)",
+        "no room for a vGPU of type {name}: device memory full: it needs {} MiB in one range; {} \
+         MiB are free, the largest free range is {} MiB (nothing was created)",
         source.requested >> 20, source.free >> 20, source.largest_free >> 20
     )]
     DeviceFull {

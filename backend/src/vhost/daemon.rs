@@ -112,6 +112,14 @@ pub struct ServerStatus {
     connected: AtomicBool,
     connections: AtomicU64,
     source: Mutex<Option<Weak<dyn ScanoutSource>>>,
+    gate: Mutex<Gate>,
+}
+
+/// Whether the server is serving (or accepting) a connection, and whether it may take another.
+#[derive(Debug, Default)]
+struct Gate {
+    busy: bool,
+    closing: bool,
 }
 
 impl std::fmt::Debug for ServerStatus {
@@ -124,6 +132,35 @@ impl std::fmt::Debug for ServerStatus {
 }
 
 impl ServerStatus {
+    /// Closes the server to new connections if it has none (nor one being accepted): true when
+    /// it did, false when a VM is connected or connecting. Used by `remove` without `force`, so
+    /// that a VM that connects during the removal is never cut off.
+    pub fn close_if_idle(&self) -> bool {
+        let mut gate = self.gate.lock().unwrap_or_else(PoisonError::into_inner);
+        if gate.busy {
+            return false;
+        }
+        gate.closing = true;
+        true
+    }
+
+    /// A connection is about to be accepted: false if the server is closing.
+    fn enter(&self) -> bool {
+        let mut gate = self.gate.lock().unwrap_or_else(PoisonError::into_inner);
+        if gate.closing {
+            return false;
+        }
+        gate.busy = true;
+        true
+    }
+
+    fn leave(&self) {
+        self.gate
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .busy = false;
+    }
+
     /// The scanouts of the connected VM's device, if one is connected.
     pub fn scanout_source(&self) -> Option<Arc<dyn ScanoutSource>> {
         self.source
@@ -377,7 +414,13 @@ impl Server {
                     break;
                 }
             }
-            if let Err(e) = self.serve_one(shutdown) {
+            if !self.config.status.enter() {
+                // Being removed: leave a VM that is just connecting unserved.
+                break;
+            }
+            let served = self.serve_one(shutdown);
+            self.config.status.leave();
+            if let Err(e) = served {
                 log::error!("{}: {e}", self.name);
             }
             if self.once || shutdown.requested() {

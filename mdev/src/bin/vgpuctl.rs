@@ -19,7 +19,11 @@ use vgpu_mdev::TypeTable;
 
 /// vGPU types and instances of a `vgpud` device.
 #[derive(Parser)]
-#[command(name = "vgpuctl", version, about)]
+#[command(
+    name = "vgpuctl",
+    version,
+    about = "Manage and inspect the vGPU instances of a running vgpud (in the manner of mdevctl and nvidia-smi vgpu)"
+)]
 struct Cli {
     /// The daemon's control socket [default: $VGPUD_CONTROL, else /run/vgpud/control.sock].
     #[arg(
