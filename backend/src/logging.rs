@@ -52,14 +52,35 @@ pub struct Sinks {
 }
 
 impl Sinks {
-    /// The default sinks: stderr, plus syslog when stderr is not a terminal (as under libvirt or
-    /// systemd).
+    /// The default sinks: stderr, plus syslog when stderr is neither a terminal nor the journal
+    /// already (systemd names the journal stream of a service's stderr in `$JOURNAL_STREAM`); so
+    /// under libvirt (stderr on /dev/null) lines reach syslog, and under systemd they are not
+    /// logged twice.
     pub fn detect() -> Self {
+        let journal = std::env::var("JOURNAL_STREAM").ok();
         Sinks {
             stderr: true,
-            syslog: !io::stderr().is_terminal(),
+            syslog: !io::stderr().is_terminal()
+                && !is_stream(journal.as_deref(), libc::STDERR_FILENO),
         }
     }
+}
+
+/// Whether `fd` is the file `stream` (`DEVICE:INODE`, as in `$JOURNAL_STREAM`) names.
+fn is_stream(stream: Option<&str>, fd: libc::c_int) -> bool {
+    let Some((dev, ino)) = stream.and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+        return false;
+    };
+    // SAFETY: fstat fills a stat struct we own; a bad fd only makes it fail.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return false;
+    }
+    st.st_dev == dev && st.st_ino == ino
 }
 
 /// The sinks that outlive stderr: syslog and the log file.
@@ -230,6 +251,19 @@ impl Log for GuestLimitedLogger {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn journal_stream_is_recognised() {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::MetadataExt;
+        let f = File::open("/dev/null").unwrap();
+        let m = f.metadata().unwrap();
+        let me = format!("{}:{}", m.dev(), m.ino());
+        assert!(is_stream(Some(&me), f.as_raw_fd()));
+        assert!(!is_stream(Some("1:2"), f.as_raw_fd()));
+        assert!(!is_stream(Some("garbage"), f.as_raw_fd()));
+        assert!(!is_stream(None, f.as_raw_fd()));
+    }
 
     #[test]
     fn syslog_levels() {
