@@ -22,6 +22,7 @@ if ! command -v libvirtd >/dev/null || ! command -v virsh >/dev/null; then
         libvirt-daemon-driver-qemu libvirt-daemon libvirt-clients
 fi
 command -v setpriv >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q util-linux
+
 # ---- Operators (issue 8): promtool checks the /metrics output (Debian's prometheus package) ----
 if ! command -v promtool >/dev/null; then
     apt-get update -qq || true

@@ -44,7 +44,7 @@ run_one() {
     local pid=$! peak=0
     while kill -0 "$pid" 2>/dev/null; do
         local rss
-        rss=$(ps -C "fuzz_$t" -o rss= 2>/dev/null | sort -n | tail -1)
+        rss=$(ps -C "fuzz_$t" -o rss= 2>/dev/null | sort -n | tail -1 || true)
         if [ -n "$rss" ] && [ "$rss" -gt "$peak" ]; then peak=$rss; fi
         sleep 1
     done

@@ -34,8 +34,3 @@ unset VGPU_SKIP_GUEST VGPU_TEST_BACKEND VGPUD
 # guest kernel) must be there; a missing one fails its test instead of skipping it.
 export VGPU_REQUIRE_VGPUD=1
 cargo test --workspace "$@"
-
-# ---- fuzz smoke (issue 9 §3): every afl.rs target for 10 s on its committed corpus (installs
-# cargo-afl when missing); fails if a target saves a crash or a hang. Long runs: scripts/fuzz.sh long.
-step "fuzz smoke"
-scripts/fuzz.sh smoke 10
