@@ -5,7 +5,7 @@
 //! Exit status: 0 success; 1 runtime failure (socket in use, I/O, unreachable `--attach`
 //! socket); 2 invalid command line or config file; 3 the device cannot hold the vGPUs asked for.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +16,7 @@ use vgpu_backend::control::{self, ControlState, ControlVgpu};
 use vgpu_backend::driver::scheduler::{DEFAULT_TIMESLICE_US, DENSE_TIMESLICE_US, DENSE_VGPU_COUNT};
 use vgpu_backend::driver::{Device, DriverError};
 use vgpu_backend::options::{Capabilities, Options};
+use vgpu_backend::sandbox::{self, SandboxMode, ThreadKind};
 use vgpu_backend::vhost::backend::GpuFeatures;
 use vgpu_backend::vhost::daemon::{Daemon, ServerStatus, VgpuConfig};
 
@@ -117,12 +118,15 @@ fn stop(mut daemon: Daemon) {
 }
 
 /// `vgpud --fd N --attach SOCKET`: hand a libvirt connection to the shared daemon.
-fn run_attach(fd: i32, socket: &Path) -> Result<(), Failure> {
+fn run_attach(fd: i32, socket: &Path, sandbox: SandboxMode) -> Result<(), Failure> {
     let set = block_stop_signals().map_err(|e| Failure::runtime(format!("signals: {e}")))?;
+    sandbox::configure(sandbox, Vec::new())
+        .map_err(|e| Failure::runtime(format!("sandbox: {e}")))?;
     let mut daemon = Daemon::new().map_err(|e| Failure::runtime(e.to_string()))?;
     daemon
         .attach_fd(fd, socket)
         .map_err(|e| Failure::runtime(e.to_string()))?;
+    sandbox::enter(ThreadKind::Main);
     log::info!("--fd {fd}: relaying to {}", socket.display());
     wait_until_done(&set, &daemon, None);
     stop(daemon);
@@ -157,9 +161,40 @@ fn raise_fd_limit() {
     }
 }
 
-fn run(plan: Plan, fd: Option<i32>) -> Result<(), Failure> {
+/// The directories a sandboxed daemon keeps using: its sockets' (it removes them at exit) and,
+/// for `--fd`, the temporary directory of its private socket.
+fn sandbox_dirs(plan: &Plan, fd: Option<i32>) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = plan
+        .vgpus
+        .iter()
+        .filter_map(|v| v.socket.as_deref())
+        .chain(plan.settings.control_socket.as_deref())
+        .filter_map(|p| p.parent().map(Path::to_path_buf))
+        .map(|d| {
+            if d.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                d
+            }
+        })
+        .collect();
+    if fd.is_some() {
+        dirs.push(std::env::temp_dir());
+    }
+    dirs.sort();
+    dirs.dedup();
+    dirs
+}
+
+fn run(plan: Plan, fd: Option<i32>, sandbox: SandboxMode) -> Result<(), Failure> {
     let set = block_stop_signals().map_err(|e| Failure::runtime(format!("signals: {e}")))?;
     raise_fd_limit();
+    // Before any thread exists: every thread sandboxes itself when it starts.
+    sandbox::configure(sandbox, sandbox_dirs(&plan, fd))
+        .map_err(|e| Failure::runtime(format!("sandbox: {e}")))?;
+    if sandbox == SandboxMode::Off {
+        log::warn!("--sandbox off: no seccomp filters, no Landlock (for debugging only)");
+    }
     let settings = &plan.settings;
     let device = Device::new(settings.driver.clone()).map_err(|e| driver_failure("device", e))?;
     // Every partition is reserved before any socket exists.
@@ -234,6 +269,8 @@ fn run(plan: Plan, fd: Option<i32>) -> Result<(), Failure> {
     }
     let stats = (settings.stats_interval > 0)
         .then(|| (&state, Duration::from_secs(settings.stats_interval)));
+    // Start-up is over: the main thread only waits for signals and cleans up from here on.
+    sandbox::enter(ThreadKind::Main);
     wait_until_done(&set, &daemon, stats);
     stop(daemon);
     drop(state);
@@ -310,11 +347,11 @@ fn main() -> ExitCode {
     let result = if opts.list_types {
         list_types(&opts)
     } else if let (Some(fd), Some(socket)) = (opts.fd, &opts.attach) {
-        run_attach(fd, socket)
+        run_attach(fd, socket, opts.sandbox)
     } else {
         config::plan(&opts)
             .map_err(Failure::from)
-            .and_then(|plan| run(plan, opts.fd))
+            .and_then(|plan| run(plan, opts.fd, opts.sandbox))
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -144,7 +144,10 @@ impl DisplayLink {
         thread::Builder::new()
             .name(format!("{}{name}", crate::sandbox::DISPLAY_THREAD_PREFIX))
             .stack_size(DISPLAY_THREAD_STACK)
-            .spawn(move || display_thread(GpuSocketDisplay::new(gpu), &s, &label))?;
+            .spawn(move || {
+                crate::sandbox::enter(crate::sandbox::ThreadKind::Display);
+                display_thread(GpuSocketDisplay::new(gpu), &s, &label)
+            })?;
         Ok(DisplayLink {
             name: name.to_string(),
             shared,
