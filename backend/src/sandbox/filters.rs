@@ -53,6 +53,7 @@ pub const COMMON: &[i64] = &[
 
 /// The only `ioctl` requests allowed, in every thread: making an fd (non-)blocking (std's
 /// `set_nonblocking`) and close-on-exec.
+#[allow(clippy::unnecessary_cast)] // c_ulong: u64 here, u32 on 32-bit targets
 pub const IOCTLS: &[u64] = &[libc::FIONBIO as u64, libc::FIOCLEX as u64];
 
 /// Creating threads (a new connection's threads; glibc's `clone3`, older `clone`).
