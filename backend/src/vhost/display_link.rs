@@ -237,7 +237,7 @@ impl DisplayLink {
         true
     }
 
-    /// A pixel buffer of `len` bytes, reused when one is spare.
+    /// A copy of `pixels` in a buffer reused when one is spare.
     fn buffer(&self, pixels: &[u8]) -> Vec<u8> {
         let mut buf = self.shared.lock().spare.pop().unwrap_or_default();
         buf.clear();
