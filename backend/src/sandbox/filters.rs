@@ -71,15 +71,15 @@ const LISTENER: &[i64] = &[
     libc::SYS_eventfd2,      // exit events, completion queue
     libc::SYS_recvmsg,       // vhost-user messages with fds (memory, kick, call, GPU socket)
     libc::SYS_recvfrom,      // vhost-user message bodies
-    libc::SYS_sendmsg, // vhost-user replies; GPU socket handshake before the display thread narrows
-    libc::SYS_sendto,  // same
-    libc::SYS_shutdown, // ending a connection
-    libc::SYS_getsockopt, // socket state (SO_ERROR)
-    libc::SYS_setsockopt, // socket timeouts
-    libc::SYS_dup,     // cloning the connection (vhost-user-backend)
-    libc::SYS_dup3,    // same
-    libc::SYS_ftruncate, // vhost-user inflight area (memfd), if the frontend asks
-    libc::SYS_memfd_create, // same
+    libc::SYS_sendmsg,       // vhost-user replies (with fds: the inflight area)
+    libc::SYS_sendto,        // same
+    libc::SYS_shutdown,      // ending a connection
+    libc::SYS_getsockopt,    // socket state (SO_ERROR)
+    libc::SYS_setsockopt,    // socket timeouts
+    libc::SYS_dup,           // cloning the connection (vhost-user-backend)
+    libc::SYS_dup3,          // same
+    libc::SYS_ftruncate,     // vhost-user inflight area (memfd), if the frontend asks
+    libc::SYS_memfd_create,  // same
 ];
 
 /// A VM's display thread: the GPU socket only.
