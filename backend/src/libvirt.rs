@@ -254,6 +254,7 @@ pub fn relay_until_stopped(fd: RawFd, socket: &Path) -> Result<(), String> {
     let set = signals::block_stop_signals().map_err(|e| format!("signals: {e}"))?;
     let mut daemon = Daemon::new().map_err(|e| e.to_string())?;
     daemon.attach_fd(fd, socket).map_err(|e| e.to_string())?;
+    crate::sandbox::enter(crate::sandbox::ThreadKind::Main);
     log::info!("--fd {fd}: relaying to {}", socket.display());
     loop {
         if let Some(sig) = signals::wait_signal(&set, RELAY_POLL) {

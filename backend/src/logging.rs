@@ -160,8 +160,15 @@ pub fn init(
         })
         .map_err(|_| LoggingError::AlreadySet)?;
     if sinks.syslog {
-        // SAFETY: `program` is 'static, as openlog requires.
-        unsafe { libc::openlog(program.as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) };
+        // SAFETY: `program` is 'static, as openlog requires. LOG_NDELAY connects now, before the
+        // sandbox: afterwards threads may only send on that socket.
+        unsafe {
+            libc::openlog(
+                program.as_ptr(),
+                libc::LOG_PID | libc::LOG_NDELAY,
+                libc::LOG_DAEMON,
+            )
+        };
     }
     let stderr = sinks.stderr;
     let inner = env_logger::Builder::new()

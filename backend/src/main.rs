@@ -5,7 +5,7 @@
 //! Exit status: 0 success; 1 runtime failure (socket in use, I/O, unreachable `--attach`
 //! socket); 2 invalid command line or config file; 3 the device cannot hold the vGPUs asked for.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +18,7 @@ use vgpu_backend::driver::scheduler::{DEFAULT_TIMESLICE_US, DENSE_TIMESLICE_US, 
 use vgpu_backend::driver::{Device, DriverError};
 use vgpu_backend::logging::{self, Sinks};
 use vgpu_backend::options::{self, Capabilities, Options};
+use vgpu_backend::sandbox::{self, SandboxMode, ThreadKind};
 use vgpu_backend::signals::{block_stop_signals, wait_signal};
 use vgpu_backend::vhost::backend::GpuFeatures;
 use vgpu_backend::vhost::daemon::{Daemon, DaemonError, ServerStatus, VgpuConfig};
@@ -90,7 +91,9 @@ fn stop(mut daemon: Daemon) {
 }
 
 /// `vgpud --fd N --attach SOCKET`: hand a libvirt connection to the shared daemon.
-fn run_attach(fd: i32, socket: &Path) -> Result<(), Failure> {
+fn run_attach(fd: i32, socket: &Path, sandbox: SandboxMode) -> Result<(), Failure> {
+    sandbox::configure(sandbox, Vec::new())
+        .map_err(|e| Failure::runtime(format!("sandbox: {e}")))?;
     vgpu_backend::libvirt::relay_until_stopped(fd, socket).map_err(Failure::runtime)
 }
 
@@ -122,9 +125,46 @@ fn raise_fd_limit() {
     }
 }
 
-fn run(plan: Plan, fd: Option<i32>) -> Result<(), Failure> {
+/// The directories a sandboxed daemon keeps using: its sockets' (it removes them at exit), the
+/// state and run directories and the VM map's (instances are created and persisted live) and,
+/// for `--fd`, the temporary directory of its private socket.
+fn sandbox_dirs(plan: &Plan, fd: Option<i32>) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = plan
+        .vgpus
+        .iter()
+        .filter_map(|v| v.socket.as_deref())
+        .chain(plan.settings.control_socket.as_deref())
+        .chain(plan.settings.ops.vm_map.as_deref())
+        .filter_map(|p| p.parent().map(Path::to_path_buf))
+        .chain([
+            plan.settings.ops.state_dir.clone(),
+            plan.settings.ops.run_dir.clone(),
+        ])
+        .map(|d| {
+            if d.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                d
+            }
+        })
+        .collect();
+    if fd.is_some() {
+        dirs.push(std::env::temp_dir());
+    }
+    dirs.sort();
+    dirs.dedup();
+    dirs
+}
+
+fn run(plan: Plan, fd: Option<i32>, sandbox: SandboxMode) -> Result<(), Failure> {
     let set = block_stop_signals().map_err(|e| Failure::runtime(format!("signals: {e}")))?;
     raise_fd_limit();
+    // Before any thread exists: every thread sandboxes itself when it starts.
+    sandbox::configure(sandbox, sandbox_dirs(&plan, fd))
+        .map_err(|e| Failure::runtime(format!("sandbox: {e}")))?;
+    if sandbox == SandboxMode::Off {
+        log::warn!("--sandbox off: no seccomp filters, no Landlock (for debugging only)");
+    }
     let settings = &plan.settings;
     let device = Device::new(settings.driver.clone()).map_err(|e| driver_failure("device", e))?;
     let (total, reserved) = device.memory();
@@ -174,6 +214,7 @@ fn run(plan: Plan, fd: Option<i32>) -> Result<(), Failure> {
         daemon
             .add_connected_fd(fd, config)
             .map_err(|e| Failure::runtime(format!("{}: {e}", v.name)))?;
+        sandbox::enter(ThreadKind::Main);
         wait_until_done(&set, Some(&daemon), None);
         stop(daemon);
         device.shutdown();
@@ -191,6 +232,8 @@ fn run(plan: Plan, fd: Option<i32>) -> Result<(), Failure> {
             Duration::from_secs(settings.stats_interval),
         )
     });
+    // Start-up is over: the main thread only waits for signals and cleans up from here on.
+    sandbox::enter(ThreadKind::Main);
     wait_until_done(&set, None, stats);
     stop(daemon);
     manager.stop_all();
@@ -406,7 +449,7 @@ fn main() -> ExitCode {
     {
         Err(Failure { code: 2, message })
     } else if let (Some(fd), Some(socket)) = (opts.fd, &opts.attach) {
-        run_attach(fd, socket)
+        run_attach(fd, socket, opts.sandbox)
     } else {
         if let Some(node) = &opts.render_node {
             log::info!(
@@ -417,7 +460,7 @@ fn main() -> ExitCode {
         SocketAccess::new(opts.socket_group, opts.socket_mode).install();
         config::plan(&opts)
             .map_err(Failure::from)
-            .and_then(|plan| run(plan, opts.fd))
+            .and_then(|plan| run(plan, opts.fd, opts.sandbox))
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

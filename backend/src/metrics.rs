@@ -243,19 +243,29 @@ pub fn serve(
     manager: Arc<Manager>,
     shutdown: Arc<ShutdownSignal>,
 ) -> Result<JoinHandle<()>, MetricsError> {
-    let server = tiny_http::Server::http(addr).map_err(|e| MetricsError {
-        addr,
-        reason: e.to_string(),
-    })?;
-    let bound = server
-        .server_addr()
-        .to_ip()
-        .map_or_else(|| addr.to_string(), |a| a.to_string());
-    log::info!("metrics on http://{bound}/metrics");
-    std::thread::Builder::new()
+    // The server is made on its own thread, sandboxed first, so that tiny_http's accept and
+    // connection threads inherit the metrics filter.
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+    let handle = std::thread::Builder::new()
         .name("vgpud-metrics".into())
         .stack_size(THREAD_STACK)
         .spawn(move || {
+            crate::sandbox::enter(crate::sandbox::ThreadKind::Metrics);
+            let server = match tiny_http::Server::http(addr) {
+                Ok(server) => {
+                    let bound = server
+                        .server_addr()
+                        .to_ip()
+                        .map_or_else(|| addr.to_string(), |a| a.to_string());
+                    log::info!("metrics on http://{bound}/metrics");
+                    let _ = ready_tx.send(Ok(()));
+                    server
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
             while !shutdown.requested() {
                 let request = match server.recv_timeout(Duration::from_millis(200)) {
                     Ok(Some(r)) => r,
@@ -290,5 +300,19 @@ pub fn serve(
         .map_err(|e| MetricsError {
             addr,
             reason: e.to_string(),
-        })
+        })?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(handle),
+        Ok(Err(reason)) => {
+            let _ = handle.join();
+            Err(MetricsError { addr, reason })
+        }
+        Err(_) => {
+            let _ = handle.join();
+            Err(MetricsError {
+                addr,
+                reason: "metrics thread ended".into(),
+            })
+        }
+    }
 }

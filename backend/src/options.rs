@@ -271,6 +271,10 @@ pub struct Options {
     #[arg(long, value_name = "WxH")]
     pub resolution: Option<Resolution>,
 
+    /// Seccomp filters per thread and Landlock after start-up; `off` is for debugging only.
+    #[arg(long, value_name = "on|off", value_enum, default_value_t = crate::sandbox::SandboxMode::On)]
+    pub sandbox: crate::sandbox::SandboxMode,
+
     /// Log per-vGPU utilization, memory and share every SECS seconds (0: off) [default: 0].
     #[arg(long, value_name = "SECS",
           value_parser = clap::value_parser!(u64).range(0..=MAX_STATS_INTERVAL))]

@@ -241,3 +241,89 @@ fn stalled_display_goes_headless_recovers_and_neighbours_never_notice() {
     // And it keeps drawing.
     assert_ok(stalled.flush(1, frame).unwrap(), "flush after recovery");
 }
+
+/// `(thread name, seccomp mode, filters)` of every thread of `pid`.
+fn thread_seccomp(pid: u32) -> Vec<(String, u32, u32)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        out.push((
+            field("Name:"),
+            field("Seccomp:").parse().unwrap_or(0),
+            field("Seccomp_filters:").parse().unwrap_or(0),
+        ));
+    }
+    out
+}
+
+/// After start-up every thread of the daemon (listener, engine, control, the main thread, and a
+/// connected VM's vhost-user, vring and display threads) runs under a seccomp filter, and the
+/// display thread under its own narrower one on top; `--sandbox off` has none.
+#[test]
+fn every_vgpud_thread_runs_under_a_seccomp_filter() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctl_path = dir.path().join("control.sock");
+    let Some(mut backend) =
+        Backend::vgpud_or_skip(&["--control-socket", ctl_path.to_str().unwrap()])
+    else {
+        return;
+    };
+    wait_for_path(&mut backend, &ctl_path);
+    let mut client = GpuClient::connect(backend.socket(), &FrontendConfig::default()).unwrap();
+    assert_serving(&mut client, "connect");
+    let pid = backend.pid();
+    // The main thread enters its filter once start-up is over: wait for it (and for the
+    // connection's threads) rather than for a fixed time.
+    let deadline = Instant::now() + DEADLINE;
+    let threads = loop {
+        let t = thread_seccomp(pid);
+        let display = t.iter().any(|(n, _, _)| n.starts_with("vgpud-display"));
+        if display && t.iter().all(|&(_, mode, _)| mode == 2) {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "threads without a filter: {t:?}");
+        thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!("threads: {threads:?}");
+    assert!(threads.len() >= 6, "{threads:?}");
+    for (name, _, filters) in &threads {
+        if name.starts_with("vgpud-display") {
+            assert!(
+                *filters >= 2,
+                "the display thread narrows its inherited filter"
+            );
+        }
+    }
+    for needed in ["vgpu-engine", "vgpud-control", "vring_worker"] {
+        assert!(
+            threads.iter().any(|(n, _, _)| n == needed),
+            "no {needed} thread: {threads:?}"
+        );
+    }
+    assert_serving(&mut client, "everything filtered");
+    assert!(
+        !backend.log().contains("Operation not permitted"),
+        "a syscall the daemon needs is refused:\n{}",
+        backend.log()
+    );
+
+    let Some(mut off) = Backend::vgpud_or_skip(&["--sandbox", "off"]) else {
+        return;
+    };
+    off.wait_listening(DEADLINE).unwrap();
+    let mut client = GpuClient::connect(off.socket(), &FrontendConfig::default()).unwrap();
+    assert_serving(&mut client, "connect without sandbox");
+    assert!(thread_seccomp(off.pid())
+        .iter()
+        .all(|&(_, mode, _)| mode == 0));
+}

@@ -175,7 +175,10 @@ impl Device {
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("vgpu-engine".into())
-            .spawn(move || worker::run(thread_shared, engine))
+            .spawn(move || {
+                crate::sandbox::enter(crate::sandbox::ThreadKind::Engine);
+                worker::run(thread_shared, engine)
+            })
             .map_err(DriverError::Thread)?;
         Ok(Arc::new(Self {
             inner: Arc::new(DeviceInner {

@@ -529,7 +529,10 @@ pub fn start_server(
     let thread = thread::Builder::new()
         .name(format!("vgpud-{name}"))
         .stack_size(THREAD_STACK)
-        .spawn(move || server.run(&thread_signal))?;
+        .spawn(move || {
+            crate::sandbox::enter(crate::sandbox::ThreadKind::Listener);
+            server.run(&thread_signal)
+        })?;
     log::debug!("{name}: listening on {}", path.display());
     Ok(ServerHandle {
         name,
@@ -584,7 +587,10 @@ impl Daemon {
         let handle = thread::Builder::new()
             .name(format!("vgpud-{name}"))
             .stack_size(THREAD_STACK)
-            .spawn(move || server.run(&shutdown))?;
+            .spawn(move || {
+                crate::sandbox::enter(crate::sandbox::ThreadKind::Listener);
+                server.run(&shutdown)
+            })?;
         self.sockets.push(file);
         self.threads.push(handle);
         log::debug!("{name}: listening on {}", path.display());
@@ -608,9 +614,12 @@ impl Daemon {
         let handle = thread::Builder::new()
             .name(format!("vgpud-relay-fd{fd}"))
             .stack_size(THREAD_STACK)
-            .spawn(move || match fd_relay::relay_to_path(conn, &path) {
-                Ok(()) => log::info!("--fd {fd}: frontend closed the connection"),
-                Err(e) => log::warn!("--fd {fd}: relay ended: {e}"),
+            .spawn(move || {
+                crate::sandbox::enter(crate::sandbox::ThreadKind::Relay);
+                match fd_relay::relay_to_path(conn, &path) {
+                    Ok(()) => log::info!("--fd {fd}: frontend closed the connection"),
+                    Err(e) => log::warn!("--fd {fd}: relay ended: {e}"),
+                }
             })?;
         self.threads.push(handle);
         Ok(())
@@ -630,9 +639,12 @@ impl Daemon {
         let handle = thread::Builder::new()
             .name(format!("vgpud-attach-fd{fd}"))
             .stack_size(THREAD_STACK)
-            .spawn(move || match fd_relay::relay(conn, upstream) {
-                Ok(()) => log::info!("--fd {fd}: connection to {shown} ended"),
-                Err(e) => log::warn!("--fd {fd}: relay to {shown} ended: {e}"),
+            .spawn(move || {
+                crate::sandbox::enter(crate::sandbox::ThreadKind::Relay);
+                match fd_relay::relay(conn, upstream) {
+                    Ok(()) => log::info!("--fd {fd}: connection to {shown} ended"),
+                    Err(e) => log::warn!("--fd {fd}: relay to {shown} ended: {e}"),
+                }
             })?;
         self.threads.push(handle);
         Ok(())
@@ -662,7 +674,10 @@ impl Daemon {
         let handle = thread::Builder::new()
             .name("vgpud-control".into())
             .stack_size(THREAD_STACK)
-            .spawn(move || crate::control::serve(&listener, &shutdown, handler))?;
+            .spawn(move || {
+                crate::sandbox::enter(crate::sandbox::ThreadKind::Control);
+                crate::control::serve(&listener, &shutdown, handler)
+            })?;
         self.sockets.push(file);
         self.threads.push(handle);
         log::info!("control socket {}", path.display());

@@ -144,7 +144,10 @@ impl DisplayLink {
         thread::Builder::new()
             .name(format!("{}{name}", crate::sandbox::DISPLAY_THREAD_PREFIX))
             .stack_size(DISPLAY_THREAD_STACK)
-            .spawn(move || display_thread(GpuSocketDisplay::new(gpu), &s, &label))?;
+            .spawn(move || {
+                crate::sandbox::enter(crate::sandbox::ThreadKind::Display);
+                display_thread(GpuSocketDisplay::new(gpu), &s, &label)
+            })?;
         Ok(DisplayLink {
             name: name.to_string(),
             shared,
@@ -234,7 +237,7 @@ impl DisplayLink {
         true
     }
 
-    /// A pixel buffer of `len` bytes, reused when one is spare.
+    /// A copy of `pixels` in a buffer reused when one is spare.
     fn buffer(&self, pixels: &[u8]) -> Vec<u8> {
         let mut buf = self.shared.lock().spare.pop().unwrap_or_default();
         buf.clear();
