@@ -159,6 +159,15 @@ fn sandbox_dirs(plan: &Plan, fd: Option<i32>) -> Vec<PathBuf> {
 fn run(plan: Plan, fd: Option<i32>, sandbox: SandboxMode) -> Result<(), Failure> {
     let set = block_stop_signals().map_err(|e| Failure::runtime(format!("signals: {e}")))?;
     raise_fd_limit();
+    if fd.is_none() && uses_control(&plan) {
+        // Landlock only admits directories that exist: make the ones `create` and the state
+        // writes use now, while the filesystem is open.
+        for dir in [&plan.settings.ops.state_dir, &plan.settings.ops.run_dir] {
+            if let Err(e) = std::fs::create_dir_all(dir) {
+                log::warn!("{}: {e}", dir.display());
+            }
+        }
+    }
     // Before any thread exists: every thread sandboxes itself when it starts.
     sandbox::configure(sandbox, sandbox_dirs(&plan, fd))
         .map_err(|e| Failure::runtime(format!("sandbox: {e}")))?;

@@ -116,7 +116,10 @@ const OPERATOR: &[i64] = &[
     libc::SYS_fchmodat,   // its mode (--socket-mode), the state file's
     libc::SYS_fchmod,     // same
     libc::SYS_fchownat,   // its group (--socket-group)
-    libc::SYS_mkdirat,    // the run and state directories, if missing
+    libc::SYS_mkdir,      // the socket's directory, if missing (create_dir_all; EEXIST otherwise)
+    libc::SYS_mkdirat,    // same
+    libc::SYS_chmod,      // socket and state file modes (older libc paths)
+    libc::SYS_lchown,     // socket group (--socket-group)
     libc::SYS_openat,     // state.json and its temporary file, the VM map, directory fsync
     libc::SYS_fsync,      // atomic state writes
     libc::SYS_fdatasync,  // same
