@@ -9,11 +9,15 @@ use thiserror::Error;
 use uuid::Uuid;
 use vgpu_mdev::{TypeTable, VgpuType, TIMESLICE_RANGE_US};
 
+use super::budget::Charge;
 use super::budget::MemoryBudget;
 use super::buffer::{BufferError, DeviceBuffer};
 use super::channel::{Channel, Completion, SubmitError, CHANNEL_RESERVE_BYTES};
 use super::engine::cpu::CpuEngine;
-use super::engine::{Engine, DEFAULT_CHUNK_TARGET_NS, DEFAULT_SOLO_CHUNK_TARGET_NS};
+use super::engine::{
+    DynEngine, EngineCaps, EngineError, EngineMemory, DEFAULT_CHUNK_TARGET_NS,
+    DEFAULT_SOLO_CHUNK_TARGET_NS,
+};
 use super::job::Job;
 use super::memory::{DeviceFull, DeviceMemory};
 use super::partition::MemoryPartition;
@@ -21,7 +25,6 @@ use super::runlist::QueuedJob;
 use super::scheduler::{Policy, SchedCore};
 use super::stats::{percentile, SliceRecord, VgpuStats};
 use super::worker::{self, ChunkTargets, Shared, VgpuSched};
-use crate::device::Charge;
 
 /// Default device memory (MiB).
 pub const DEFAULT_DEVICE_MEMORY_MIB: u64 = 4096;
@@ -99,6 +102,9 @@ pub enum DriverError {
     /// The device thread could not be started.
     #[error("cannot start device thread: {0}")]
     Thread(std::io::Error),
+    /// The engine could not provide the vGPU's memory.
+    #[error("engine: {0}")]
+    Engine(#[from] EngineError),
 }
 
 /// A live vGPU, as listed by [`Device::vgpus`].
@@ -117,6 +123,10 @@ struct DeviceInner {
     memory: Arc<DeviceMemory>,
     types: TypeTable,
     registry: Mutex<Registry>,
+    /// What the engine offers (for capsets and listings).
+    caps: EngineCaps,
+    /// The engine's memory, when buffers live there.
+    engine_memory: Option<Arc<dyn EngineMemory>>,
 }
 
 #[derive(Default)]
@@ -148,11 +158,23 @@ impl Device {
     /// Starts a device with `engine`.
     pub fn with_engine(
         config: DeviceConfig,
-        engine: Box<dyn Engine>,
+        engine: Box<dyn DynEngine>,
     ) -> Result<Arc<Self>, DriverError> {
         if config.memory_mib == 0 {
             return Err(DriverError::Config("device memory must be non-zero".into()));
         }
+        let caps = engine.caps();
+        let wanted = config.memory_mib.saturating_mul(super::memory::MIB);
+        if caps.device_memory_bytes != 0 && wanted > caps.device_memory_bytes {
+            return Err(DriverError::Config(format!(
+                "device memory {} MiB is more than the {} engine's {} MiB ({})",
+                config.memory_mib,
+                caps.kind.as_str(),
+                caps.device_memory_bytes / super::memory::MIB,
+                caps.device_name
+            )));
+        }
+        let engine_memory = engine.memory();
         if let Some(us) = config.timeslice_us {
             if !TIMESLICE_RANGE_US.contains(&us) {
                 return Err(DriverError::Config(format!(
@@ -179,9 +201,16 @@ impl Device {
                     next_id: 1,
                     ..Registry::default()
                 }),
+                caps,
+                engine_memory,
             }),
             thread: Mutex::new(Some(thread)),
         }))
+    }
+
+    /// What the engine behind this device offers.
+    pub fn engine_caps(&self) -> &EngineCaps {
+        &self.inner.caps
     }
 
     /// The vGPU types offered.
@@ -264,15 +293,19 @@ impl Device {
                         source,
                     })?;
             let id = registry.next_id;
+            let arena = match &self.inner.engine_memory {
+                Some(memory) => Some(memory.create_partition(id, reservation.size())?),
+                None => None,
+            };
             registry.next_id = registry.next_id.wrapping_add(1).max(1);
             registry.live.push(VgpuInfo {
                 id,
                 uuid,
                 type_name: ty.name.clone(),
             });
-            (id, reservation)
+            (id, reservation, arena)
         };
-        let (id, reservation) = id;
+        let (id, reservation, arena) = id;
         {
             let mut state = self.inner.shared.lock();
             state.core.add(id, ty.weight, ty.timeslice_us);
@@ -282,7 +315,7 @@ impl Device {
         Ok(Arc::new(Vgpu {
             id,
             uuid,
-            partition: MemoryPartition::new(id, reservation),
+            partition: MemoryPartition::with_arena(id, reservation, arena),
             ty,
             device: Arc::clone(&self.inner),
             next_channel: AtomicU32::new(1),
@@ -356,6 +389,11 @@ impl Vgpu {
     /// Its type.
     pub fn vgpu_type(&self) -> &VgpuType {
         &self.ty
+    }
+
+    /// What the engine running its jobs offers.
+    pub fn engine_caps(&self) -> &EngineCaps {
+        &self.device.caps
     }
 
     /// Its memory partition (also the [`MemoryBudget`] for 2D surfaces).

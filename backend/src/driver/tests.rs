@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use vgpu_mdev::{TypeTable, VgpuType};
 
 use super::engine::cpu::CpuEngine;
+use super::engine::testing::{test_engines, TestEngine};
 use super::engine::{Engine, EngineError, OpProgress, Step};
 use super::*;
 
@@ -28,9 +29,26 @@ fn device(memory_mib: u64, policy: Policy) -> Arc<Device> {
     .unwrap()
 }
 
+/// A device on `engine`.
+fn device_on(engine: TestEngine, memory_mib: u64, policy: Policy) -> Arc<Device> {
+    let config = DeviceConfig {
+        memory_mib,
+        policy,
+        ..DeviceConfig::default()
+    };
+    Device::with_engine(config, engine.make()).unwrap()
+}
+
 #[test]
 fn partition_limit_is_hard_and_per_vgpu() {
-    let dev = device(256, Policy::BestEffort);
+    for engine in test_engines() {
+        partition_limit_is_hard_and_per_vgpu_on(engine);
+        engine.assert_no_validation_errors();
+    }
+}
+
+fn partition_limit_is_hard_and_per_vgpu_on(engine: TestEngine) {
+    let dev = device_on(engine, 256, Policy::BestEffort);
     let a = dev.create_vgpu("vgpu-64m", uuid(1)).unwrap();
     let b = dev.create_vgpu("vgpu-64m", uuid(2)).unwrap();
     let budget = a.budget();
@@ -59,7 +77,14 @@ fn partition_limit_is_hard_and_per_vgpu() {
 
 #[test]
 fn freed_memory_reads_zero_for_the_next_vgpu() {
-    let dev = device(128, Policy::BestEffort);
+    for engine in test_engines() {
+        freed_memory_reads_zero_for_the_next_vgpu_on(engine);
+        engine.assert_no_validation_errors();
+    }
+}
+
+fn freed_memory_reads_zero_for_the_next_vgpu_on(engine: TestEngine) {
+    let dev = device_on(engine, 128, Policy::BestEffort);
     let a = dev.create_vgpu("vgpu-64m", uuid(1)).unwrap();
     let offset_a = a.partition().offset();
     let buf = a.alloc_buffer(8 * MIB).unwrap();
@@ -127,7 +152,14 @@ fn wait_result(rx: &mpsc::Receiver<JobResult>) -> JobResult {
 
 #[test]
 fn jobs_run_on_the_cpu_engine_and_complete() {
-    let dev = device(256, Policy::BestEffort);
+    for engine in test_engines() {
+        jobs_run_and_complete_on(engine);
+        engine.assert_no_validation_errors();
+    }
+}
+
+fn jobs_run_and_complete_on(engine: TestEngine) {
+    let dev = device_on(engine, 256, Policy::BestEffort);
     let vgpu = dev.create_vgpu("vgpu-64m", uuid(1)).unwrap();
     let other = dev.create_vgpu("vgpu-64m", uuid(2)).unwrap();
     let ch = vgpu.create_channel().unwrap();
@@ -205,6 +237,11 @@ fn jobs_run_on_the_cpu_engine_and_complete() {
 struct SleepEngine(CpuEngine);
 
 impl Engine for SleepEngine {
+    type OpState = OpProgress;
+
+    fn caps(&self) -> super::engine::EngineCaps {
+        self.0.caps()
+    }
     fn name(&self) -> &'static str {
         "sleep"
     }

@@ -17,7 +17,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::channel::JobFailure;
-use super::engine::Engine;
+use super::engine::{panic_message, DynEngine, EngineError};
 use super::runlist::{nanos, ActiveJob, QueuedJob, Runlist};
 use super::scheduler::{SchedCore, Turn};
 use super::stats::{SchedulerLog, SliceRecord, VgpuCounters};
@@ -192,7 +192,7 @@ pub(crate) fn cancel_all(jobs: Vec<QueuedJob>) {
 }
 
 /// The device thread's main loop; returns after shutdown, having cancelled unfinished jobs.
-pub(crate) fn run(shared: Arc<Shared>, mut engine: Box<dyn Engine>) {
+pub(crate) fn run(shared: Arc<Shared>, mut engine: Box<dyn DynEngine>) {
     let mut guard = shared.lock();
     while !guard.shutdown {
         match guard.core.pick() {
@@ -220,7 +220,7 @@ enum Ran {
 fn run_slot<'a>(
     shared: &'a Shared,
     mut guard: MutexGuard<'a, SchedState>,
-    engine: &mut dyn Engine,
+    engine: &mut dyn DynEngine,
     turn: Turn,
 ) -> MutexGuard<'a, SchedState> {
     let start = Instant::now();
@@ -281,9 +281,13 @@ fn run_slot<'a>(
             let target = shared
                 .chunks
                 .next(solo, nanos(deadline.saturating_duration_since(t0)));
-            let step = active.step(engine, target);
+            let step = run_contained(engine, &mut active, target);
             let now = Instant::now();
-            let dt = nanos(now.saturating_duration_since(t0));
+            // Device time when the engine measures it, host time otherwise.
+            let dt = match (&step, engine.last_device_ns()) {
+                (Ok(_), Some(device_ns)) => device_ns,
+                _ => nanos(now.saturating_duration_since(t0)),
+            };
             t0 = now;
             segment_ns += dt;
             active.run_ns += dt;
@@ -370,4 +374,34 @@ fn run_slot<'a>(
         chunks,
     });
     guard
+}
+
+/// Runs one chunk of `active`, containing a panic in the engine: the job fails with
+/// [`EngineError::Panicked`] and the engine is reset, so only this job is affected. An engine
+/// error that may leave the engine unusable (device lost, timeout) resets it too.
+fn run_contained(
+    engine: &mut dyn DynEngine,
+    active: &mut ActiveJob,
+    target_ns: u64,
+) -> Result<bool, EngineError> {
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        active.step(engine, target_ns)
+    }));
+    let result = match result {
+        Ok(result) => result,
+        Err(payload) => {
+            let message = panic_message(payload.as_ref());
+            log::error!("engine {} panicked in a job: {message}", engine.name());
+            Err(EngineError::Panicked(message))
+        }
+    };
+    if let Err(e @ (EngineError::Panicked(_) | EngineError::DeviceLost | EngineError::Timeout(_))) =
+        &result
+    {
+        match engine.reset() {
+            Ok(()) => log::warn!("engine {} reset after: {e}", engine.name()),
+            Err(re) => log::error!("engine {} reset failed after {e}: {re}", engine.name()),
+        }
+    }
+    result
 }
