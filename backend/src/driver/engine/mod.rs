@@ -312,3 +312,60 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
         "non-string panic".to_string()
     }
 }
+
+/// The engine `--engine` selects.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum EngineChoice {
+    /// The embedded CPU engine (the default).
+    #[default]
+    Cpu,
+    /// A Vulkan device.
+    Vulkan(vulkan::DeviceSelector),
+}
+
+impl std::str::FromStr for EngineChoice {
+    type Err = String;
+
+    /// `cpu`, `vulkan`, `vulkan:INDEX` or `vulkan:NAME-SUBSTRING`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (kind, which) = match s.split_once(':') {
+            Some((k, w)) => (k, Some(w)),
+            None => (s, None),
+        };
+        match (kind, which) {
+            ("cpu", None) => Ok(EngineChoice::Cpu),
+            ("vulkan", None) => Ok(EngineChoice::Vulkan(vulkan::DeviceSelector::Best)),
+            ("vulkan", Some(w)) if !w.is_empty() => Ok(EngineChoice::Vulkan(match w.parse() {
+                Ok(i) => vulkan::DeviceSelector::Index(i),
+                Err(_) => vulkan::DeviceSelector::Name(w.to_string()),
+            })),
+            _ => Err(format!(
+                "unknown engine {s:?}: expected cpu, vulkan, vulkan:INDEX or vulkan:NAME"
+            )),
+        }
+    }
+}
+
+impl EngineChoice {
+    /// Opens the engine, chunks aiming at `chunk_target_ns` while other vGPUs have work.
+    pub fn open(&self, chunk_target_ns: u64) -> Result<Box<dyn DynEngine>, EngineError> {
+        Ok(match self {
+            EngineChoice::Cpu => Box::new(cpu::CpuEngine::new(chunk_target_ns)),
+            EngineChoice::Vulkan(selector) => {
+                Box::new(vulkan::VulkanEngine::new(&vulkan::VulkanOptions {
+                    selector: selector.clone(),
+                    chunk_target_ns,
+                    ..vulkan::VulkanOptions::default()
+                })?)
+            }
+        })
+    }
+}
+
+/// The device memory to hand out when `--device-memory` is not given, for an engine with its
+/// own memory: its heap minus a reserve for the engine and driver (1/8 of the heap, at least
+/// 256 MiB). `None` for host memory (the CPU engine).
+pub fn default_device_memory(caps: &EngineCaps) -> Option<u64> {
+    let heap = caps.device_memory_bytes;
+    (heap > 0).then(|| heap.saturating_sub((heap / 8).max(256 << 20)))
+}

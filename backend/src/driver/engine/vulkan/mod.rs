@@ -339,11 +339,10 @@ impl VulkanEngine {
         Ok(engine)
     }
 
-    /// The device memory a `--device-memory` default may use: the heap minus a reserve for the
-    /// engine and the driver (1/8 of it, at least 256 MiB).
+    /// The device memory a `--device-memory` default may use
+    /// ([`super::default_device_memory`]).
     pub fn default_memory_bytes(&self) -> u64 {
-        let heap = self.ctx.heap_bytes;
-        heap.saturating_sub((heap / 8).max(256 << 20))
+        super::default_device_memory(&Engine::caps(self)).unwrap_or(0)
     }
 
     /// The device name.
