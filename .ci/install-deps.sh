@@ -12,3 +12,15 @@ if command -v rustup >/dev/null; then
         rustup component list --installed 2>/dev/null | grep -q "^$c" || timeout 600 rustup component add "$c"
     done
 fi
+
+# ---- Vulkan engine (issue 7): Mesa lavapipe (the bookworm-backports build, Mesa 25), the loader,
+# the validation layer, and the shader tools the SPIR-V check uses. Needs root; apt-get update
+# first so the backports index is current.
+vulkan_pkgs="libvulkan1 glslang-tools spirv-tools vulkan-validationlayers"
+if ! dpkg -s mesa-vulkan-drivers $vulkan_pkgs >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports mesa-vulkan-drivers \
+        || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mesa-vulkan-drivers
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $vulkan_pkgs
+fi

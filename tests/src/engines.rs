@@ -33,9 +33,17 @@ pub fn vulkan_device() -> Option<String> {
         .and_then(|e| e.get("name")?.as_str().map(str::to_string))
 }
 
-/// `--engine` values to run a test with.
+/// `--engine` values to run a test with (`VGPU_TEST_ENGINES=cpu` or `=vulkan` picks one).
 pub fn engines() -> Vec<&'static str> {
-    let mut list = vec!["cpu"];
+    let only = std::env::var("VGPU_TEST_ENGINES").ok();
+    let wanted = |e: &str| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == e));
+    let mut list: Vec<&'static str> = Vec::new();
+    if wanted("cpu") {
+        list.push("cpu");
+    }
+    if !wanted("vulkan") {
+        return list;
+    }
     match vulkan_device() {
         Some(_) => list.push("vulkan"),
         None if require_vulkan() => {

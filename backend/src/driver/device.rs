@@ -46,7 +46,13 @@ pub struct DeviceConfig {
     /// Engine chunk cost target (ns) while the running vGPU is the only one with work (at least
     /// `chunk_target_ns`; a vGPU that wakes waits up to about one such chunk).
     pub solo_chunk_target_ns: u64,
+    /// A chunk running longer than this is a stalled engine: the watchdog fails its job and
+    /// restarts the engine.
+    pub watchdog: std::time::Duration,
 }
+
+/// Default [`DeviceConfig::watchdog`]: far above any chunk (≤ 1 ms) and the Vulkan fence timeout.
+pub const DEFAULT_WATCHDOG: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Default for DeviceConfig {
     fn default() -> Self {
@@ -57,6 +63,7 @@ impl Default for DeviceConfig {
             types: TypeTable::builtin(),
             chunk_target_ns: DEFAULT_CHUNK_TARGET_NS,
             solo_chunk_target_ns: DEFAULT_SOLO_CHUNK_TARGET_NS,
+            watchdog: DEFAULT_WATCHDOG,
         }
     }
 }
@@ -188,9 +195,11 @@ impl Device {
             chunks,
         ));
         let thread_shared = Arc::clone(&shared);
+        let factory = engine.factory();
+        let stall = config.watchdog;
         let thread = std::thread::Builder::new()
-            .name("vgpu-engine".into())
-            .spawn(move || worker::run(thread_shared, engine))
+            .name("vgpu-watchdog".into())
+            .spawn(move || worker::watchdog(thread_shared, engine, factory, stall))
             .map_err(DriverError::Thread)?;
         Ok(Arc::new(Self {
             inner: Arc::new(DeviceInner {

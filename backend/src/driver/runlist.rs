@@ -46,6 +46,8 @@ pub(crate) struct ActiveJob {
     pub run_ns: u64,
     pub slices: u32,
     pub chunks: u64,
+    /// Where the watchdog can reach the job's completion while it runs (set at its first chunk).
+    pub stall_slot: Option<super::worker::CompletionSlot>,
 }
 
 impl ActiveJob {
@@ -62,6 +64,7 @@ impl ActiveJob {
             run_ns: 0,
             slices: 0,
             chunks: 0,
+            stall_slot: None,
         }
     }
 

@@ -505,6 +505,13 @@ impl Engine for CpuEngine {
         cpu_caps()
     }
 
+    fn factory(&self) -> Option<super::EngineFactory> {
+        let target = self.target_ns;
+        Some(std::sync::Arc::new(move || {
+            Ok(Box::new(CpuEngine::new(target)) as Box<dyn super::DynEngine>)
+        }))
+    }
+
     fn chunk_target_ns(&self) -> u64 {
         self.target_ns
     }

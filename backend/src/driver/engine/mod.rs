@@ -195,6 +195,10 @@ pub trait BufferStorage: Send + Sync + fmt::Debug {
     fn as_any(&self) -> &dyn Any;
 }
 
+/// Makes a fresh engine on the same device (the watchdog's restart); shares nothing with the
+/// engine it replaces except the device and its memory.
+pub type EngineFactory = Arc<dyn Fn() -> Result<Box<dyn DynEngine>, EngineError> + Send + Sync>;
+
 /// An execution engine, owned and driven by the device thread.
 pub trait Engine: Send {
     /// Per-operation state carried between chunks, private to the engine.
@@ -228,6 +232,10 @@ pub trait Engine: Send {
     fn reset(&mut self) -> Result<(), EngineError> {
         Ok(())
     }
+    /// How to make a replacement for a stuck engine (`None`: it cannot be restarted).
+    fn factory(&self) -> Option<EngineFactory> {
+        None
+    }
 }
 
 /// The object-safe face of an [`Engine`] the device thread uses; operation state is boxed.
@@ -253,6 +261,8 @@ pub trait DynEngine: Send {
     fn last_device_ns(&self) -> Option<u64>;
     /// [`Engine::reset`].
     fn reset(&mut self) -> Result<(), EngineError>;
+    /// [`Engine::factory`].
+    fn factory(&self) -> Option<EngineFactory>;
 }
 
 impl<E: Engine> DynEngine for E {
@@ -299,6 +309,10 @@ impl<E: Engine> DynEngine for E {
 
     fn reset(&mut self) -> Result<(), EngineError> {
         Engine::reset(self)
+    }
+
+    fn factory(&self) -> Option<EngineFactory> {
+        Engine::factory(self)
     }
 }
 

@@ -216,6 +216,11 @@ impl VulkanEngine {
             options.force_staging,
             options.fence_timeout,
         )?);
+        Self::on_ctx(ctx, options.chunk_target_ns)
+    }
+
+    /// An engine on an open device (a replacement shares the device and so every partition).
+    fn on_ctx(ctx: Arc<Ctx>, chunk_target_ns: u64) -> Result<Self, EngineError> {
         let d = &ctx.device;
         // Every object is destroyed by Drop; a failure part-way leaks the few made before it
         // until the context (and with it the device) goes away, which frees them all.
@@ -320,7 +325,7 @@ impl VulkanEngine {
             let bounce = create_scratch(&ctx, BOUNCE_BYTES, ctx.host_type)?;
             Self {
                 ctx: Arc::clone(&ctx),
-                target_ns: options.chunk_target_ns.max(1),
+                target_ns: chunk_target_ns.max(1),
                 set_layout,
                 pipeline_layout,
                 pipelines,
@@ -941,6 +946,15 @@ impl Engine for VulkanEngine {
 
     fn last_device_ns(&self) -> Option<u64> {
         self.last_device_ns
+    }
+
+    fn factory(&self) -> Option<super::EngineFactory> {
+        let ctx = Arc::clone(&self.ctx);
+        let target = self.target_ns;
+        Some(Arc::new(move || {
+            Ok(Box::new(VulkanEngine::on_ctx(Arc::clone(&ctx), target)?)
+                as Box<dyn super::DynEngine>)
+        }))
     }
 
     fn run_chunk(
