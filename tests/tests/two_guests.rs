@@ -45,8 +45,9 @@ const TYPES: [(&str, u64); 2] = [("tg-w1", 128 << 20), ("tg-w2", 256 << 20)];
 /// Colours each guest writes to its /dev/fb0 during the bench, as the guest's (B, G, R) bytes.
 const FILL_BGR: [[u8; 3]; 2] = [[40, 40, 200], [200, 40, 40]];
 
-/// Long waits: everything in the guest runs under TCG on a shared 2-core machine.
-const STEP: Duration = Duration::from_secs(90);
+/// Long waits (deadlines, not sleeps): everything in the guest runs under TCG on a shared 2-core
+/// machine; under heavy host load a guest boot alone took 90 s.
+const STEP: Duration = Duration::from_secs(240);
 
 /// Gemm order for the share benchmarks: a 192×192×192 gemm is ~100 ms of engine time in the debug
 /// `vgpud` here, far above the fixed per-job cost inside a job's latency (EXECBUFFER and the fence
