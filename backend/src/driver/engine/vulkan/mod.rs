@@ -8,7 +8,9 @@
 //! is one submission with a timestamp query before and after it; the measured device time
 //! feeds a per-kernel cost model (ns per unit, exponential average), which sizes the next chunk
 //! to the target the device thread passes (≈100 µs while another vGPU has work, up to 1 ms
-//! alone). The scheduler charges the measured device time.
+//! alone). The scheduler charges the measured device time. A sub-grid is also kept at least 4×
+//! the measured host cost of a submission (submit, fence wake-up), so that cheap preemption
+//! points never leave the device mostly idle; the overhead is capped at 2 ms in that estimate.
 //!
 //! **Windows.** A binding covers at most `maxStorageBufferRange` bytes (128 MiB on lavapipe), so
 //! each chunk binds only the window of each operand it touches, starting at an offset aligned to
@@ -159,7 +161,15 @@ pub struct VulkanEngine {
     last_device_ns: Option<u64>,
     /// A submission timed out and may still be pending.
     pending: bool,
+    /// Host cost of one submission beyond its device time (submit, fence wake-up, readback), ns,
+    /// exponential average: chunks are kept at least [`OVERHEAD_FACTOR`] times longer so the
+    /// device is busy most of the time even where submissions are expensive (lavapipe, a
+    /// loaded host).
+    overhead_ns: f64,
 }
+
+/// A chunk's device time is kept at least this many times the per-submission host overhead.
+const OVERHEAD_FACTOR: f64 = 4.0;
 
 // SAFETY: the raw pointers are mappings owned by this engine, used only by its thread.
 unsafe impl Send for VulkanEngine {}
@@ -339,6 +349,7 @@ impl VulkanEngine {
                 ns_per_unit: INITIAL_NS_PER_UNIT,
                 last_device_ns: None,
                 pending: false,
+                overhead_ns: 0.0,
             }
         };
         Ok(engine)
@@ -1002,6 +1013,8 @@ impl Engine for VulkanEngine {
                 );
             }
         }
+        // Sub-grids no shorter than a few submission overheads (see `overhead_ns`).
+        let target_ns = target_ns.max((self.overhead_ns * OVERHEAD_FACTOR) as u64);
         let planned = self.record(op, state, target_ns);
         // SAFETY: recording.
         unsafe {
@@ -1054,6 +1067,7 @@ impl Engine for VulkanEngine {
             self.pending = false;
         }
         self.ns_per_unit = INITIAL_NS_PER_UNIT;
+        self.overhead_ns = 0.0;
         Ok(())
     }
 }
