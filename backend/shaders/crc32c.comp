@@ -1,7 +1,7 @@
 #version 450
 #extension GL_GOOGLE_include_directive : require
 // CRC-32C of blocks: invocation i computes the CRC-32C (Castagnoli, reflected, init and final
-// xor 0xFFFFFFFF) of bytes [i·1024, min((i+1)·1024, count)) of the window starting at byte off0
+// xor 0xFFFFFFFF) of bytes [i·16384, min((i+1)·16384, count)) of the window starting at byte off0
 // and writes it to partials[off1 + i]. The engine joins the block CRCs in order with
 // crc32c_combine, so the result is exact.
 layout(local_size_x = 64, local_size_y = 1, local_size_z = 1) in;
@@ -9,7 +9,7 @@ layout(local_size_x = 64, local_size_y = 1, local_size_z = 1) in;
 layout(set = 0, binding = 0) readonly buffer BufData { uint data[]; };
 layout(set = 0, binding = 1) buffer BufPartials { uint partials[]; };
 
-const uint BLOCK = 1024u;
+const uint BLOCK = 16384u;
 shared uint table[256];
 
 void main() {

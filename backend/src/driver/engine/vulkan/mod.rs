@@ -57,8 +57,9 @@ const SPV_CRC: &[u8] = include_bytes!("../../../../shaders/crc32c.spv");
 
 /// Elements per reduce workgroup (256 invocations × 16).
 const REDUCE_GROUP: u64 = 4096;
-/// Bytes per crc32c invocation, and invocations per workgroup.
-const CRC_BLOCK: u64 = 1024;
+/// Bytes per crc32c invocation (few block CRCs to join on the host: one `crc32c_combine`
+/// per block), and invocations per workgroup.
+const CRC_BLOCK: u64 = 16 * 1024;
 const CRC_LOCAL: u64 = 64;
 /// Partials (reduce group sums, crc block CRCs) one chunk may produce.
 const MAX_PARTIALS: u64 = 64 * 1024;
