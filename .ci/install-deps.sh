@@ -27,4 +27,14 @@ command -v setpriv >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install 
 if ! command -v promtool >/dev/null; then
     apt-get update -qq || true
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus
+# ---- Vulkan engine (issue 7): Mesa lavapipe (the bookworm-backports build, Mesa 25), the loader,
+# the validation layer, and the shader tools the SPIR-V check uses. Needs root; apt-get update
+# first so the backports index is current.
+vulkan_pkgs="libvulkan1 glslang-tools spirv-tools vulkan-validationlayers"
+if ! dpkg -s mesa-vulkan-drivers $vulkan_pkgs >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports mesa-vulkan-drivers \
+        || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mesa-vulkan-drivers
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $vulkan_pkgs
 fi

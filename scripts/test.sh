@@ -28,6 +28,14 @@ if [ -x guest-tools/build-static.sh ]; then
     guest-tools/build-static.sh
 fi
 
+# ---- Vulkan engine (issue 7): the committed SPIR-V must match the GLSL and pass spirv-val, and
+# every engine test runs on lavapipe too (installed above), under the validation layer: a missing
+# Vulkan device or layer fails the tests instead of skipping them.
+step "shaders: regenerate SPIR-V, diff against the committed files, spirv-val"
+backend/shaders/build.sh
+git diff --exit-code -- backend/shaders/
+export VGPU_REQUIRE_VULKAN=1 VGPU_VULKAN_VALIDATION=required
+
 step "cargo test"
 unset VGPU_SKIP_GUEST VGPU_TEST_BACKEND VGPUD
 # The one "required" switch: every test dependency (vgpud, QEMU's vhost-user-gpu, QEMU and the

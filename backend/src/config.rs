@@ -260,6 +260,7 @@ pub fn settings(opts: &Options) -> Result<Settings, ConfigError> {
     let memory_mib = opts
         .device_memory
         .or(file.device_memory_mib)
+        .or(opts.engine_memory_default_mib)
         .unwrap_or(DEFAULT_DEVICE_MEMORY_MIB);
     if !(1..=MAX_DEVICE_MEMORY_MIB).contains(&memory_mib) {
         return Err(usage(format!(

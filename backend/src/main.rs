@@ -14,6 +14,7 @@ use clap::Parser;
 use vgpu_backend::config::{self, ConfigError, Plan};
 use vgpu_backend::control::state::StateStore;
 use vgpu_backend::control::{self, Manager, ManagerConfig, NewInstance};
+use vgpu_backend::driver::engine::DynEngine;
 use vgpu_backend::driver::scheduler::{DEFAULT_TIMESLICE_US, DENSE_TIMESLICE_US, DENSE_VGPU_COUNT};
 use vgpu_backend::driver::{Device, DriverError};
 use vgpu_backend::logging::{self, Sinks};
@@ -100,7 +101,9 @@ fn run_attach(fd: i32, socket: &Path, sandbox: SandboxMode) -> Result<(), Failur
 fn driver_failure(name: &str, e: DriverError) -> Failure {
     let code = match e {
         DriverError::Config(_) | DriverError::UnknownType(_) | DriverError::DuplicateUuid(_) => 2,
-        DriverError::TooManyInstances { .. } | DriverError::DeviceFull { .. } => 3,
+        DriverError::TooManyInstances { .. }
+        | DriverError::DeviceFull { .. }
+        | DriverError::Engine(_) => 3,
         _ => 1,
     };
     Failure {
@@ -156,7 +159,12 @@ fn sandbox_dirs(plan: &Plan, fd: Option<i32>) -> Vec<PathBuf> {
     dirs
 }
 
-fn run(plan: Plan, fd: Option<i32>, sandbox: SandboxMode) -> Result<(), Failure> {
+fn run(
+    plan: Plan,
+    fd: Option<i32>,
+    sandbox: SandboxMode,
+    engine: Box<dyn DynEngine>,
+) -> Result<(), Failure> {
     let set = block_stop_signals().map_err(|e| Failure::runtime(format!("signals: {e}")))?;
     raise_fd_limit();
     if fd.is_none() && uses_control(&plan) {
@@ -175,7 +183,8 @@ fn run(plan: Plan, fd: Option<i32>, sandbox: SandboxMode) -> Result<(), Failure>
         log::warn!("--sandbox off: no seccomp filters, no Landlock (for debugging only)");
     }
     let settings = &plan.settings;
-    let device = Device::new(settings.driver.clone()).map_err(|e| driver_failure("device", e))?;
+    let device = Device::with_engine(settings.driver.clone(), engine)
+        .map_err(|e| driver_failure("device", e))?;
     let (total, reserved) = device.memory();
     let slice = settings
         .driver
@@ -378,6 +387,112 @@ fn list_types(opts: &Options) -> Result<(), Failure> {
     Ok(())
 }
 
+// ---- Engines (see README "Engines") ----
+mod engines {
+    use super::{Failure, Options, MIB};
+    use vgpu_backend::driver::engine::cpu::cpu_caps;
+    use vgpu_backend::driver::engine::vulkan::{list_devices, PhysicalDeviceInfo};
+    use vgpu_backend::driver::engine::{
+        default_device_memory, DynEngine, EngineChoice, DEFAULT_CHUNK_TARGET_NS,
+    };
+
+    /// Opens `--engine` before any socket exists (exit 3 when the device is unusable) and
+    /// records its `--device-memory` default in `opts`.
+    pub fn open(opts: &mut Options) -> Result<Box<dyn DynEngine>, Failure> {
+        let choice = opts.engine.clone().unwrap_or_default();
+        let engine = choice.open(DEFAULT_CHUNK_TARGET_NS).map_err(|e| Failure {
+            code: 3,
+            message: format!(
+                "engine {}: {e} (see `vgpud --list-engines`)",
+                match &choice {
+                    EngineChoice::Cpu => "cpu".to_string(),
+                    EngineChoice::Vulkan(s) => format!("vulkan ({s:?})"),
+                }
+            ),
+        })?;
+        let caps = engine.caps();
+        opts.engine_memory_default_mib = default_device_memory(&caps).map(|b| b / MIB);
+        log::info!(
+            "engine {}: {} ({} {})",
+            caps.kind.as_str(),
+            caps.device_name,
+            caps.driver_name,
+            caps.driver_version
+        );
+        Ok(engine)
+    }
+
+    fn heaps_text(d: &PhysicalDeviceInfo) -> String {
+        d.heaps
+            .iter()
+            .map(|h| {
+                format!(
+                    "{} MiB{}",
+                    h.bytes / MIB,
+                    if h.device_local { " device-local" } else { "" }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// `--list-engines [--json]`.
+    pub fn list(json: bool) -> Result<(), Failure> {
+        let cpu = cpu_caps();
+        let (devices, error) = match list_devices() {
+            Ok(d) => (d, None),
+            Err(e) => (Vec::new(), Some(e.to_string())),
+        };
+        if json {
+            let doc = serde_json::json!({
+                "engines": std::iter::once(serde_json::json!({
+                    "engine": "cpu",
+                    "name": cpu.device_name,
+                    "driver": cpu.driver_name,
+                    "usable": true,
+                }))
+                .chain(devices.iter().map(|d| {
+                    let mut v = serde_json::to_value(d).unwrap_or_default();
+                    if let Some(o) = v.as_object_mut() {
+                        o.insert("engine".into(), format!("vulkan:{}", d.index).into());
+                    }
+                    v
+                }))
+                .collect::<Vec<_>>(),
+                "vulkan_error": error,
+            });
+            let text = serde_json::to_string_pretty(&doc)
+                .map_err(|e| Failure::runtime(format!("json: {e}")))?;
+            println!("{text}");
+            return Ok(());
+        }
+        println!(
+            "cpu        {} (embedded, host memory) [default]",
+            cpu.device_name
+        );
+        for d in &devices {
+            println!(
+                "vulkan:{:<3} {} ({}, {}, Vulkan {}), heaps: {}{}",
+                d.index,
+                d.name,
+                d.device_type,
+                d.driver,
+                d.api_version,
+                heaps_text(d),
+                if d.usable {
+                    ""
+                } else {
+                    " [not usable: no compute queue or Vulkan < 1.1]"
+                }
+            );
+        }
+        if let Some(e) = error {
+            println!("vulkan     unavailable: {e}");
+        }
+        Ok(())
+    }
+}
+
 /// `vgpud demo [...]`: the in-process demo of the driver core (see `vgpud demo --help`).
 fn run_demo(args: &[String]) -> ExitCode {
     #[derive(Parser)]
@@ -457,6 +572,8 @@ fn main() -> ExitCode {
         .map(vgpu_backend::libvirt::check_render_node)
     {
         Err(Failure { code: 2, message })
+    } else if opts.list_engines {
+        engines::list(opts.json)
     } else if let (Some(fd), Some(socket)) = (opts.fd, &opts.attach) {
         run_attach(fd, socket, opts.sandbox)
     } else {
@@ -467,9 +584,12 @@ fn main() -> ExitCode {
             );
         }
         SocketAccess::new(opts.socket_group, opts.socket_mode).install();
-        config::plan(&opts)
-            .map_err(Failure::from)
-            .and_then(|plan| run(plan, opts.fd, opts.sandbox))
+        let mut opts = opts;
+        engines::open(&mut opts).and_then(|engine| {
+            config::plan(&opts)
+                .map_err(Failure::from)
+                .and_then(|plan| run(plan, opts.fd, opts.sandbox, engine))
+        })
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

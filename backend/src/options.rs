@@ -12,6 +12,7 @@ use clap::Parser;
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::driver::engine::EngineChoice;
 use crate::driver::Policy;
 use crate::vhost::socket_access::{parse_group, parse_mode};
 
@@ -256,11 +257,11 @@ pub struct Options {
 
     /// Print the vGPU types (one per line: name, mdev-style description, available instances
     /// given `--device-memory`) and exit.
-    #[arg(long)]
+    #[arg(long, group = "listing")]
     pub list_types: bool,
 
-    /// With `--list-types`: print JSON.
-    #[arg(long, requires = "list_types")]
+    /// With `--list-types` or `--list-engines`: print JSON.
+    #[arg(long, requires = "listing")]
     pub json: bool,
 
     /// Scanouts (heads) of every vGPU [default: the type's max_heads].
@@ -331,6 +332,21 @@ pub struct Options {
     /// only `--fd`: set `VGPUD_LOG_FILE` in its environment instead.
     #[arg(long, value_name = "FILE", env = "VGPUD_LOG_FILE")]
     pub log_file: Option<PathBuf>,
+
+    // ---- Engines (see README "Engines") ----
+    /// Engine that runs every vGPU's jobs: `cpu`, `vulkan` (the best Vulkan device),
+    /// `vulkan:INDEX` or `vulkan:NAME` (first device whose name contains NAME) [default: cpu].
+    /// With a Vulkan engine, `--device-memory` defaults to the device heap minus a reserve.
+    #[arg(long, value_name = "ENGINE", value_parser = parse_engine)]
+    pub engine: Option<EngineChoice>,
+
+    /// List the CPU engine and every Vulkan device (index, name, type, driver, heaps) and exit.
+    #[arg(long, group = "listing")]
+    pub list_engines: bool,
+
+    /// `--device-memory` default the opened engine suggests (set by vgpud, not a flag).
+    #[arg(skip)]
+    pub engine_memory_default_mib: Option<u64>,
 }
 
 /// True when `args` (without the program name) ask for `--print-capabilities` (or `-c`), which
@@ -341,6 +357,11 @@ pub fn wants_capabilities<S: AsRef<str>>(args: &[S]) -> bool {
         .map(AsRef::as_ref)
         .take_while(|a| *a != "--")
         .any(|a| a == "--print-capabilities" || a == "-c")
+}
+
+/// Parses `--engine`.
+pub fn parse_engine(s: &str) -> Result<EngineChoice, String> {
+    s.parse()
 }
 
 /// The `--print-capabilities` document.

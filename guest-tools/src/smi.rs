@@ -21,6 +21,13 @@ pub struct SmiReport {
     pub type_name: String,
     /// Protocol version of the capset.
     pub protocol_version: u32,
+    /// The engine behind the vGPU: `cpu`, `vulkan`, or `unknown` (a protocol 1.0 host).
+    pub engine: String,
+    /// The engine's device name (the Vulkan device, or the host CPU model); empty from a
+    /// protocol 1.0 host.
+    pub device_name: String,
+    /// The engine's driver name.
+    pub driver_name: String,
     /// Framebuffer budget.
     pub framebuffer_total_bytes: u64,
     /// Framebuffer in use by this VM (including this tool's 128-byte stats buffer).
@@ -84,6 +91,9 @@ impl SmiReport {
             device: device.to_string(),
             type_name: c.type_name().to_string(),
             protocol_version: c.protocol_version,
+            engine: c.engine_name().to_string(),
+            device_name: c.device_name().to_string(),
+            driver_name: c.driver_name().to_string(),
             framebuffer_total_bytes: s.framebuffer_total_bytes,
             framebuffer_used_bytes: s.framebuffer_used_bytes,
             framebuffer_free_bytes: s
@@ -117,10 +127,19 @@ impl SmiReport {
 
     /// The report as a boxed table.
     pub fn render_table(&self) -> String {
-        let rows: [(&str, String); 10] = [
+        let rows: [(&str, String); 12] = [
             ("vGPU type", self.type_name.clone()),
             ("Device", self.device.clone()),
             ("Protocol version", self.protocol_version.to_string()),
+            ("Engine", self.engine.clone()),
+            (
+                "Device name",
+                if self.driver_name.is_empty() {
+                    self.device_name.clone()
+                } else {
+                    format!("{} ({})", self.device_name, self.driver_name)
+                },
+            ),
             (
                 "Framebuffer",
                 format!(
@@ -223,6 +242,9 @@ mod tests {
         c.max_height = 2880;
         c.engine_count = 1;
         c.max_buffer_bytes = 1 << 30;
+        c.engine_kind = vgpu_protocol::capset::ENGINE_KIND_VULKAN;
+        c.set_device_name("llvmpipe (LLVM 15.0.6, 256 bits)");
+        c.set_driver_name("llvmpipe");
         let s = StatsRecord {
             policy: SchedPolicy::EqualShare as u32,
             timeslice_us: 2000,
@@ -263,6 +285,8 @@ mod tests {
             "policy",
             "timeslice_us",
             "utilization_percent",
+            "engine",
+            "device_name",
         ] {
             assert!(v.get(key).is_some(), "missing {key}");
         }
@@ -271,6 +295,8 @@ mod tests {
         assert_eq!(v["policy"], "equal-share");
         assert_eq!(v["timeslice_us"], 2000);
         assert_eq!(v["utilization_percent"], 49.8);
+        assert_eq!(v["engine"], "vulkan");
+        assert_eq!(v["device_name"], "llvmpipe (LLVM 15.0.6, 256 bits)");
     }
 
     #[test]
@@ -282,6 +308,8 @@ mod tests {
         assert!(t.contains("equal-share, time slice 2000 us, share 50.0 %"));
         assert!(t.contains("49.8 % (2 active vGPUs)"));
         assert!(t.contains("2 heads, max 5120x2880"));
+        assert!(t.contains("| Engine"));
+        assert!(t.contains("llvmpipe (LLVM 15.0.6, 256 bits) (llvmpipe)"));
         // Every line has the same width.
         let widths: Vec<usize> = t.lines().map(|l| l.chars().count()).collect();
         assert!(widths.windows(2).all(|w| w[0] == w[1]), "{t}");

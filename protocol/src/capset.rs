@@ -13,7 +13,23 @@ pub const VGPU_CAPSET_MAGIC: u32 = 0x5550_4756;
 /// Magic of [`StatsRecord`]: "VGST" as little-endian bytes.
 pub const VGPU_STATS_MAGIC: u32 = 0x5453_4756;
 /// Size in bytes of [`VgpuCapset`] (the `capset_max_size` to advertise).
-pub const VGPU_CAPSET_SIZE: usize = 128;
+pub const VGPU_CAPSET_SIZE: usize = 256;
+/// Size of the capset of protocol 1.0 (the engine fields from offset 128 on came with 1.1);
+/// [`VgpuCapset::parse`] accepts it and reads the missing fields as zero.
+pub const VGPU_CAPSET_V1_0_SIZE: usize = 128;
+/// The protocol's minor version: 1 added the engine fields of [`VgpuCapset`] (compatible: a 1.0
+/// reader ignores them, a 1.1 reader of a 1.0 capset sees zeros).
+pub const VGPU_PROTOCOL_MINOR: u32 = 1;
+/// [`VgpuCapset::engine_kind`]: not reported (a protocol 1.0 host).
+pub const ENGINE_KIND_UNKNOWN: u32 = 0;
+/// [`VgpuCapset::engine_kind`]: the embedded CPU engine.
+pub const ENGINE_KIND_CPU: u32 = 1;
+/// [`VgpuCapset::engine_kind`]: a Vulkan compute device.
+pub const ENGINE_KIND_VULKAN: u32 = 2;
+/// Bytes of [`VgpuCapset::device_name`].
+pub const DEVICE_NAME_LEN: usize = 48;
+/// Bytes of [`VgpuCapset::driver_name`].
+pub const DRIVER_NAME_LEN: usize = 32;
 /// Size in bytes of [`StatsRecord`].
 pub const STATS_RECORD_SIZE: usize = 128;
 /// Bytes of [`VgpuCapset::type_name`].
@@ -41,8 +57,8 @@ pub struct VgpuCapset {
     pub engine_count: u32,
     /// Supported kernels: bit `1 << id` per [`Kernel`].
     pub kernel_mask: u32,
-    /// Must be 0.
-    pub reserved0: u32,
+    /// [`VGPU_PROTOCOL_MINOR`] of the host (0 from a protocol 1.0 host).
+    pub protocol_minor: u32,
     /// Largest single buffer in bytes.
     pub max_buffer_bytes: u64,
     /// Largest SUBMIT_3D stream in bytes.
@@ -51,6 +67,31 @@ pub struct VgpuCapset {
     pub max_commands_per_submit: u32,
     /// Must be 0.
     pub reserved: [u32; 10],
+    // ---- protocol 1.1: the engine behind the vGPU (offset 128) ----
+    /// [`ENGINE_KIND_CPU`] or [`ENGINE_KIND_VULKAN`] ([`ENGINE_KIND_UNKNOWN`] from a 1.0 host).
+    pub engine_kind: u32,
+    /// PCI vendor id of the device (0 for the CPU engine).
+    pub vendor_id: u32,
+    /// PCI device id of the device (0 for the CPU engine).
+    pub device_id: u32,
+    /// Driver version as the driver reports it (Vulkan `driverVersion`).
+    pub driver_version: u32,
+    /// Memory of the whole device in bytes (what all partitions share).
+    pub device_memory_bytes: u64,
+    /// Length of one device timestamp tick in picoseconds (0: the engine has no device clock).
+    pub timestamp_period_ps: u32,
+    /// Largest workgroup count per dispatch dimension.
+    pub max_workgroups: u32,
+    /// Largest invocations per workgroup.
+    pub max_workgroup_invocations: u32,
+    /// Queues the engine submits to.
+    pub queues: u32,
+    /// Largest range of one storage-buffer binding (bigger buffers are bound in windows).
+    pub max_storage_buffer_range: u64,
+    /// Device name, UTF-8, NUL padded (see [`VgpuCapset::device_name`]).
+    pub device_name: [u8; DEVICE_NAME_LEN],
+    /// Driver name, UTF-8, NUL padded (see [`VgpuCapset::driver_name`]).
+    pub driver_name: [u8; DRIVER_NAME_LEN],
 }
 
 impl Default for VgpuCapset {
@@ -65,22 +106,34 @@ impl Default for VgpuCapset {
             max_height: 0,
             engine_count: 0,
             kernel_mask: 0,
-            reserved0: 0,
+            protocol_minor: VGPU_PROTOCOL_MINOR,
             max_buffer_bytes: 0,
             max_submit_bytes: 0,
             max_commands_per_submit: 0,
             reserved: [0; 10],
+            engine_kind: ENGINE_KIND_UNKNOWN,
+            vendor_id: 0,
+            device_id: 0,
+            driver_version: 0,
+            device_memory_bytes: 0,
+            timestamp_period_ps: 0,
+            max_workgroups: 0,
+            max_workgroup_invocations: 0,
+            queues: 0,
+            max_storage_buffer_range: 0,
+            device_name: [0; DEVICE_NAME_LEN],
+            driver_name: [0; DRIVER_NAME_LEN],
         }
     }
 }
 
 /// Copies `name` into a NUL-padded array, truncated at a char boundary so it keeps a final NUL.
-fn name_bytes(name: &str) -> [u8; TYPE_NAME_LEN] {
-    let mut end = name.len().min(TYPE_NAME_LEN - 1);
+fn name_bytes<const N: usize>(name: &str) -> [u8; N] {
+    let mut end = name.len().min(N.saturating_sub(1));
     while !name.is_char_boundary(end) {
         end -= 1;
     }
-    let mut out = [0; TYPE_NAME_LEN];
+    let mut out = [0; N];
     if let (Some(dst), Some(src)) = (out.get_mut(..end), name.as_bytes().get(..end)) {
         dst.copy_from_slice(src);
     }
@@ -121,6 +174,35 @@ impl VgpuCapset {
         name_str(&self.type_name)
     }
 
+    /// Sets the device name (truncated to 47 bytes at a char boundary).
+    pub fn set_device_name(&mut self, name: &str) {
+        self.device_name = name_bytes(name);
+    }
+
+    /// The device name up to its first NUL ("" from a protocol 1.0 host).
+    pub fn device_name(&self) -> &str {
+        name_str(&self.device_name)
+    }
+
+    /// Sets the driver name (truncated to 31 bytes at a char boundary).
+    pub fn set_driver_name(&mut self, name: &str) {
+        self.driver_name = name_bytes(name);
+    }
+
+    /// The driver name up to its first NUL.
+    pub fn driver_name(&self) -> &str {
+        name_str(&self.driver_name)
+    }
+
+    /// The engine kind as text: "cpu", "vulkan" or "unknown".
+    pub fn engine_name(&self) -> &'static str {
+        match self.engine_kind {
+            ENGINE_KIND_CPU => "cpu",
+            ENGINE_KIND_VULKAN => "vulkan",
+            _ => "unknown",
+        }
+    }
+
     /// True when `kernel_mask` has `kernel`.
     pub fn supports(&self, kernel: Kernel) -> bool {
         self.kernel_mask & kernel.bit() != 0
@@ -131,10 +213,22 @@ impl VgpuCapset {
         self.as_slice()
     }
 
-    /// Parses capset bytes: at least [`VGPU_CAPSET_SIZE`] bytes (more are ignored), right magic,
-    /// version ≥ 1 (later versions only append fields).
+    /// Parses capset bytes: at least [`VGPU_CAPSET_V1_0_SIZE`] bytes (fields past the bytes given
+    /// read as zero, bytes past [`VGPU_CAPSET_SIZE`] are ignored), right magic, version ≥ 1 (later
+    /// versions only append fields).
     pub fn parse(bytes: &[u8]) -> Result<Self, ChannelError> {
-        let c = read_obj::<VgpuCapset>(bytes).ok_or(ChannelError::ShortRecord {
+        if bytes.len() < VGPU_CAPSET_V1_0_SIZE {
+            return Err(ChannelError::ShortRecord {
+                needed: VGPU_CAPSET_V1_0_SIZE,
+                got: bytes.len(),
+            });
+        }
+        let mut full = [0u8; VGPU_CAPSET_SIZE];
+        let n = bytes.len().min(VGPU_CAPSET_SIZE);
+        if let (Some(dst), Some(src)) = (full.get_mut(..n), bytes.get(..n)) {
+            dst.copy_from_slice(src);
+        }
+        let c = read_obj::<VgpuCapset>(&full).ok_or(ChannelError::ShortRecord {
             needed: size_of::<VgpuCapset>(),
             got: bytes.len(),
         })?;
@@ -282,6 +376,12 @@ mod tests {
         assert_eq!(offset_of!(VgpuCapset, max_buffer_bytes), 72);
         assert_eq!(offset_of!(VgpuCapset, max_submit_bytes), 80);
         assert_eq!(offset_of!(VgpuCapset, reserved), 88);
+        assert_eq!(offset_of!(VgpuCapset, protocol_minor), 68);
+        assert_eq!(offset_of!(VgpuCapset, engine_kind), VGPU_CAPSET_V1_0_SIZE);
+        assert_eq!(offset_of!(VgpuCapset, device_memory_bytes), 144);
+        assert_eq!(offset_of!(VgpuCapset, max_storage_buffer_range), 168);
+        assert_eq!(offset_of!(VgpuCapset, device_name), 176);
+        assert_eq!(offset_of!(VgpuCapset, driver_name), 224);
         assert_eq!(offset_of!(StatsRecord, framebuffer_total_bytes), 16);
         assert_eq!(offset_of!(StatsRecord, utilization_permille), 32);
         assert_eq!(offset_of!(StatsRecord, jobs_completed), 48);
@@ -309,6 +409,27 @@ mod tests {
         }
         assert_eq!(parsed.kernel_mask, 0b11110);
         assert_eq!(VgpuCapset::id(), 42);
+    }
+
+    #[test]
+    fn capset_1_0_parses_with_zero_engine_fields() {
+        let mut c = VgpuCapset::new("vgpu-1q");
+        c.engine_kind = ENGINE_KIND_VULKAN;
+        c.set_device_name("llvmpipe (LLVM 19.1.7, 256 bits)");
+        c.set_driver_name("llvmpipe");
+        let full = VgpuCapset::parse(c.as_bytes()).unwrap();
+        assert_eq!(full.engine_name(), "vulkan");
+        assert_eq!(full.device_name(), "llvmpipe (LLVM 19.1.7, 256 bits)");
+        assert_eq!(full.driver_name(), "llvmpipe");
+        let old = VgpuCapset::parse(&c.as_bytes()[..VGPU_CAPSET_V1_0_SIZE]).unwrap();
+        assert_eq!(old.type_name(), "vgpu-1q");
+        assert_eq!((old.engine_name(), old.device_name()), ("unknown", ""));
+        assert!(VgpuCapset::parse(&c.as_bytes()[..VGPU_CAPSET_V1_0_SIZE - 1]).is_err());
+        let mut long = c.as_bytes().to_vec();
+        long.extend_from_slice(&[7; 64]);
+        assert_eq!(VgpuCapset::parse(&long).unwrap(), c);
+        c.set_device_name(&"d".repeat(60));
+        assert_eq!(c.device_name().len(), DEVICE_NAME_LEN - 1);
     }
 
     #[test]

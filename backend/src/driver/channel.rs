@@ -5,11 +5,11 @@ use std::sync::Arc;
 use serde::Serialize;
 use thiserror::Error;
 
+use super::budget::{Charge, HostMemoryLimit, MemoryBudget};
 use super::device::Vgpu;
 use super::engine::EngineError;
 use super::job::{Job, JobError};
 use super::partition::PartitionCharge;
-use crate::device::{Charge, HostMemoryLimit, MemoryBudget};
 
 /// Command-buffer bytes every channel reserves from its vGPU's partition when it is created.
 /// Queued jobs draw on this reserve first, so small jobs (status queries) still run when the

@@ -10,11 +10,15 @@ use uuid::Uuid;
 use vgpu_mdev::{TypeTable, VgpuType, TIMESLICE_RANGE_US};
 use vgpu_protocol::ErrorCode;
 
+use super::budget::Charge;
 use super::budget::MemoryBudget;
 use super::buffer::{BufferError, DeviceBuffer};
 use super::channel::{Channel, Completion, SubmitError, CHANNEL_RESERVE_BYTES};
 use super::engine::cpu::CpuEngine;
-use super::engine::{Engine, DEFAULT_CHUNK_TARGET_NS, DEFAULT_SOLO_CHUNK_TARGET_NS};
+use super::engine::{
+    DynEngine, EngineCaps, EngineError, EngineMemory, DEFAULT_CHUNK_TARGET_NS,
+    DEFAULT_SOLO_CHUNK_TARGET_NS,
+};
 use super::job::Job;
 use super::memory::{DeviceFull, DeviceMemory};
 use super::partition::MemoryPartition;
@@ -22,7 +26,6 @@ use super::runlist::QueuedJob;
 use super::scheduler::{Policy, SchedCore};
 use super::stats::{percentile, SliceRecord, VgpuStats};
 use super::worker::{self, ChunkTargets, Shared, VgpuSched};
-use crate::device::Charge;
 
 /// Default device memory (MiB).
 pub const DEFAULT_DEVICE_MEMORY_MIB: u64 = 4096;
@@ -44,7 +47,13 @@ pub struct DeviceConfig {
     /// Engine chunk cost target (ns) while the running vGPU is the only one with work (at least
     /// `chunk_target_ns`; a vGPU that wakes waits up to about one such chunk).
     pub solo_chunk_target_ns: u64,
+    /// A chunk running longer than this is a stalled engine: the watchdog fails its job and
+    /// restarts the engine.
+    pub watchdog: std::time::Duration,
 }
+
+/// Default [`DeviceConfig::watchdog`]: far above any chunk (≤ 1 ms) and the Vulkan fence timeout.
+pub const DEFAULT_WATCHDOG: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Default for DeviceConfig {
     fn default() -> Self {
@@ -55,6 +64,7 @@ impl Default for DeviceConfig {
             types: TypeTable::builtin(),
             chunk_target_ns: DEFAULT_CHUNK_TARGET_NS,
             solo_chunk_target_ns: DEFAULT_SOLO_CHUNK_TARGET_NS,
+            watchdog: DEFAULT_WATCHDOG,
         }
     }
 }
@@ -104,6 +114,9 @@ pub enum DriverError {
     /// The device thread could not be started.
     #[error("cannot start device thread: {0}")]
     Thread(std::io::Error),
+    /// The engine could not provide the vGPU's memory.
+    #[error("engine: {0}")]
+    Engine(#[from] EngineError),
 }
 
 /// A live vGPU, as listed by [`Device::vgpus`].
@@ -123,6 +136,10 @@ struct DeviceInner {
     types: TypeTable,
     registry: Mutex<Registry>,
     engine: &'static str,
+    /// What the engine offers (for capsets and listings).
+    caps: EngineCaps,
+    /// The engine's memory, when buffers live there.
+    engine_memory: Option<Arc<dyn EngineMemory>>,
 }
 
 #[derive(Default)]
@@ -154,11 +171,23 @@ impl Device {
     /// Starts a device with `engine`.
     pub fn with_engine(
         config: DeviceConfig,
-        engine: Box<dyn Engine>,
+        engine: Box<dyn DynEngine>,
     ) -> Result<Arc<Self>, DriverError> {
         if config.memory_mib == 0 {
             return Err(DriverError::Config("device memory must be non-zero".into()));
         }
+        let caps = engine.caps();
+        let wanted = config.memory_mib.saturating_mul(super::memory::MIB);
+        if caps.device_memory_bytes != 0 && wanted > caps.device_memory_bytes {
+            return Err(DriverError::Config(format!(
+                "device memory {} MiB is more than the {} engine's {} MiB ({})",
+                config.memory_mib,
+                caps.kind.as_str(),
+                caps.device_memory_bytes / super::memory::MIB,
+                caps.device_name
+            )));
+        }
+        let engine_memory = engine.memory();
         if let Some(us) = config.timeslice_us {
             if !TIMESLICE_RANGE_US.contains(&us) {
                 return Err(DriverError::Config(format!(
@@ -173,11 +202,13 @@ impl Device {
         ));
         let engine_name = engine.name();
         let thread_shared = Arc::clone(&shared);
+        let factory = engine.factory();
+        let stall = config.watchdog;
         let thread = std::thread::Builder::new()
-            .name("vgpu-engine".into())
+            .name("vgpu-watchdog".into())
             .spawn(move || {
                 crate::sandbox::enter(crate::sandbox::ThreadKind::Engine);
-                worker::run(thread_shared, engine)
+                worker::watchdog(thread_shared, engine, factory, stall)
             })
             .map_err(DriverError::Thread)?;
         Ok(Arc::new(Self {
@@ -190,9 +221,16 @@ impl Device {
                     ..Registry::default()
                 }),
                 engine: engine_name,
+                caps,
+                engine_memory,
             }),
             thread: Mutex::new(Some(thread)),
         }))
+    }
+
+    /// What the engine behind this device offers.
+    pub fn engine_caps(&self) -> &EngineCaps {
+        &self.inner.caps
     }
 
     /// The vGPU types offered.
@@ -314,15 +352,19 @@ impl Device {
                         source,
                     })?;
             let id = registry.next_id;
+            let arena = match &self.inner.engine_memory {
+                Some(memory) => Some(memory.create_partition(id, reservation.size())?),
+                None => None,
+            };
             registry.next_id = registry.next_id.wrapping_add(1).max(1);
             registry.live.push(VgpuInfo {
                 id,
                 uuid,
                 type_name: ty.name.clone(),
             });
-            (id, reservation)
+            (id, reservation, arena)
         };
-        let (id, reservation) = id;
+        let (id, reservation, arena) = id;
         {
             let mut state = self.inner.shared.lock();
             state.core.add(id, ty.weight, ty.timeslice_us);
@@ -332,7 +374,7 @@ impl Device {
         Ok(Arc::new(Vgpu {
             id,
             uuid,
-            partition: MemoryPartition::new(id, reservation),
+            partition: MemoryPartition::with_arena(id, reservation, arena),
             ty,
             device: Arc::clone(&self.inner),
             next_channel: AtomicU32::new(1),
@@ -437,6 +479,11 @@ impl Vgpu {
     /// Its type.
     pub fn vgpu_type(&self) -> &VgpuType {
         &self.ty
+    }
+
+    /// What the engine running its jobs offers.
+    pub fn engine_caps(&self) -> &EngineCaps {
+        &self.device.caps
     }
 
     /// Its memory partition (also the [`MemoryBudget`] for 2D surfaces).

@@ -27,7 +27,7 @@ mod worker;
 #[cfg(test)]
 mod tests;
 
-pub use budget::{MemoryBudget, OutOfBudget};
+pub use budget::{Charge, HostMemoryLimit, MemoryBudget, OutOfBudget};
 pub use buffer::{BufferError, DeviceBuffer};
 pub use channel::{Channel, Completion, JobFailure, JobReport, JobResult, SubmitError};
 pub use device::{Device, DeviceConfig, DriverError, Vgpu, VgpuInfo, DEFAULT_DEVICE_MEMORY_MIB};

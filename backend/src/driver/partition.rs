@@ -4,9 +4,10 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use super::budget::HostMemoryLimit;
 use super::budget::{MemoryBudget, OutOfBudget};
+use super::engine::PartitionArena;
 use super::memory::Reservation;
-use crate::device::HostMemoryLimit;
 
 /// One vGPU's slice of device memory. Everything the vGPU allocates (buffers, command buffers,
 /// 2D surfaces through [`MemoryBudget`]) is charged here before it exists; past the partition's
@@ -17,17 +18,34 @@ pub struct MemoryPartition {
     /// The hard limit: a counter capped at the reservation's size.
     limit: HostMemoryLimit,
     peak: AtomicU64,
+    /// The engine memory buffers are carved from (`None`: host memory).
+    arena: Option<Arc<dyn PartitionArena>>,
 }
 
 impl MemoryPartition {
     /// Wraps a device-memory reservation as the partition of vGPU `vgpu_id`.
     pub fn new(vgpu_id: u32, reservation: Reservation) -> Arc<Self> {
+        Self::with_arena(vgpu_id, reservation, None)
+    }
+
+    /// Like [`MemoryPartition::new`], with buffers carved from the engine memory `arena`.
+    pub fn with_arena(
+        vgpu_id: u32,
+        reservation: Reservation,
+        arena: Option<Arc<dyn PartitionArena>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             vgpu_id,
             limit: HostMemoryLimit::new(reservation.size()),
             reservation,
             peak: AtomicU64::new(0),
+            arena,
         })
+    }
+
+    /// The engine memory buffers are carved from (`None`: host memory).
+    pub fn arena(&self) -> Option<&Arc<dyn PartitionArena>> {
+        self.arena.as_ref()
     }
 
     /// The owning vGPU's id.

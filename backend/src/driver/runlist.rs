@@ -5,10 +5,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::budget::Charge;
 use super::channel::{Completion, JobFailure, JobReport};
-use super::engine::{Engine, EngineError, OpProgress, Step};
+use super::engine::{DynEngine, EngineError, Step};
 use super::job::Job;
-use crate::device::Charge;
 
 /// Most jobs queued on one channel; submissions past it are refused.
 pub const MAX_QUEUED_PER_CHANNEL: usize = 1024;
@@ -48,12 +48,15 @@ impl QueuedJob {
 pub(crate) struct ActiveJob {
     pub queued: QueuedJob,
     op_index: usize,
-    progress: OpProgress,
+    /// The engine's private state of the current operation (created at its first chunk).
+    state: Option<Box<dyn std::any::Any + Send>>,
     pub wait_ns: u64,
     pub wait_slices: u64,
     pub run_ns: u64,
     pub slices: u32,
     pub chunks: u64,
+    /// Where the watchdog can reach the job's completion while it runs (set at its first chunk).
+    pub stall_slot: Option<super::worker::CompletionSlot>,
 }
 
 impl ActiveJob {
@@ -64,25 +67,31 @@ impl ActiveJob {
         Self {
             queued,
             op_index: 0,
-            progress: OpProgress::default(),
+            state: None,
             wait_ns,
             wait_slices,
             run_ns: 0,
             slices: 0,
             chunks: 0,
+            stall_slot: None,
         }
     }
 
     /// Runs one chunk of about `target_ns`; `Ok(true)` when the whole job is done.
-    pub fn step(&mut self, engine: &mut dyn Engine, target_ns: u64) -> Result<bool, EngineError> {
+    pub fn step(
+        &mut self,
+        engine: &mut dyn DynEngine,
+        target_ns: u64,
+    ) -> Result<bool, EngineError> {
         let Some(op) = self.queued.job.ops().get(self.op_index) else {
             return Ok(true);
         };
-        let step = engine.run_chunk(op, &mut self.progress, target_ns)?;
+        let state = self.state.get_or_insert_with(|| engine.new_state());
+        let step = engine.run_chunk_dyn(op, state, target_ns)?;
         self.chunks += 1;
         if step == Step::Done {
             self.op_index += 1;
-            self.progress = OpProgress::default();
+            self.state = None;
         }
         Ok(self.op_index >= self.queued.job.ops().len())
     }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use vgpu_mdev::{TypeTable, VgpuType};
 
 use super::engine::cpu::CpuEngine;
+use super::engine::testing::{test_engines, TestEngine};
 use super::engine::{Engine, EngineError, OpProgress, Step, DEFAULT_CHUNK_TARGET_NS};
 use super::*;
 
@@ -21,18 +22,26 @@ fn uuid(n: u128) -> Uuid {
     Uuid::from_u128(0x1000 + n)
 }
 
-fn device(memory_mib: u64, policy: Policy) -> Arc<Device> {
-    Device::new(DeviceConfig {
+/// A device on `engine`.
+fn device_on(engine: TestEngine, memory_mib: u64, policy: Policy) -> Arc<Device> {
+    let config = DeviceConfig {
         memory_mib,
         policy,
         ..DeviceConfig::default()
-    })
-    .unwrap()
+    };
+    Device::with_engine(config, engine.make()).unwrap()
 }
 
 #[test]
 fn partition_limit_is_hard_and_per_vgpu() {
-    let dev = device(256, Policy::BestEffort);
+    for engine in test_engines() {
+        partition_limit_is_hard_and_per_vgpu_on(engine);
+        engine.assert_no_validation_errors();
+    }
+}
+
+fn partition_limit_is_hard_and_per_vgpu_on(engine: TestEngine) {
+    let dev = device_on(engine, 256, Policy::BestEffort);
     let a = dev.create_vgpu("vgpu-64m", uuid(1)).unwrap();
     let b = dev.create_vgpu("vgpu-64m", uuid(2)).unwrap();
     let budget = a.budget();
@@ -61,7 +70,14 @@ fn partition_limit_is_hard_and_per_vgpu() {
 
 #[test]
 fn freed_memory_reads_zero_for_the_next_vgpu() {
-    let dev = device(128, Policy::BestEffort);
+    for engine in test_engines() {
+        freed_memory_reads_zero_for_the_next_vgpu_on(engine);
+        engine.assert_no_validation_errors();
+    }
+}
+
+fn freed_memory_reads_zero_for_the_next_vgpu_on(engine: TestEngine) {
+    let dev = device_on(engine, 128, Policy::BestEffort);
     let a = dev.create_vgpu("vgpu-64m", uuid(1)).unwrap();
     let offset_a = a.partition().offset();
     let buf = a.alloc_buffer(8 * MIB).unwrap();
@@ -129,7 +145,14 @@ fn wait_result(rx: &mpsc::Receiver<JobResult>) -> JobResult {
 
 #[test]
 fn jobs_run_on_the_cpu_engine_and_complete() {
-    let dev = device(256, Policy::BestEffort);
+    for engine in test_engines() {
+        jobs_run_and_complete_on(engine);
+        engine.assert_no_validation_errors();
+    }
+}
+
+fn jobs_run_and_complete_on(engine: TestEngine) {
+    let dev = device_on(engine, 256, Policy::BestEffort);
     let vgpu = dev.create_vgpu("vgpu-64m", uuid(1)).unwrap();
     let other = dev.create_vgpu("vgpu-64m", uuid(2)).unwrap();
     let ch = vgpu.create_channel().unwrap();
@@ -207,6 +230,11 @@ fn jobs_run_on_the_cpu_engine_and_complete() {
 struct SleepEngine(CpuEngine);
 
 impl Engine for SleepEngine {
+    type OpState = OpProgress;
+
+    fn caps(&self) -> super::engine::EngineCaps {
+        self.0.caps()
+    }
     fn name(&self) -> &'static str {
         "sleep"
     }
@@ -242,6 +270,12 @@ impl Engine for SleepEngine {
 struct RecordingEngine(CpuEngine, Arc<std::sync::Mutex<Vec<u64>>>);
 
 impl Engine for RecordingEngine {
+    type OpState = OpProgress;
+
+    fn caps(&self) -> super::engine::EngineCaps {
+        self.0.caps()
+    }
+
     fn name(&self) -> &'static str {
         "recording"
     }
@@ -842,4 +876,129 @@ fn queued_command_buffers_are_charged_reserve_first_then_partition() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(v.partition().used(), 4096);
+}
+
+/// Fault injection: a CPU engine that panics on a fill with [`PANIC_PATTERN`] and hangs for
+/// [`HANG`] on a fill with [`HANG_PATTERN`]; everything else runs normally. Its factory makes
+/// more of it, so the watchdog can restart it.
+struct FaultEngine(CpuEngine);
+
+const PANIC_PATTERN: u32 = 0xDEAD_0001;
+const HANG_PATTERN: u32 = 0xDEAD_0002;
+const HANG: Duration = Duration::from_secs(5);
+
+impl Engine for FaultEngine {
+    type OpState = OpProgress;
+
+    fn caps(&self) -> super::engine::EngineCaps {
+        self.0.caps()
+    }
+
+    fn name(&self) -> &'static str {
+        "fault"
+    }
+
+    fn chunk_target_ns(&self) -> u64 {
+        self.0.chunk_target_ns()
+    }
+
+    fn run_chunk(
+        &mut self,
+        op: &Op,
+        progress: &mut OpProgress,
+        target_ns: u64,
+    ) -> Result<Step, EngineError> {
+        match op {
+            Op::Fill { pattern, .. } if *pattern == PANIC_PATTERN => panic!("injected fault"),
+            Op::Fill { pattern, .. } if *pattern == HANG_PATTERN => {
+                std::thread::sleep(HANG);
+                Ok(Step::Done)
+            }
+            _ => self.0.run_chunk(op, progress, target_ns),
+        }
+    }
+
+    fn factory(&self) -> Option<super::engine::EngineFactory> {
+        Some(Arc::new(|| {
+            Ok(Box::new(FaultEngine(CpuEngine::default())) as Box<dyn super::engine::DynEngine>)
+        }))
+    }
+}
+
+/// A device on [`FaultEngine`] whose watchdog fires after `watchdog`.
+fn fault_device(watchdog: Duration) -> Arc<Device> {
+    let config = DeviceConfig {
+        memory_mib: 256,
+        policy: Policy::BestEffort,
+        watchdog,
+        ..DeviceConfig::default()
+    };
+    Device::with_engine(config, Box::new(FaultEngine(CpuEngine::default()))).unwrap()
+}
+
+fn fill(buf: &Arc<DeviceBuffer>, pattern: u32) -> Job {
+    Job::single(Op::Fill {
+        dst: BufRef::new(buf, 0),
+        len: 64,
+        pattern,
+    })
+    .unwrap()
+}
+
+fn submit_wait(ch: &Channel, job: Job) -> JobResult {
+    let (tx, rx) = mpsc::channel();
+    ch.submit_fn(job, move |r| tx.send(r).unwrap()).unwrap();
+    wait_result(&rx)
+}
+
+#[test]
+fn a_panicking_job_fails_alone_and_the_engine_keeps_serving() {
+    let dev = fault_device(super::device::DEFAULT_WATCHDOG);
+    let a = dev.create_vgpu("vgpu-64m", uuid(1)).unwrap();
+    let b = dev.create_vgpu("vgpu-64m", uuid(2)).unwrap();
+    let (ca, cb) = (a.create_channel().unwrap(), b.create_channel().unwrap());
+    let (ba, bb) = (a.alloc_buffer(64).unwrap(), b.alloc_buffer(64).unwrap());
+    let r = submit_wait(&ca, fill(&ba, PANIC_PATTERN));
+    assert!(
+        matches!(&r, Err(JobFailure::Engine(EngineError::Panicked(m))) if m == "injected fault"),
+        "{r:?}"
+    );
+    // The same vGPU and the other one keep running jobs.
+    submit_wait(&ca, fill(&ba, 7)).unwrap();
+    submit_wait(&cb, fill(&bb, 9)).unwrap();
+    let mut out = [0u8; 4];
+    bb.read(0, &mut out).unwrap();
+    assert_eq!(u32::from_le_bytes(out), 9);
+    assert_eq!(a.stats().jobs_failed, 1);
+    dev.shutdown();
+}
+
+#[test]
+fn watchdog_fails_a_stalled_job_and_restarts_the_engine() {
+    // Far below HANG, far above any normal chunk.
+    let dev = fault_device(Duration::from_secs(1));
+    let a = dev.create_vgpu("vgpu-64m", uuid(1)).unwrap();
+    let b = dev.create_vgpu("vgpu-64m", uuid(2)).unwrap();
+    let (ca, cb) = (a.create_channel().unwrap(), b.create_channel().unwrap());
+    let (ba, bb) = (a.alloc_buffer(64).unwrap(), b.alloc_buffer(64).unwrap());
+    let (tx, rx) = mpsc::channel();
+    ca.submit_fn(fill(&ba, HANG_PATTERN), move |r| tx.send(r).unwrap())
+        .unwrap();
+    // Queued behind the stuck job: served by the restarted engine.
+    let (tx2, rx2) = mpsc::channel();
+    cb.submit_fn(fill(&bb, 5), move |r| tx2.send(r).unwrap())
+        .unwrap();
+    let r = wait_result(&rx);
+    assert!(
+        matches!(r, Err(JobFailure::Engine(EngineError::Stalled(_)))),
+        "{r:?}"
+    );
+    wait_result(&rx2).unwrap();
+    submit_wait(&ca, fill(&ba, 6)).unwrap();
+    assert_eq!(a.stats().jobs_failed, 1);
+    // The stuck thread, once its chunk returns, leaves without completing the job again.
+    std::thread::sleep(HANG);
+    assert!(rx.try_recv().is_err());
+    submit_wait(&cb, fill(&bb, 8)).unwrap();
+    dev.shutdown();
 }

@@ -10,14 +10,20 @@
 //! wake preemption happen at the same points as with short chunks only, a held share's reserved
 //! slot for an idle vGPU starts on time, and a vGPU that wakes during a long chunk waits at most
 //! that chunk before the usual rules apply; from the next boundary on chunks are short.
+//!
+//! **Faults.** A chunk that panics or fails fails its job only ([`run_contained`]). A
+//! [`watchdog`] thread watches the chunk on the engine: one running past the stall limit fails
+//! its job with [`EngineError::Stalled`], and the engine thread is replaced by a new one on a
+//! fresh engine from the engine's factory (the stuck thread, if it ever returns, leaves without
+//! touching anything).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::channel::JobFailure;
-use super::engine::Engine;
+use super::channel::{Completion, JobFailure, JobResult};
+use super::engine::{panic_message, DynEngine, EngineError, EngineFactory};
 use super::runlist::{nanos, ActiveJob, QueuedJob, Runlist};
 use super::scheduler::{SchedCore, Turn};
 use super::stats::{SchedulerLog, SliceRecord, VgpuCounters};
@@ -100,6 +106,36 @@ impl ChunkTargets {
     }
 }
 
+/// A running job's completion, reachable by the watchdog (taken by whoever completes first).
+pub(crate) type CompletionSlot = Arc<Mutex<Option<Box<dyn Completion>>>>;
+
+/// Forwards to the completion in a [`CompletionSlot`], unless the watchdog took it.
+struct Forward(CompletionSlot);
+
+impl Completion for Forward {
+    fn complete(self: Box<Self>, result: JobResult) {
+        let taken = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(completion) = taken {
+            completion.complete(result);
+        }
+    }
+}
+
+/// The chunk on the engine now, as the watchdog sees it.
+pub(crate) struct Beat {
+    since: Instant,
+    turn: Turn,
+    turn_start: Instant,
+    slot: CompletionSlot,
+}
+
+/// Which engine thread is current, and what it runs.
+#[derive(Default)]
+pub(crate) struct Heartbeat {
+    generation: u64,
+    chunk: Option<Beat>,
+}
+
 /// State shared by the device thread and every vGPU handle.
 pub(crate) struct Shared {
     state: Mutex<SchedState>,
@@ -111,6 +147,7 @@ pub(crate) struct Shared {
     pub epoch: Instant,
     /// Chunk lengths, short or long by whether the running vGPU is alone.
     pub chunks: ChunkTargets,
+    heartbeat: Mutex<Heartbeat>,
 }
 
 impl Shared {
@@ -127,7 +164,32 @@ impl Shared {
             log: Mutex::new(SchedulerLog::default()),
             epoch: Instant::now(),
             chunks,
+            heartbeat: Mutex::new(Heartbeat::default()),
         }
+    }
+
+    fn heartbeat(&self) -> MutexGuard<'_, Heartbeat> {
+        self.heartbeat.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records the chunk engine thread `generation` starts; false if it was replaced.
+    fn beat(&self, generation: u64, beat: Beat) -> bool {
+        let mut hb = self.heartbeat();
+        if hb.generation != generation {
+            return false;
+        }
+        hb.chunk = Some(beat);
+        true
+    }
+
+    /// Records the end of a chunk; false if the thread was replaced meanwhile.
+    fn beat_end(&self, generation: u64) -> bool {
+        let mut hb = self.heartbeat();
+        if hb.generation != generation {
+            return false;
+        }
+        hb.chunk = None;
+        true
     }
 
     /// Locks the scheduler state. Nothing in it is left half-updated across a panic point,
@@ -191,12 +253,19 @@ pub(crate) fn cancel_all(jobs: Vec<QueuedJob>) {
     }
 }
 
-/// The device thread's main loop; returns after shutdown, having cancelled unfinished jobs.
-pub(crate) fn run(shared: Arc<Shared>, mut engine: Box<dyn Engine>) {
+/// The device thread's main loop as engine thread `generation`; returns after shutdown, having
+/// cancelled unfinished jobs, or as soon as the watchdog replaced it.
+pub(crate) fn run(shared: Arc<Shared>, mut engine: Box<dyn DynEngine>, generation: u64) {
     let mut guard = shared.lock();
     while !guard.shutdown {
         match guard.core.pick() {
-            Some(turn) => guard = run_slot(&shared, guard, engine.as_mut(), turn),
+            Some(turn) => match run_slot(&shared, guard, engine.as_mut(), turn, generation) {
+                Some(g) => guard = g,
+                None => {
+                    log::warn!("engine thread {generation} was replaced by the watchdog; exiting");
+                    return;
+                }
+            },
             None => guard = shared.wait_for(guard, None),
         }
     }
@@ -220,9 +289,10 @@ enum Ran {
 fn run_slot<'a>(
     shared: &'a Shared,
     mut guard: MutexGuard<'a, SchedState>,
-    engine: &mut dyn Engine,
+    engine: &mut dyn DynEngine,
     turn: Turn,
-) -> MutexGuard<'a, SchedState> {
+    generation: u64,
+) -> Option<MutexGuard<'a, SchedState>> {
     let start = Instant::now();
     let deadline = start + Duration::from_nanos(turn.target_ns);
     let seq = guard.slice_seq;
@@ -270,6 +340,16 @@ fn run_slot<'a>(
             shared.woke.store(false, Ordering::Release);
         }
         drop(guard);
+        let slot = match &active.stall_slot {
+            Some(slot) => Arc::clone(slot),
+            None => {
+                let real = std::mem::replace(&mut active.queued.completion, Box::new(|_| {}));
+                let slot: CompletionSlot = Arc::new(Mutex::new(Some(real)));
+                active.queued.completion = Box::new(Forward(Arc::clone(&slot)));
+                active.stall_slot = Some(Arc::clone(&slot));
+                slot
+            }
+        };
 
         let mut segment_ns = 0u64;
         // One clock read per chunk: each chunk's end is the next one's start.
@@ -281,9 +361,26 @@ fn run_slot<'a>(
             let target = shared
                 .chunks
                 .next(solo, nanos(deadline.saturating_duration_since(t0)));
-            let step = active.step(engine, target);
+            let beat = Beat {
+                since: t0,
+                turn,
+                turn_start: start,
+                slot: Arc::clone(&slot),
+            };
+            if !shared.beat(generation, beat) {
+                return None;
+            }
+            let step = run_contained(engine, &mut active, target);
+            if !shared.beat_end(generation) {
+                // The watchdog failed this job and started another engine thread.
+                return None;
+            }
             let now = Instant::now();
-            let dt = nanos(now.saturating_duration_since(t0));
+            // Device time when the engine measures it, host time otherwise.
+            let dt = match (&step, engine.last_device_ns()) {
+                (Ok(_), Some(device_ns)) => device_ns,
+                _ => nanos(now.saturating_duration_since(t0)),
+            };
             t0 = now;
             segment_ns += dt;
             active.run_ns += dt;
@@ -369,5 +466,155 @@ fn run_slot<'a>(
         reserved: turn.reserved,
         chunks,
     });
-    guard
+    Some(guard)
+}
+
+/// Starts engine thread `generation` on `engine`.
+pub(crate) fn spawn_engine(
+    shared: &Arc<Shared>,
+    engine: Box<dyn DynEngine>,
+    generation: u64,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let shared = Arc::clone(shared);
+    std::thread::Builder::new()
+        .name("vgpu-engine".into())
+        .spawn(move || run(shared, engine, generation))
+}
+
+/// The watchdog: runs engine thread 0 on `engine` and watches it. A chunk running longer than
+/// `stall` fails its job ([`EngineError::Stalled`]), the turn is charged, and a new engine
+/// thread starts on a fresh engine from `factory` (without one, the stall is only logged).
+/// Returns after shutdown, once the current engine thread ended.
+pub(crate) fn watchdog(
+    shared: Arc<Shared>,
+    engine: Box<dyn DynEngine>,
+    factory: Option<EngineFactory>,
+    stall: Duration,
+) {
+    let mut current = match spawn_engine(&shared, engine, 0) {
+        Ok(handle) => handle,
+        Err(e) => {
+            log::error!("cannot start the engine thread: {e}");
+            return;
+        }
+    };
+    let tick = (stall / 4).clamp(Duration::from_millis(1), Duration::from_millis(50));
+    let mut reported = false;
+    loop {
+        if shared.lock().shutdown {
+            break;
+        }
+        std::thread::sleep(tick);
+        let stuck_for = {
+            let hb = shared.heartbeat();
+            hb.chunk
+                .as_ref()
+                .map(|b| b.since.elapsed())
+                .filter(|&d| d > stall)
+        };
+        let Some(stuck_for) = stuck_for else {
+            reported = false;
+            continue;
+        };
+        let ms = u64::try_from(stuck_for.as_millis()).unwrap_or(u64::MAX);
+        let Some(factory) = &factory else {
+            if !reported {
+                log::error!("engine stalled for {ms} ms; this engine cannot be restarted");
+                reported = true;
+            }
+            continue;
+        };
+        let fresh = match factory() {
+            Ok(engine) => engine,
+            Err(e) => {
+                if !reported {
+                    log::error!("engine stalled for {ms} ms; restart failed: {e}");
+                    reported = true;
+                }
+                continue;
+            }
+        };
+        // Replace the thread only if the same chunk is still stuck (it may have ended while
+        // the fresh engine was made).
+        let (generation, beat) = {
+            let mut hb = shared.heartbeat();
+            let still = hb.chunk.as_ref().is_some_and(|b| b.since.elapsed() > stall);
+            if !still {
+                continue;
+            }
+            hb.generation += 1;
+            (hb.generation, hb.chunk.take())
+        };
+        let Some(beat) = beat else {
+            continue;
+        };
+        {
+            let mut guard = shared.lock();
+            if let Some(vgpu) = guard.vgpus.get_mut(&beat.turn.vgpu) {
+                vgpu.running = false;
+                vgpu.counters.jobs_failed += 1;
+            }
+            let elapsed = nanos(beat.turn_start.elapsed());
+            guard.core.account(&beat.turn, elapsed);
+            guard.refresh(beat.turn.vgpu);
+        }
+        let failed = beat.slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(completion) = failed {
+            let result = Err(JobFailure::Engine(EngineError::Stalled(ms)));
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                completion.complete(result)
+            }))
+            .is_err()
+            {
+                log::error!("completion of a stalled job panicked");
+            }
+        }
+        log::error!(
+            "engine stalled for {ms} ms in a job of vGPU {}: job failed, engine restarted \
+             (thread {generation})",
+            beat.turn.vgpu
+        );
+        match spawn_engine(&shared, fresh, generation) {
+            // The stuck thread is left behind; it exits if its chunk ever returns.
+            Ok(handle) => current = handle,
+            Err(e) => {
+                log::error!("cannot start a new engine thread: {e}");
+                return;
+            }
+        }
+        shared.wake.notify_all();
+    }
+    if current.join().is_err() {
+        log::error!("engine thread panicked");
+    }
+}
+
+/// Runs one chunk of `active`, containing a panic in the engine: the job fails with
+/// [`EngineError::Panicked`] and the engine is reset, so only this job is affected. An engine
+/// error that may leave the engine unusable (device lost, timeout) resets it too.
+fn run_contained(
+    engine: &mut dyn DynEngine,
+    active: &mut ActiveJob,
+    target_ns: u64,
+) -> Result<bool, EngineError> {
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        active.step(engine, target_ns)
+    }));
+    let result = match result {
+        Ok(result) => result,
+        Err(payload) => {
+            let message = panic_message(payload.as_ref());
+            log::error!("engine {} panicked in a job: {message}", engine.name());
+            Err(EngineError::Panicked(message))
+        }
+    };
+    if let Err(e @ (EngineError::Panicked(_) | EngineError::DeviceLost | EngineError::Timeout(_))) =
+        &result
+    {
+        match engine.reset() {
+            Ok(()) => log::warn!("engine {} reset after: {e}", engine.name()),
+            Err(re) => log::error!("engine {} reset failed after {e}: {re}", engine.name()),
+        }
+    }
+    result
 }

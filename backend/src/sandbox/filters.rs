@@ -181,8 +181,10 @@ const MAIN: &[i64] = &[
     libc::SYS_ppoll,
 ];
 
-/// The engine thread: computes on device memory; nothing beyond [`COMMON`].
-const ENGINE: &[i64] = &[];
+/// The engine's watchdog and engine threads: compute on device memory; the watchdog starts a new
+/// engine thread after a stall (so the kind may create threads; a Vulkan driver's own worker
+/// threads are created with the device, at start-up).
+const ENGINE: &[i64] = &[libc::SYS_clone, libc::SYS_clone3];
 
 /// The allow-list of `kind`.
 pub fn allowed(kind: ThreadKind) -> Vec<i64> {

@@ -2,7 +2,8 @@
 # waits for the vGPU's render node, then repeatedly asks the host what to do (`cmd READY`) and runs it.
 # Results are markers with key=value fields taken from vgpu-smi's JSON (one key per line, so sed
 # suffices). Commands (one line from the host):
-#   smi                          -> `smi PASS|FAIL type=.. fb_total=.. fb_used=.. policy=.. busy_ns=.. jobs=..`
+#   smi                          -> `smi PASS|FAIL type=.. fb_total=.. fb_used=.. policy=.. busy_ns=.. jobs=..
+#                                   engine=.. device=..` (device: the device name, spaces and commas as _)
 #   memtest                      -> `memtest PASS|FAIL limit=.. fb=.. zeroed=.. allocated=.. buffers=.. passed=..`
 #   bench KERNEL SIZE SECONDS    -> `bench PASS|FAIL kernel=.. jobs=.. jps=.. p50_us=.. p99_us=.. verified=.. wall=..`
 #   bench-fb KERNEL SIZE SECONDS B G R
@@ -15,6 +16,9 @@
 # jfield KEY FILE: the value of "KEY": VALUE in vgpu-smi's pretty JSON (quotes and comma stripped).
 jfield() { sed -n "s/^ *\"$1\": *\"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}\$/\1/p" "$2" | head -n1; }
 
+# jtext KEY FILE: a free-text "KEY": "VALUE" with spaces and commas turned into _.
+jtext() { sed -n "s/^ *\"$1\": *\"\(.*\)\",\{0,1\}\$/\1/p" "$2" | head -n1 | tr ' ,' '__'; }
+
 # run_smi: status JSON to markers.
 run_smi() {
     if vgpu-smi --json >/tmp/smi.json 2>/tmp/smi.err; then
@@ -22,7 +26,8 @@ run_smi() {
             "fb_used=$(jfield framebuffer_used_bytes /tmp/smi.json) policy=$(jfield policy /tmp/smi.json)" \
             "share=$(jfield share_percent /tmp/smi.json) util=$(jfield utilization_percent /tmp/smi.json)" \
             "active=$(jfield active_vgpus /tmp/smi.json) busy_ns=$(jfield busy_ns /tmp/smi.json)" \
-            "jobs=$(jfield jobs_completed /tmp/smi.json)"
+            "jobs=$(jfield jobs_completed /tmp/smi.json) engine=$(jfield engine /tmp/smi.json)" \
+            "device=$(jtext device_name /tmp/smi.json)"
     else
         fail smi "rc=$? $(tr '\n' ' ' </tmp/smi.err)"
     fi

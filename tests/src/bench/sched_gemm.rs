@@ -12,6 +12,15 @@ pub(super) fn gflops(dim: u32, jobs: u64, secs: f64) -> f64 {
 /// GEMM throughput called in-process: in one call, or (`rows_per_call` > 0) in whole-row blocks
 /// as an engine with row-aligned chunks would run it.
 pub(super) fn gemm_direct(dim: u32, rows_per_call: usize, seconds: f64) -> Result<f64, String> {
+    if super::sched_engine::is_vulkan() {
+        // The engine driven with no scheduler: one dispatch per GEMM, or ~100 µs sub-grids.
+        let target = if rows_per_call == 0 {
+            u64::MAX / 4
+        } else {
+            CHUNK_TARGET_NS as u64
+        };
+        return super::sched_engine::gemm_engine_direct(dim, target, seconds);
+    }
     let n = dim as usize;
     let a = vec![0.5f32; n * n];
     let b = vec![0.25f32; n * n];
@@ -42,13 +51,14 @@ pub(super) struct ChannelRun {
 }
 
 pub(super) fn gemm_channel(dim: u32, seconds: f64, chunk_ns: u64) -> Result<ChannelRun, String> {
-    let dev = Device::new(DeviceConfig {
+    let config = DeviceConfig {
         memory_mib: 1024,
         policy: Policy::BestEffort,
         chunk_target_ns: chunk_ns,
         ..DeviceConfig::default()
-    })
-    .map_err(|e| format!("device: {e}"))?;
+    };
+    let engine = super::sched_engine::open(chunk_ns)?;
+    let dev = Device::with_engine(config, engine).map_err(|e| format!("device: {e}"))?;
     let vgpu = create(&dev, &["vgpu-1q"])?.remove(0);
     let bytes = u64::from(dim) * u64::from(dim) * 4;
     let alloc = |n| vgpu.alloc_buffer(n).map_err(|e| e.to_string());
@@ -176,7 +186,12 @@ pub(super) fn gemm_vhost(bin: &Path, dim: u32, seconds: f64) -> Result<f64, Stri
     let child = Command::new(bin)
         .arg("--socket-path")
         .arg(&socket)
-        .args(["--type", "vgpu-64m"])
+        .args([
+            "--type",
+            "vgpu-64m",
+            "--engine",
+            &super::sched_engine::name(),
+        ])
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

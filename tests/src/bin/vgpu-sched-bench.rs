@@ -17,7 +17,15 @@
 //!   vhost-user (one fenced SUBMIT_3D per GEMM, two in flight; needs the release `vgpud`).
 //! - (d) `vgpud` RSS with 64 `--vgpu` sockets of `vgpu-64m` (its `max_instances`; 64 × 64 MiB
 //!   fills the default 4096 MiB), before and after 64 idle test frontends connect.
+//! - (e) per-kernel throughput through one vGPU's channel on the selected engine.
+//!
+//! `--engine cpu|vulkan[:INDEX|:NAME]` (default cpu) runs every section on that engine (the
+//! in-process devices and the spawned `vgpud`); on Vulkan, "direct" in (c) is the engine driven
+//! with no scheduler: one dispatch per GEMM (and, in the row-block line, ~100 µs sub-grids).
+//! Busy time, and so the fairness shares, is device time measured by timestamp queries there.
 
+#[path = "../bench/sched_engine.rs"]
+mod sched_engine;
 #[path = "../bench/sched_gemm.rs"]
 mod sched_gemm;
 #[path = "../bench/sched_rss.rs"]
@@ -44,10 +52,11 @@ use vgpu_tests::{FrontendConfig, GpuClient};
 use sched_gemm::gemm_overhead;
 use sched_rss::{rss, vgpud_path};
 
-const USAGE: &str = "usage: vgpu-sched-bench [--json] [--skip-rss] [--windows N]
+const USAGE: &str = "usage: vgpu-sched-bench [--json] [--skip-rss] [--windows N] [--engine E]
   --json       print the results as JSON instead of a table
   --skip-rss   leave out (d), the vgpud RSS measurement
-  --only S     run only these sections, e.g. --only ad (default abcd)
+  --only S     run only these sections, e.g. --only ad (default abcde)
+  --engine E   cpu (default), vulkan, vulkan:INDEX or vulkan:NAME
   --windows N  1 s fairness windows per policy (default 4)
   env: VGPUD (vgpud binary; default target/<profile>/vgpud)";
 
@@ -79,7 +88,7 @@ struct Args {
 fn parse(args: &[String]) -> Result<Args, String> {
     let mut out = Args {
         json: false,
-        only: "abcd".into(),
+        only: "abcde".into(),
         windows: 4,
     };
     let mut it = args.iter();
@@ -87,10 +96,14 @@ fn parse(args: &[String]) -> Result<Args, String> {
         match a.as_str() {
             "--json" => out.json = true,
             "--skip-rss" => out.only.retain(|c| c != 'd'),
+            "--engine" => {
+                let v = it.next().ok_or("--engine needs a value")?;
+                sched_engine::select(v)?;
+            }
             "--only" => {
                 let v = it.next().ok_or("--only needs a value")?;
-                if v.is_empty() || !v.chars().all(|c| "abcd".contains(c)) {
-                    return Err(format!("bad --only {v:?} (letters from abcd)"));
+                if v.is_empty() || !v.chars().all(|c| "abcde".contains(c)) {
+                    return Err(format!("bad --only {v:?} (letters from abcde)"));
                 }
                 out.only = v.clone();
             }
@@ -145,12 +158,13 @@ fn mib(bytes: u64) -> String {
 }
 
 fn device(policy: Policy, memory_mib: u64) -> Result<Arc<Device>, String> {
-    Device::new(DeviceConfig {
+    let config = DeviceConfig {
         memory_mib,
         policy,
         ..DeviceConfig::default()
-    })
-    .map_err(|e| format!("device: {e}"))
+    };
+    let engine = sched_engine::open(config.chunk_target_ns)?;
+    Device::with_engine(config, engine).map_err(|e| format!("device: {e}"))
 }
 
 fn create(dev: &Device, types: &[&str]) -> Result<Vec<Arc<Vgpu>>, String> {
@@ -552,6 +566,27 @@ fn run(args: &Args) -> Result<(), String> {
             }
         }
     }
+    if args.only.contains('e') {
+        say("(e) per-kernel throughput through one vGPU's channel");
+        let kernels = sched_engine::kernels()?;
+        for k in &kernels {
+            rows.push(Row::new(
+                format!("e-{}", k.kernel),
+                format!("{} through the channel ({})", k.what, sched_engine::name()),
+                format!("{:.2} {}", k.rate, k.unit),
+            ));
+        }
+        doc.insert(
+            "kernels".into(),
+            Value::Array(
+                kernels
+                    .iter()
+                    .map(|k| json!({"kernel": k.kernel, "rate": k.rate, "unit": k.unit}))
+                    .collect(),
+            ),
+        );
+    }
+    doc.insert("engine".into(), json!(sched_engine::name()));
     doc.insert("runtime_s".into(), json!(t_start.elapsed().as_secs_f64()));
 
     if args.json {

@@ -101,6 +101,10 @@ impl Backend {
         }
         let mut cmd = Command::new(&binary);
         cmd.args(args);
+        // A Vulkan engine runs under the validation layer when it is installed.
+        if std::env::var_os(crate::engines::VALIDATION_ENV).is_none() {
+            cmd.env(crate::engines::VALIDATION_ENV, "1");
+        }
         Self::start(cmd, BackendKind::Vgpud, sockets.to_vec(), log, timeout)
     }
 

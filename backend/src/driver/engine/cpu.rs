@@ -32,7 +32,9 @@
 
 use std::time::Instant;
 
-use super::{Engine, EngineError, OpProgress, Step, DEFAULT_CHUNK_TARGET_NS};
+use super::{
+    Engine, EngineCaps, EngineError, EngineKind, OpProgress, Step, DEFAULT_CHUNK_TARGET_NS,
+};
 use crate::driver::buffer::BufferError;
 use crate::driver::job::{BufRef, Op, OpKind};
 use crate::driver::kernels::{self, GemmDims};
@@ -447,9 +449,67 @@ fn even(want: f64, len: usize) -> usize {
     aligned.clamp(TILE_ALIGN, len.max(1))
 }
 
+/// The host CPU's model name (from /proc/cpuinfo), or "host CPU".
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, name)| name.trim().to_string())
+        })
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "host CPU".to_string())
+}
+
+/// This crate's version packed like a Vulkan version (major << 22 | minor << 12 | patch).
+fn crate_version() -> u32 {
+    let part = |s: &str| s.parse::<u32>().unwrap_or(0);
+    let mut it = env!("CARGO_PKG_VERSION").split('.');
+    let (major, minor, patch) = (
+        it.next().map_or(0, part),
+        it.next().map_or(0, part),
+        it.next().map_or(0, part),
+    );
+    (major << 22) | (minor << 12) | patch
+}
+
+/// The CPU engine's capabilities (one engine thread, host memory, every kernel).
+pub fn cpu_caps() -> EngineCaps {
+    EngineCaps {
+        kind: EngineKind::Cpu,
+        device_name: cpu_model(),
+        vendor_id: 0,
+        device_id: 0,
+        driver_name: "vgpud-cpu".to_string(),
+        driver_version: crate_version(),
+        device_memory_bytes: 0,
+        kernel_mask: vgpu_protocol::channel::Kernel::mask_all(),
+        queues: 1,
+        timestamp_period_ps: 0,
+        max_workgroups: 0,
+        max_workgroup_invocations: 0,
+        max_storage_buffer_range: 0,
+    }
+}
+
 impl Engine for CpuEngine {
+    type OpState = OpProgress;
+
     fn name(&self) -> &'static str {
         "cpu"
+    }
+
+    fn caps(&self) -> EngineCaps {
+        cpu_caps()
+    }
+
+    fn factory(&self) -> Option<super::EngineFactory> {
+        let target = self.target_ns;
+        Some(std::sync::Arc::new(move || {
+            Ok(Box::new(CpuEngine::new(target)) as Box<dyn super::DynEngine>)
+        }))
     }
 
     fn chunk_target_ns(&self) -> u64 {
