@@ -27,6 +27,8 @@ command -v setpriv >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install 
 if ! command -v promtool >/dev/null; then
     apt-get update -qq || true
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus
+fi
+
 # ---- Vulkan engine (issue 7): Mesa lavapipe (the bookworm-backports build, Mesa 25), the loader,
 # the validation layer, and the shader tools the SPIR-V check uses. Needs root; apt-get update
 # first so the backports index is current.
