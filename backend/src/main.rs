@@ -355,7 +355,9 @@ fn serve_operators(
         .clone()
         .unwrap_or_else(vgpu_mdev::ctl::default_control_socket);
     let handler_manager = Arc::clone(manager);
-    let handler = Arc::new(move |line: &[u8]| control::handle(&handler_manager, line));
+    let handler = Arc::new(move |line: &[u8], access: control::Access| {
+        control::handle(&handler_manager, line, access)
+    });
     match daemon.add_control(&path, ops.control_group.as_deref(), handler) {
         Ok(()) => {}
         Err(e) if explicit.is_some() => {

@@ -173,6 +173,19 @@ fn is_false(b: &bool) -> bool {
 }
 
 impl Request {
+    /// True for verbs that only read state, and for `claim`, which a per-VM relay running as the
+    /// QEMU user may send: the verbs any client that can open the control socket may use.
+    pub fn unprivileged_ok(&self) -> bool {
+        matches!(
+            self,
+            Request::List { .. }
+                | Request::Stats { .. }
+                | Request::SchedLog { .. }
+                | Request::Types { .. }
+                | Request::Claim { .. }
+        )
+    }
+
     /// The verb, as on the wire.
     pub fn cmd(&self) -> &'static str {
         match self {
@@ -358,6 +371,8 @@ pub enum ErrorKind {
     Invalid,
     /// The state directory could not be written.
     State,
+    /// The client may not use this verb (only root and the daemon's own user change state).
+    Denied,
     /// Anything else.
     Failed,
 }

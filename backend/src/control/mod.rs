@@ -51,11 +51,59 @@ const DRAIN_LIMIT: u64 = 16 << 20;
 const DEFAULT_LOG_LIMIT: usize = 256;
 const MIB: u64 = 1 << 20;
 
-/// What answers one request's bytes with one reply line.
-pub type Handler = Arc<dyn Fn(&[u8]) -> String + Send + Sync>;
+/// What a control client may do, from its peer credentials (`SO_PEERCRED`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Root or the daemon's own user: every verb.
+    Full,
+    /// Anyone else the socket's mode lets in (`--control-group`, e.g. libvirt's QEMU user running
+    /// the per-VM relay): `claim` and the verbs that only read.
+    ClaimAndRead,
+}
+
+impl Access {
+    /// The access of a client running as `uid`.
+    pub fn of_uid(uid: u32) -> Self {
+        // SAFETY: geteuid has no preconditions.
+        let own = unsafe { libc::geteuid() };
+        if uid == 0 || uid == own {
+            Access::Full
+        } else {
+            Access::ClaimAndRead
+        }
+    }
+
+    /// The access of the peer of `stream` (no credentials: the least).
+    pub fn of_peer(stream: &UnixStream) -> Self {
+        let mut cred = libc::ucred {
+            pid: 0,
+            uid: u32::MAX,
+            gid: u32::MAX,
+        };
+        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+        // SAFETY: `cred` and `len` are valid for writes of the sizes given; the fd is open.
+        let r = unsafe {
+            libc::getsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERCRED,
+                (&mut cred as *mut libc::ucred).cast(),
+                &mut len,
+            )
+        };
+        if r == 0 {
+            Access::of_uid(cred.uid)
+        } else {
+            Access::ClaimAndRead
+        }
+    }
+}
+
+/// What answers one request's bytes, from a client with the given access, with one reply line.
+pub type Handler = Arc<dyn Fn(&[u8], Access) -> String + Send + Sync>;
 
 /// Answers one request (its raw bytes) with one JSON line (without the newline).
-pub fn handle(manager: &Manager, bytes: &[u8]) -> String {
+pub fn handle(manager: &Manager, bytes: &[u8], access: Access) -> String {
     let ok = |mut v: Value| {
         if let Value::Object(map) = &mut v {
             map.insert("ok".into(), json!(true));
@@ -65,6 +113,20 @@ pub fn handle(manager: &Manager, bytes: &[u8]) -> String {
     };
     let reply = match parse_request(bytes) {
         Err(e) => error_reply(ErrorKind::BadRequest, &e.to_string()),
+        Ok(req) if access != Access::Full && !req.unprivileged_ok() => {
+            log::warn!(
+                "control: {} refused: only root and the daemon's user may change state",
+                req.cmd()
+            );
+            error_reply(
+                ErrorKind::Denied,
+                &format!(
+                    "{}: permission denied (only root and the daemon's user may change state; \
+                     this client may claim and read)",
+                    req.cmd()
+                ),
+            )
+        }
         Ok(req) => {
             let cmd = req.cmd();
             match dispatch(manager, req) {
@@ -274,11 +336,12 @@ fn read_request(stream: &UnixStream) -> io::Result<Result<Vec<u8>, Value>> {
     }
 }
 
-fn answer(stream: UnixStream, handler: &dyn Fn(&[u8]) -> String) -> io::Result<()> {
+fn answer(stream: UnixStream, handler: &dyn Fn(&[u8], Access) -> String) -> io::Result<()> {
+    let access = Access::of_peer(&stream);
     stream.set_nonblocking(false)?;
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
     let (mut reply, refused) = match read_request(&stream)? {
-        Ok(line) => (handler(&line), false),
+        Ok(line) => (handler(&line, access), false),
         Err(refusal) => (refusal.to_string(), true),
     };
     reply.push('\n');

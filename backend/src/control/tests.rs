@@ -54,7 +54,7 @@ impl Fixture {
 }
 
 fn call(m: &Manager, req: Value) -> Value {
-    serde_json::from_str(&handle(m, req.to_string().as_bytes())).unwrap()
+    serde_json::from_str(&handle(m, req.to_string().as_bytes(), Access::Full)).unwrap()
 }
 
 #[test]
@@ -111,7 +111,7 @@ fn create_list_remove_and_no_room() {
     let r = call(&m, json!({"cmd": "remove", "uuid": "not-a-uuid"}));
     assert_eq!(r["kind"], "invalid");
     for bad in [&b"garbage"[..], b"", b"{\"cmd\":\"list\",\"v\":99}"] {
-        let r: Value = serde_json::from_str(&handle(&m, bad)).unwrap();
+        let r: Value = serde_json::from_str(&handle(&m, bad, Access::Full)).unwrap();
         assert_eq!(r["kind"], "bad-request", "{r}");
     }
     m.stop_all();
@@ -245,7 +245,11 @@ fn spawn_server(f: &Fixture, m: Manager) -> (PathBuf, std::thread::JoinHandle<()
     let m = Arc::new(m);
     let t = std::thread::spawn(move || {
         let m2 = Arc::clone(&m);
-        serve(&listener, &sd, Arc::new(move |l: &[u8]| handle(&m2, l)));
+        serve(
+            &listener,
+            &sd,
+            Arc::new(move |l: &[u8], a: Access| handle(&m2, l, a)),
+        );
         m.stop_all();
     });
     (path, t)
@@ -346,4 +350,40 @@ fn fragmented_memory_gives_no_room_with_figures_and_creates_nothing() {
         );
     }
     m.stop_all();
+}
+
+#[test]
+fn clients_other_than_root_and_the_daemons_user_may_only_claim_and_read() {
+    let f = Fixture::new(1024);
+    let m = f.manager(None);
+    let ask = |req: Value, access: Access| -> Value {
+        serde_json::from_str(&handle(&m, req.to_string().as_bytes(), access)).unwrap()
+    };
+    for req in [
+        json!({"cmd": "create", "type": "vgpu-64m"}),
+        json!({"cmd": "remove", "uuid": "6c1e0d7e-4e8e-4bd4-8c36-0b0e8a3b2f10", "force": true}),
+        json!({"cmd": "sched", "policy": "equal-share"}),
+        json!({"cmd": "screenshot", "uuid": "6c1e0d7e-4e8e-4bd4-8c36-0b0e8a3b2f10"}),
+    ] {
+        let r = ask(req.clone(), Access::ClaimAndRead);
+        assert_eq!(r["ok"], false, "{req}: {r}");
+        assert_eq!(r["kind"], "denied", "{req}: {r}");
+    }
+    for req in [
+        json!({"cmd": "list"}),
+        json!({"cmd": "types"}),
+        json!({"cmd": "stats"}),
+    ] {
+        let r = ask(req.clone(), Access::ClaimAndRead);
+        assert_eq!(r["ok"], true, "{req}: {r}");
+    }
+    let r = ask(
+        json!({"cmd": "claim", "type": "vgpu-64m"}),
+        Access::ClaimAndRead,
+    );
+    assert_eq!(r["ok"], true, "claim: {r}");
+    let r = ask(json!({"cmd": "create", "type": "vgpu-64m"}), Access::Full);
+    assert_eq!(r["ok"], true, "create as root: {r}");
+    assert_eq!(Access::of_uid(0), Access::Full);
+    assert_eq!(Access::of_uid(65534), Access::ClaimAndRead);
 }
