@@ -184,7 +184,18 @@ const MAIN: &[i64] = &[
 /// The engine's watchdog and engine threads: compute on device memory; the watchdog starts a new
 /// engine thread after a stall (so the kind may create threads; a Vulkan driver's own worker
 /// threads are created with the device, at start-up).
-const ENGINE: &[i64] = &[libc::SYS_clone, libc::SYS_clone3];
+///
+/// Mesa lavapipe, measured with `strace -f -Y` on a channel run: the engine thread only waits on
+/// futexes (its llvmpipe worker threads are made with the device, at start-up), maps and unmaps
+/// pieces of its "allocation fd" memfd, grows that memfd with `ftruncate` when a command buffer
+/// needs more room, and signals an eventfd (`write`).
+const ENGINE: &[i64] = &[
+    libc::SYS_clone,        // the watchdog's restart of the engine thread
+    libc::SYS_clone3,       // same
+    libc::SYS_ftruncate,    // lavapipe grows its allocation memfd
+    libc::SYS_fallocate,    // same, where Mesa uses it
+    libc::SYS_memfd_create, // a Vulkan driver's new allocation fd
+];
 
 /// The allow-list of `kind`.
 pub fn allowed(kind: ThreadKind) -> Vec<i64> {
