@@ -33,37 +33,18 @@ use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::Reader;
 
-/// Every command type the device may be sent, indexed by the input's type byte.
-pub const COMMANDS: [u32; 27] = [
-    VIRTIO_GPU_CMD_GET_DISPLAY_INFO,
-    VIRTIO_GPU_CMD_RESOURCE_CREATE_2D,
-    VIRTIO_GPU_CMD_RESOURCE_UNREF,
-    VIRTIO_GPU_CMD_SET_SCANOUT,
-    VIRTIO_GPU_CMD_RESOURCE_FLUSH,
-    VIRTIO_GPU_CMD_TRANSFER_TO_HOST_2D,
-    VIRTIO_GPU_CMD_RESOURCE_ATTACH_BACKING,
-    VIRTIO_GPU_CMD_RESOURCE_DETACH_BACKING,
-    VIRTIO_GPU_CMD_GET_CAPSET_INFO,
-    VIRTIO_GPU_CMD_GET_CAPSET,
-    VIRTIO_GPU_CMD_GET_EDID,
-    VIRTIO_GPU_CMD_RESOURCE_ASSIGN_UUID,
-    VIRTIO_GPU_CMD_RESOURCE_CREATE_BLOB,
-    VIRTIO_GPU_CMD_SET_SCANOUT_BLOB,
-    VIRTIO_GPU_CMD_CTX_CREATE,
-    VIRTIO_GPU_CMD_CTX_DESTROY,
-    VIRTIO_GPU_CMD_CTX_ATTACH_RESOURCE,
-    VIRTIO_GPU_CMD_CTX_DETACH_RESOURCE,
-    VIRTIO_GPU_CMD_RESOURCE_CREATE_3D,
-    VIRTIO_GPU_CMD_TRANSFER_TO_HOST_3D,
-    VIRTIO_GPU_CMD_TRANSFER_FROM_HOST_3D,
-    VIRTIO_GPU_CMD_SUBMIT_3D,
-    VIRTIO_GPU_CMD_RESOURCE_MAP_BLOB,
-    VIRTIO_GPU_CMD_RESOURCE_UNMAP_BLOB,
-    VIRTIO_GPU_CMD_UPDATE_CURSOR,
-    VIRTIO_GPU_CMD_MOVE_CURSOR,
-    // An unknown type, so the decoder's rejection path is part of sequences too.
-    0x0fff,
-];
+/// Every command type the device may be sent, indexed by the input's type byte: the protocol's
+/// command types, then an unknown one (0x0fff), so the decoder's rejection path is part of
+/// sequences too.
+pub const COMMANDS: [u32; 27] = {
+    let mut all = [0x0fff; 27];
+    let mut i = 0;
+    while i < VIRTIO_GPU_COMMAND_TYPES.len() {
+        all[i] = VIRTIO_GPU_COMMAND_TYPES[i];
+        i += 1;
+    }
+    all
+};
 
 /// Operation codes of the input format (see the module doc).
 pub mod op {

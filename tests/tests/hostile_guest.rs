@@ -247,45 +247,21 @@ fn random_request(rng: &mut Rng, type_: u32, mem_end: u64, scratch: u64) -> Vec<
 }
 
 /// Every command type, an unknown one and response types sent as requests.
-const TYPES: [u32; 29] = [
-    VIRTIO_GPU_CMD_GET_DISPLAY_INFO,
-    VIRTIO_GPU_CMD_RESOURCE_CREATE_2D,
-    VIRTIO_GPU_CMD_RESOURCE_UNREF,
-    VIRTIO_GPU_CMD_SET_SCANOUT,
-    VIRTIO_GPU_CMD_RESOURCE_FLUSH,
-    VIRTIO_GPU_CMD_TRANSFER_TO_HOST_2D,
-    VIRTIO_GPU_CMD_RESOURCE_ATTACH_BACKING,
-    VIRTIO_GPU_CMD_RESOURCE_DETACH_BACKING,
-    VIRTIO_GPU_CMD_GET_CAPSET_INFO,
-    VIRTIO_GPU_CMD_GET_CAPSET,
-    VIRTIO_GPU_CMD_GET_EDID,
-    VIRTIO_GPU_CMD_RESOURCE_ASSIGN_UUID,
-    VIRTIO_GPU_CMD_RESOURCE_CREATE_BLOB,
-    VIRTIO_GPU_CMD_SET_SCANOUT_BLOB,
-    VIRTIO_GPU_CMD_CTX_CREATE,
-    VIRTIO_GPU_CMD_CTX_DESTROY,
-    VIRTIO_GPU_CMD_CTX_ATTACH_RESOURCE,
-    VIRTIO_GPU_CMD_CTX_DETACH_RESOURCE,
-    VIRTIO_GPU_CMD_RESOURCE_CREATE_3D,
-    VIRTIO_GPU_CMD_TRANSFER_TO_HOST_3D,
-    VIRTIO_GPU_CMD_TRANSFER_FROM_HOST_3D,
-    VIRTIO_GPU_CMD_SUBMIT_3D,
-    VIRTIO_GPU_CMD_RESOURCE_MAP_BLOB,
-    VIRTIO_GPU_CMD_RESOURCE_UNMAP_BLOB,
-    VIRTIO_GPU_CMD_UPDATE_CURSOR,
-    VIRTIO_GPU_CMD_MOVE_CURSOR,
-    0,
-    VIRTIO_GPU_RESP_OK_NODATA,
-    0xffff_ffff,
-];
+fn request_types() -> Vec<u32> {
+    VIRTIO_GPU_COMMAND_TYPES
+        .into_iter()
+        .chain([0, VIRTIO_GPU_RESP_OK_NODATA, 0xffff_ffff])
+        .collect()
+}
 
 /// Phase 1: random requests on both queues, each with a response buffer of a random size.
 fn random_requests(c: &mut GpuClient, rng: &mut Rng) -> [usize; 3] {
     let mem_end = c.conn.mem.end();
     let scratch = c.conn.mem.alloc_pages(1 << 20).unwrap();
     let mut counts = [0usize; 3]; // ok, err, no room for an answer
+    let types = request_types();
     for i in 0..RANDOM_REQUESTS {
-        let type_ = TYPES[rng.below(TYPES.len() as u64) as usize];
+        let type_ = types[rng.below(types.len() as u64) as usize];
         let bytes = random_request(rng, type_, mem_end, scratch);
         let q = if rng.chance(10) {
             CURSOR_QUEUE
@@ -332,7 +308,7 @@ fn random_requests(c: &mut GpuClient, rng: &mut Rng) -> [usize; 3] {
         } else {
             counts[0] += 1;
             assert!(
-                TYPES[..26].contains(&type_),
+                VIRTIO_GPU_COMMAND_TYPES.contains(&type_),
                 "request {i}: unknown type {type_:#x} answered {resp:?}"
             );
         }
