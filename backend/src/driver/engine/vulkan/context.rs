@@ -645,69 +645,71 @@ pub(crate) fn buffer_usage() -> vk::BufferUsageFlags {
         | vk::BufferUsageFlags::TRANSFER_DST
 }
 
-/// Makes earlier host writes visible to the commands that follow (start of a command buffer).
-pub(crate) fn device_barrier(device: &ash::Device, cb: vk::CommandBuffer) {
+/// Records one global memory barrier: writes of `src_access` in `src_stage` are made visible to
+/// `dst_access` in `dst_stage`.
+fn memory_barrier(
+    device: &ash::Device,
+    cb: vk::CommandBuffer,
+    (src_stage, src_access): (vk::PipelineStageFlags, vk::AccessFlags),
+    (dst_stage, dst_access): (vk::PipelineStageFlags, vk::AccessFlags),
+) {
     let barrier = [vk::MemoryBarrier::default()
-        .src_access_mask(vk::AccessFlags::HOST_WRITE | vk::AccessFlags::MEMORY_WRITE)
-        .dst_access_mask(
-            vk::AccessFlags::SHADER_READ
-                | vk::AccessFlags::SHADER_WRITE
-                | vk::AccessFlags::TRANSFER_READ
-                | vk::AccessFlags::TRANSFER_WRITE,
-        )];
+        .src_access_mask(src_access)
+        .dst_access_mask(dst_access)];
     // SAFETY: `cb` is recording.
     unsafe {
         device.cmd_pipeline_barrier(
             cb,
-            vk::PipelineStageFlags::HOST | vk::PipelineStageFlags::ALL_COMMANDS,
-            vk::PipelineStageFlags::COMPUTE_SHADER | vk::PipelineStageFlags::TRANSFER,
+            src_stage,
+            dst_stage,
             vk::DependencyFlags::empty(),
             &barrier,
             &[],
             &[],
         )
     };
+}
+
+/// What the kernels and copies read and write, and where.
+const DEVICE_ACCESS: (vk::PipelineStageFlags, vk::AccessFlags) = (
+    vk::PipelineStageFlags::from_raw(
+        vk::PipelineStageFlags::COMPUTE_SHADER.as_raw() | vk::PipelineStageFlags::TRANSFER.as_raw(),
+    ),
+    vk::AccessFlags::from_raw(
+        vk::AccessFlags::SHADER_READ.as_raw()
+            | vk::AccessFlags::SHADER_WRITE.as_raw()
+            | vk::AccessFlags::TRANSFER_READ.as_raw()
+            | vk::AccessFlags::TRANSFER_WRITE.as_raw(),
+    ),
+);
+
+/// The writes of the kernels and copies, and where.
+const DEVICE_WRITES: (vk::PipelineStageFlags, vk::AccessFlags) = (
+    DEVICE_ACCESS.0,
+    vk::AccessFlags::from_raw(
+        vk::AccessFlags::SHADER_WRITE.as_raw() | vk::AccessFlags::TRANSFER_WRITE.as_raw(),
+    ),
+);
+
+/// Makes earlier host writes visible to the commands that follow (start of a command buffer).
+pub(crate) fn device_barrier(device: &ash::Device, cb: vk::CommandBuffer) {
+    let host_writes = (
+        vk::PipelineStageFlags::HOST | vk::PipelineStageFlags::ALL_COMMANDS,
+        vk::AccessFlags::HOST_WRITE | vk::AccessFlags::MEMORY_WRITE,
+    );
+    memory_barrier(device, cb, host_writes, DEVICE_ACCESS);
 }
 
 /// Orders shader and transfer writes before later commands in the same command buffer.
 pub(crate) fn inner_barrier(device: &ash::Device, cb: vk::CommandBuffer) {
-    let barrier = [vk::MemoryBarrier::default()
-        .src_access_mask(vk::AccessFlags::SHADER_WRITE | vk::AccessFlags::TRANSFER_WRITE)
-        .dst_access_mask(
-            vk::AccessFlags::SHADER_READ
-                | vk::AccessFlags::SHADER_WRITE
-                | vk::AccessFlags::TRANSFER_READ
-                | vk::AccessFlags::TRANSFER_WRITE,
-        )];
-    // SAFETY: `cb` is recording.
-    unsafe {
-        device.cmd_pipeline_barrier(
-            cb,
-            vk::PipelineStageFlags::COMPUTE_SHADER | vk::PipelineStageFlags::TRANSFER,
-            vk::PipelineStageFlags::COMPUTE_SHADER | vk::PipelineStageFlags::TRANSFER,
-            vk::DependencyFlags::empty(),
-            &barrier,
-            &[],
-            &[],
-        )
-    };
+    memory_barrier(device, cb, DEVICE_WRITES, DEVICE_ACCESS);
 }
 
 /// Makes the device's writes visible to the host (end of a command buffer).
 pub(crate) fn host_barrier(device: &ash::Device, cb: vk::CommandBuffer) {
-    let barrier = [vk::MemoryBarrier::default()
-        .src_access_mask(vk::AccessFlags::SHADER_WRITE | vk::AccessFlags::TRANSFER_WRITE)
-        .dst_access_mask(vk::AccessFlags::HOST_READ | vk::AccessFlags::HOST_WRITE)];
-    // SAFETY: `cb` is recording.
-    unsafe {
-        device.cmd_pipeline_barrier(
-            cb,
-            vk::PipelineStageFlags::COMPUTE_SHADER | vk::PipelineStageFlags::TRANSFER,
-            vk::PipelineStageFlags::HOST,
-            vk::DependencyFlags::empty(),
-            &barrier,
-            &[],
-            &[],
-        )
-    };
+    let host_access = (
+        vk::PipelineStageFlags::HOST,
+        vk::AccessFlags::HOST_READ | vk::AccessFlags::HOST_WRITE,
+    );
+    memory_barrier(device, cb, DEVICE_WRITES, host_access);
 }
