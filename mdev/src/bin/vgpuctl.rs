@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use base64::Engine as _;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 use vgpu_mdev::ctl::{
     default_control_socket, list_table, sched_log_table, stats_table, types_table, Client,
@@ -39,6 +39,23 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// What `create` and `define` take to describe an instance.
+#[derive(Args)]
+struct InstanceSpec {
+    /// Its type.
+    #[arg(short = 't', long = "type", value_name = "TYPE")]
+    type_name: String,
+    /// Its UUID [default: random].
+    #[arg(short = 'u', long)]
+    uuid: Option<String>,
+    /// Its vhost-user socket [default: <run-dir>/<uuid>.sock].
+    #[arg(long, value_name = "PATH")]
+    vhost_socket: Option<PathBuf>,
+    /// Start it whenever the daemon starts (`create`: also define it).
+    #[arg(short = 'a', long)]
+    auto: bool,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// The vGPU types with live available instances (or those of a types file, offline).
@@ -58,18 +75,8 @@ enum Cmd {
     },
     /// Creates and starts an instance; prints its UUID once its socket listens.
     Create {
-        /// Its type.
-        #[arg(short = 't', long = "type", value_name = "TYPE")]
-        type_name: String,
-        /// Its UUID [default: random].
-        #[arg(short = 'u', long)]
-        uuid: Option<String>,
-        /// Its vhost-user socket [default: <run-dir>/<uuid>.sock].
-        #[arg(long, value_name = "PATH")]
-        vhost_socket: Option<PathBuf>,
-        /// Also define it and start it whenever the daemon starts.
-        #[arg(short = 'a', long)]
-        auto: bool,
+        #[command(flatten)]
+        spec: InstanceSpec,
         /// Print {"uuid", "type", "socket"}.
         #[arg(long)]
         json: bool,
@@ -87,18 +94,8 @@ enum Cmd {
     },
     /// Records an instance in the daemon's state directory without starting it.
     Define {
-        /// Its type.
-        #[arg(short = 't', long = "type", value_name = "TYPE")]
-        type_name: String,
-        /// Its UUID [default: random].
-        #[arg(short = 'u', long)]
-        uuid: Option<String>,
-        /// Its vhost-user socket [default: <run-dir>/<uuid>.sock].
-        #[arg(long, value_name = "PATH")]
-        vhost_socket: Option<PathBuf>,
-        /// Start it whenever the daemon starts.
-        #[arg(short = 'a', long)]
-        auto: bool,
+        #[command(flatten)]
+        spec: InstanceSpec,
         /// Print the daemon's reply.
         #[arg(long)]
         json: bool,
@@ -218,19 +215,13 @@ fn run(cli: Cli) -> Result<String, String> {
             let reply = call(Request::List { v: None })?;
             Ok(out(json, &reply["vgpus"], list_table(&reply)))
         }
-        Cmd::Create {
-            type_name,
-            uuid,
-            vhost_socket,
-            auto,
-            json,
-        } => {
+        Cmd::Create { spec, json } => {
             let r = call(Request::Create {
                 v: None,
-                type_name,
-                uuid,
-                socket: vhost_socket,
-                auto,
+                type_name: spec.type_name,
+                uuid: spec.uuid,
+                socket: spec.vhost_socket,
+                auto: spec.auto,
             })?;
             let brief =
                 serde_json::json!({"uuid": r["uuid"], "type": r["type"], "socket": r["socket"]});
@@ -256,19 +247,13 @@ fn run(cli: Cli) -> Result<String, String> {
             };
             Ok(out(json, &r, text))
         }
-        Cmd::Define {
-            type_name,
-            uuid,
-            vhost_socket,
-            auto,
-            json,
-        } => {
+        Cmd::Define { spec, json } => {
             let r = call(Request::Define {
                 v: None,
-                type_name,
-                uuid,
-                socket: vhost_socket,
-                auto,
+                type_name: spec.type_name,
+                uuid: spec.uuid,
+                socket: spec.vhost_socket,
+                auto: spec.auto,
             })?;
             Ok(out(
                 json,
