@@ -2,8 +2,9 @@
 # Coverage-guided fuzzing of vgpud with AFL++ through afl.rs (stable toolchain).
 #
 #   scripts/fuzz.sh smoke [SECONDS]       every target for SECONDS (default 10) from its corpus
-#   scripts/fuzz.sh long [EXECS]          every target until EXECS executions (default 10000000),
-#                                         all four in parallel at nice 19
+#   scripts/fuzz.sh long [EXECS [TARGET...]]
+#                                         every target (or the ones named) until EXECS executions
+#                                         (default 10000000), in parallel at nice 19
 #   scripts/fuzz.sh TARGET [AFL ARGS...]  one target (decoder, channel, device, control) by hand
 #
 # Installs cargo-afl (and with it AFL++) when missing. Targets are built with instrumentation into
@@ -82,6 +83,7 @@ case "${1:-smoke}" in
         ;;
     long)
         execs=${2:-10000000}
+        if [ $# -gt 2 ]; then TARGETS=("${@:3}"); fi
         pids=()
         for t in "${TARGETS[@]}"; do
             echo "=== fuzz long: $t until $execs executions (nice 19)"
