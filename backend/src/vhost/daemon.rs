@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -120,6 +120,21 @@ pub struct ServerStatus {
 struct Gate {
     busy: bool,
     closing: bool,
+    /// A duplicate of the listening socket, to see a connection still waiting in its backlog.
+    listener: Option<OwnedFd>,
+}
+
+/// True when a connection waits in `listener`'s backlog (or the socket cannot be polled: then
+/// it is treated as pending, so that a removal errs on the side of refusing).
+fn connection_pending(listener: &OwnedFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `pfd` is one valid pollfd for the duration of the call; timeout 0 never blocks.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n != 0
 }
 
 impl std::fmt::Debug for ServerStatus {
@@ -137,11 +152,29 @@ impl ServerStatus {
     /// that a VM that connects during the removal is never cut off.
     pub fn close_if_idle(&self) -> bool {
         let mut gate = self.gate.lock().unwrap_or_else(PoisonError::into_inner);
-        if gate.busy {
+        if gate.busy || gate.listener.as_ref().is_some_and(connection_pending) {
             return false;
         }
         gate.closing = true;
+        gate.listener = None;
         true
+    }
+
+    /// Watches `listener` (a duplicate of the server's listening socket) so that
+    /// [`ServerStatus::close_if_idle`] sees a VM that has connected but is not accepted yet.
+    fn watch_listener(&self, listener: OwnedFd) {
+        self.gate
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .listener = Some(listener);
+    }
+
+    /// The server no longer listens.
+    fn unwatch_listener(&self) {
+        self.gate
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .listener = None;
     }
 
     /// A connection is about to be accepted: false if the server is closing.
@@ -427,6 +460,7 @@ impl Server {
                 break;
             }
         }
+        self.config.status.unwatch_listener();
         log::debug!("{}: listener ends", self.name);
     }
 
@@ -517,6 +551,9 @@ pub fn start_server(
     parent: &ShutdownSignal,
 ) -> Result<ServerHandle, DaemonError> {
     let (listener, file) = bind_vgpu_socket(path)?;
+    config
+        .status
+        .watch_listener(OwnedFd::from(listener.try_clone()?));
     let signal = parent.child()?;
     let name = config.name.clone();
     let server = Server {
@@ -746,6 +783,23 @@ fn connected_socket(fd: RawFd) -> Result<UnixStream, DaemonError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connection_in_the_backlog_keeps_the_server_busy() {
+        let dir = TempDir::new_with_prefix("/tmp/vgpud-daemon-test").unwrap();
+        let path = dir.as_path().join("s.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let status = ServerStatus::default();
+        status.watch_listener(OwnedFd::from(listener.try_clone().unwrap()));
+        // A VM has connected but the listener thread has not accepted it yet.
+        let _vm = UnixStream::connect(&path).unwrap();
+        assert!(!status.close_if_idle(), "a pending VM was cut off");
+        let (_accepted, _) = listener.accept().unwrap();
+        // Accepted and gone: nothing waits, so the server may close.
+        assert!(status.close_if_idle());
+        // Once closed, the server lets no VM in.
+        assert!(!status.enter());
+    }
 
     #[test]
     fn stale_socket_is_removed_live_one_refused() {
