@@ -21,6 +21,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
+use std::time::{Duration, Instant};
 
 use vgpu_protocol::capset::{STATS_RECORD_SIZE, VGPU_CAPSET_MAGIC, VGPU_CAPSET_SIZE};
 use vgpu_protocol::channel::{QueryStatsCmd, PIPE_BUFFER, PIPE_FORMAT_R8_UNORM};
@@ -42,7 +43,12 @@ pub struct VirtGpu {
     file: File,
     path: PathBuf,
     capset: VgpuCapset,
+    fence_timeout: Duration,
 }
+
+/// How long [`Buffer::wait`] waits for a fence unless [`VirtGpu::set_fence_timeout`] says
+/// otherwise: long enough for a large job on a slow engine shared with busy neighbours.
+pub const DEFAULT_FENCE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Opens `path` read-write, close-on-exec.
 fn open_node(path: &Path) -> io::Result<File> {
@@ -166,7 +172,17 @@ impl VirtGpu {
             },
         )?;
         let capset = check_capset(&bytes)?;
-        Ok(VirtGpu { file, path, capset })
+        Ok(VirtGpu {
+            file,
+            path,
+            capset,
+            fence_timeout: DEFAULT_FENCE_TIMEOUT,
+        })
+    }
+
+    /// Sets how long [`Buffer::wait`] waits for the host before it reports an error.
+    pub fn set_fence_timeout(&mut self, timeout: Duration) {
+        self.fence_timeout = timeout;
     }
 
     /// The render node in use.
@@ -433,14 +449,25 @@ impl Buffer<'_> {
         self.transfer(Direction::FromHost, res_offset, len, backing_offset)
     }
 
-    /// Waits for every fence on this BO (the kernel gives up after 15 s).
+    /// Waits for every fence on this BO, up to the device's fence timeout. The kernel's WAIT
+    /// gives up after 15 s with EBUSY; a job still running then is waited for again.
     pub fn wait(&self, what: &str) -> Result<()> {
-        drm::wait(self.gpu.fd(), self.bo, false).map_err(|e| match e.raw_os_error() {
-            Some(libc::EBUSY) => Error::Device(format!(
-                "{what}: the device did not signal the fence within 15 s"
-            )),
-            _ => Error::io(format!("WAIT ({what})"), e),
-        })
+        let timeout = self.gpu.fence_timeout;
+        let deadline = Instant::now() + timeout;
+        loop {
+            match drm::wait(self.gpu.fd(), self.bo, false) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    if Instant::now() >= deadline {
+                        return Err(Error::Device(format!(
+                            "{what}: the device did not signal the fence within {} s",
+                            timeout.as_secs()
+                        )));
+                    }
+                }
+                Err(e) => return Err(Error::io(format!("WAIT ({what})"), e)),
+            }
+        }
     }
 }
 

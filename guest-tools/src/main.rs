@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use vgpu_guest_tools::bench::{self, BenchKernel, BenchOptions};
@@ -20,6 +21,9 @@ struct Cli {
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
+    /// Seconds to wait for the host to finish one job before reporting an error.
+    #[arg(long, global = true, default_value_t = 120, value_name = "SECS")]
+    timeout: u64,
     #[command(subcommand)]
     cmd: Option<Cmd>,
 }
@@ -61,7 +65,8 @@ fn print(text: &str) -> Result<()> {
 
 /// Runs the command; `Ok(false)` when a check failed (results were printed).
 fn run(cli: &Cli) -> Result<bool> {
-    let gpu = VirtGpu::open(cli.device.as_deref())?;
+    let mut gpu = VirtGpu::open(cli.device.as_deref())?;
+    gpu.set_fence_timeout(Duration::from_secs(cli.timeout));
     match &cli.cmd {
         None => {
             let r = smi::run(&gpu)?;
