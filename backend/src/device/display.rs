@@ -21,6 +21,21 @@ pub trait DisplaySink: Send {
         height: u32,
         pixels_x8r8g8b8: &[u8],
     );
+    /// [`DisplaySink::update`] with the pixels in a buffer the sink may keep (a sink that queues
+    /// pixels then does not copy them again). Returns a buffer for the caller to fill next time:
+    /// a spare of the sink's, or `pixels` back.
+    fn update_owned(
+        &mut self,
+        scanout_id: u32,
+        x: u32,
+        y: u32,
+        width: u32,
+        height: u32,
+        pixels_x8r8g8b8: Vec<u8>,
+    ) -> Vec<u8> {
+        self.update(scanout_id, x, y, width, height, &pixels_x8r8g8b8);
+        pixels_x8r8g8b8
+    }
     /// New cursor image (B, G, R, A bytes) at a position, with its hot spot.
     fn cursor_update(
         &mut self,

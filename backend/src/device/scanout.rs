@@ -197,9 +197,11 @@ impl Scanouts {
                         res.format().convert_row(src, dst);
                     }
                 }
-                if let Some(px) = self.buf.get(..need) {
-                    sink.update(id, sx + col, sy + row, cols, rows, px);
-                }
+                // Hand the converted rows over without another copy; keep what comes back
+                // (a spare buffer of the sink's) for the next band.
+                let mut px = std::mem::take(&mut self.buf);
+                px.truncate(need);
+                self.buf = sink.update_owned(id, sx + col, sy + row, cols, rows, px);
                 row += rows;
             }
             col += cols;

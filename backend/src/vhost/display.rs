@@ -227,6 +227,24 @@ impl VmDisplay {
     }
 }
 
+/// The rectangle of an UPDATE whose pixels are exactly `w * h * 4` bytes (QEMU reads the image
+/// by those dimensions); `None` (logged) for an empty or mismatched one.
+fn update_rect(scanout_id: u32, x: u32, y: u32, w: u32, h: u32, len: usize) -> Option<Rect> {
+    let expected = (w as usize)
+        .checked_mul(h as usize)
+        .and_then(|n| n.checked_mul(4));
+    if expected != Some(len) || expected == Some(0) {
+        log::debug!("scanout {scanout_id}: update {w}x{h} with {len} bytes not sent");
+        return None;
+    }
+    Some(Rect {
+        x,
+        y,
+        width: w,
+        height: h,
+    })
+}
+
 fn cursor_pos(scanout_id: u32, x: u32, y: u32) -> VhostUserGpuCursorPos {
     VhostUserGpuCursorPos { scanout_id, x, y }
 }
@@ -240,26 +258,34 @@ impl DisplaySink for VmDisplay {
     }
 
     fn update(&mut self, scanout_id: u32, x: u32, y: u32, w: u32, h: u32, pixels: &[u8]) {
-        let rect = Rect {
-            x,
-            y,
-            width: w,
-            height: h,
-        };
-        let expected = (w as usize)
-            .checked_mul(h as usize)
-            .and_then(|n| n.checked_mul(4));
-        if expected != Some(pixels.len()) || expected == Some(0) {
-            log::debug!(
-                "scanout {scanout_id}: update {w}x{h} with {} bytes not sent",
-                pixels.len()
-            );
+        let Some(rect) = update_rect(scanout_id, x, y, w, h, pixels.len()) else {
             return;
-        }
+        };
         self.with_link(
             |l| l.update(scanout_id, rect, pixels),
             |hd| hd.update(scanout_id, x, y, w, h, pixels),
         );
+    }
+
+    fn update_owned(
+        &mut self,
+        scanout_id: u32,
+        x: u32,
+        y: u32,
+        w: u32,
+        h: u32,
+        pixels: Vec<u8>,
+    ) -> Vec<u8> {
+        let Some(rect) = update_rect(scanout_id, x, y, w, h, pixels.len()) else {
+            return pixels;
+        };
+        if let VmDisplay::Socket(link) = self {
+            if link.state() != LinkState::Failed {
+                return link.update_owned(scanout_id, rect, pixels);
+            }
+        }
+        self.update(scanout_id, x, y, w, h, &pixels);
+        pixels
     }
 
     fn cursor_update(

@@ -259,6 +259,17 @@ impl DisplayLink {
         self.send(Msg::Update(scanout_id, rect, buf))
     }
 
+    /// Queues UPDATE with `pixels` itself (no copy); returns a spare buffer (or `pixels`, when
+    /// the display is not ready) for the caller's next update.
+    pub fn update_owned(&mut self, scanout_id: u32, rect: Rect, pixels: Vec<u8>) -> Vec<u8> {
+        if self.state() != LinkState::Ready {
+            return pixels;
+        }
+        let spare = self.shared.lock().spare.pop().unwrap_or_default();
+        self.send(Msg::Update(scanout_id, rect, pixels));
+        spare
+    }
+
     /// Queues CURSOR_UPDATE.
     pub fn cursor_update(
         &mut self,
@@ -462,6 +473,45 @@ mod tests {
         assert!(link.scanout(0, 256, 256));
         let (updates, _qemu) = reader.join().unwrap();
         assert!(updates >= 1 && updates <= 8 - refused, "{updates} updates");
+    }
+
+    /// An owned update is sent as given (no copy on the way), and the buffers come back for
+    /// reuse once sent.
+    #[test]
+    fn owned_updates_arrive_and_their_buffers_are_reused() {
+        let (ours, mut qemu) = UnixStream::pair().unwrap();
+        let mut link = DisplayLink::spawn(GpuBackend::from_stream(ours), "t", timeouts()).unwrap();
+        let reader = thread::spawn(move || {
+            answer_handshake(&mut qemu);
+            (0..3).map(|_| read_msg(&mut qemu)).collect::<Vec<_>>()
+        });
+        let rect = Rect {
+            x: 3,
+            y: 4,
+            width: 2,
+            height: 1,
+        };
+        let mut next = Vec::new();
+        for i in 0..3u8 {
+            let mut px = std::mem::take(&mut next);
+            px.clear();
+            px.extend_from_slice(&[i; 8]);
+            next = link.update_owned(0, rect, px);
+        }
+        let msgs = reader.join().unwrap();
+        for (i, (req, body)) in msgs.iter().enumerate() {
+            assert_eq!(*req, 8, "UPDATE");
+            // scanout id, x, y, width, height, then the pixels.
+            assert_eq!(&body[4..8], &3u32.to_le_bytes());
+            assert_eq!(&body[20..], &[i as u8; 8]);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while link.shared.lock().spare.is_empty() {
+            assert!(Instant::now() < deadline, "sent buffers never came back");
+            thread::sleep(Duration::from_millis(10));
+        }
+        let spare = link.update_owned(0, rect, vec![9; 8]);
+        assert!(spare.capacity() >= 8, "a sent buffer is handed out again");
     }
 
     #[test]
