@@ -157,19 +157,50 @@ impl GuestAssets {
     }
 }
 
-/// The static `vgpu-smi` for guest initramfs images: `$VGPU_SMI`, else what
-/// `guest-tools/build-static.sh` builds (`target/x86_64-unknown-linux-gnu/release/vgpu-smi`).
+/// The static `vgpu-smi` for guest initramfs images: `$VGPU_SMI`, else the current source built
+/// by `guest-tools/build-static.sh` (once per test process, so a guest never runs a stale tool).
 pub fn vgpu_smi_static() -> Result<PathBuf, GuestError> {
-    let path = std::env::var_os("VGPU_SMI")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target/x86_64-unknown-linux-gnu/release/vgpu-smi"));
+    if let Some(path) = std::env::var_os("VGPU_SMI").map(PathBuf::from) {
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(GuestError::MissingDependency(format!(
+                "static guest tool {} (VGPU_SMI)",
+                path.display()
+            )))
+        };
+    }
+    static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(build_vgpu_smi_static)
+        .clone()
+        .map_err(GuestError::MissingDependency)
+}
+
+/// Runs `guest-tools/build-static.sh`, which prints the binary's path.
+fn build_vgpu_smi_static() -> Result<PathBuf, String> {
+    let script = repo_root().join("guest-tools/build-static.sh");
+    let out = std::process::Command::new(&script)
+        .current_dir(repo_root())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("static guest tool: running {}: {e}", script.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "static guest tool: {} failed ({})",
+            script.display(),
+            out.status
+        ));
+    }
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
     if path.is_file() {
         Ok(path)
     } else {
-        Err(GuestError::MissingDependency(format!(
-            "static guest tool {} (build it with guest-tools/build-static.sh)",
+        Err(format!(
+            "static guest tool: {} printed no binary ({})",
+            script.display(),
             path.display()
-        )))
+        ))
     }
 }
 
