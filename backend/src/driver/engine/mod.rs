@@ -91,6 +91,9 @@ pub enum EngineError {
     /// The watchdog found the engine stuck in this job and restarted it.
     #[error("engine stalled for {0} ms; restarted")]
     Stalled(u64),
+    /// No device matches what was asked for (`--engine vulkan:…`, `--render-node`).
+    #[error("{0}")]
+    NoDevice(String),
     /// The operation exceeds what the device can bind or dispatch.
     #[error("unsupported on this device: {0}")]
     Unsupported(String),
