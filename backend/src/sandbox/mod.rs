@@ -372,6 +372,32 @@ mod tests {
         }
     }
 
+    /// The threads that use the Vulkan device may make DRM requests (type 'd'), the driver
+    /// thread any request, the others only FIONBIO/FIOCLEX.
+    #[test]
+    fn drm_ioctls_where_the_device_is_used() {
+        const DRM_IOCTL_VERSION: libc::c_ulong = 0xC040_6400;
+        for kind in KINDS {
+            let f = std::fs::File::open("/dev/null").unwrap();
+            let (drm, tty) = under(kind, move || {
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+                let mut buf = [0u8; 64];
+                // SAFETY: ioctls on /dev/null with a buffer large enough for either request;
+                // both fail (ENOTTY) when the filter lets them through.
+                unsafe {
+                    libc::ioctl(fd, DRM_IOCTL_VERSION, buf.as_mut_ptr());
+                    let drm = errno();
+                    libc::ioctl(fd, libc::TCGETS, buf.as_mut_ptr());
+                    (drm, errno())
+                }
+            });
+            let drm_ok = filters::uses_gpu(kind) || kind == ThreadKind::Driver;
+            let want = |ok: bool| if ok { libc::ENOTTY } else { libc::EPERM };
+            assert_eq!(drm, want(drm_ok), "{kind:?}: DRM ioctl");
+            assert_eq!(tty, want(kind == ThreadKind::Driver), "{kind:?}: TCGETS");
+        }
+    }
+
     #[test]
     fn every_kind_builds() {
         for kind in KINDS {
