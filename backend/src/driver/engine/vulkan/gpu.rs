@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{RwLock, RwLockReadGuard};
 
-use super::super::{panic_message, EngineError};
+use super::super::{panic_message, DeviceHealth, EngineError};
 use super::context::Ctx;
 use super::memory::ArenaInner;
 
@@ -101,17 +101,6 @@ impl DriverThread {
             Err(_) => Err(gone()),
         }
     }
-}
-
-/// Device losses and recoveries so far.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct DeviceHealth {
-    /// Losses noticed (each counted once, however many jobs it failed).
-    pub losses: u64,
-    /// Devices re-created after a loss.
-    pub recoveries: u64,
-    /// Which device this is: 0 for the first, +1 per re-creation.
-    pub generation: u64,
 }
 
 struct Current {

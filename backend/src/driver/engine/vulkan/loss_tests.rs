@@ -113,6 +113,8 @@ fn a_lost_device_is_recreated_and_every_vgpu_keeps_working() {
             generation: 1
         }
     );
+    // The device-level stats (`vgpud ctl stats`, /metrics) count it too.
+    assert_eq!(dev.engine_health(), gpu.health());
     // Every buffer of every partition is still there, zeroed, and charged as before.
     for buf in [&xa, &ya, &xb, &yb] {
         assert!(all_zero(buf), "buffer {} reads zeros", buf.id());

@@ -306,6 +306,10 @@ fn create_buffer(ctx: &Ctx, size: u64) -> Result<vk::Buffer, EngineError> {
 }
 
 impl EngineMemory for VkMemory {
+    fn health(&self) -> super::super::DeviceHealth {
+        self.gpu.health()
+    }
+
     fn create_partition(
         &self,
         vgpu_id: u32,

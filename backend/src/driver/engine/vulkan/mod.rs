@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 
 use ash::vk;
 
+pub use super::DeviceHealth;
 use super::{
     Engine, EngineCaps, EngineError, EngineKind, EngineMemory, Step, DEFAULT_CHUNK_TARGET_NS,
 };
@@ -46,7 +47,6 @@ use crate::driver::buffer::{BufferError, DeviceBuffer};
 use crate::driver::job::{BufRef, Op, OpKind};
 use context::{device_barrier, host_barrier, inner_barrier, vk_err, Ctx};
 pub use context::{list_devices, validation_errors, Validation, VALIDATION_ENV};
-pub use gpu::DeviceHealth;
 use gpu::{DriverThread, Gpu};
 use memory::{VkMemory, VkStorage};
 pub use select::{choose, DeviceSelector, DrmNode, HeapInfo, PhysicalDeviceInfo};
