@@ -204,6 +204,8 @@ pub(crate) struct Ctx {
     /// The device reported `VK_ERROR_DEVICE_LOST`, or a fence wait ran out (a hung device is
     /// treated as lost): nothing more is submitted to it, and it is re-created.
     lost: AtomicBool,
+    /// What reported the loss first.
+    lost_why: Mutex<Option<String>>,
     /// Test-only fault hook: the next submission reports `VK_ERROR_DEVICE_LOST`.
     #[cfg(test)]
     pub fail_next_submit: AtomicBool,
@@ -386,6 +388,7 @@ impl Ctx {
             one_shot: Mutex::new(one_shot),
             fence_timeout,
             lost: AtomicBool::new(false),
+            lost_why: Mutex::new(None),
             #[cfg(test)]
             fail_next_submit: AtomicBool::new(false),
         })
@@ -424,11 +427,23 @@ impl Ctx {
         self.lost.load(Ordering::Acquire)
     }
 
-    /// Marks the device lost (logged once, with `why`).
+    /// Marks the device lost; `why` (the first reason) goes into the line
+    /// [`super::gpu::Gpu::recover`] logs.
     pub fn mark_lost(&self, why: &str) {
-        if !self.lost.swap(true, Ordering::AcqRel) {
-            log::error!("vulkan device {} lost: {why}", self.info.name);
+        let mut first = self.lost_why.lock().unwrap_or_else(|e| e.into_inner());
+        if first.is_none() {
+            *first = Some(why.to_string());
         }
+        self.lost.store(true, Ordering::Release);
+    }
+
+    /// What reported the loss first.
+    pub fn lost_reason(&self) -> String {
+        self.lost_why
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_default()
     }
 
     /// The queue, locked for a submission.

@@ -246,9 +246,10 @@ impl Gpu {
             current.loss_counted = true;
             let n = self.losses.fetch_add(1, Ordering::AcqRel) + 1;
             log::error!(
-                "vulkan device lost on {} (device generation {}, loss {n}): the jobs on it \
-                 fail with \"device lost\"; re-creating the device",
+                "vulkan device lost on {} ({}; device generation {}, loss {n}): the jobs on it \
+                 fail; re-creating the device",
                 old.info.name,
+                old.lost_reason(),
                 current.generation
             );
         }

@@ -18,6 +18,11 @@ use crate::driver::{
 const N: u64 = 50_000;
 
 fn vulkan_device() -> Option<(Arc<Device>, Arc<Gpu>)> {
+    // The loss and recovery log lines show with `--nocapture`.
+    let _ = env_logger::builder()
+        .is_test(true)
+        .filter_level(log::LevelFilter::Info)
+        .try_init();
     if !test_engines().contains(&TestEngine::Vulkan) {
         return None;
     }
@@ -171,7 +176,7 @@ fn a_device_that_cannot_be_recreated_fails_jobs_until_it_can() {
         match try_run(&a, vec![axpy(&x, &y)]) {
             Ok(_) => break,
             Err(JobFailure::Engine(EngineError::DeviceLost)) if Instant::now() < deadline => {
-                std::thread::yield_now();
+                std::thread::sleep(Duration::from_millis(20));
             }
             other => panic!("after the device came back: {other:?}"),
         }
