@@ -209,6 +209,9 @@ pub(crate) struct Ctx {
     /// Test-only fault hook: the next submission reports `VK_ERROR_DEVICE_LOST`.
     #[cfg(test)]
     pub fail_next_submit: AtomicBool,
+    /// Test-only fault hook: the next fence wait runs out at once (its work still runs).
+    #[cfg(test)]
+    pub time_out_next_wait: AtomicBool,
 }
 
 fn find_type(
@@ -391,6 +394,8 @@ impl Ctx {
             lost_why: Mutex::new(None),
             #[cfg(test)]
             fail_next_submit: AtomicBool::new(false),
+            #[cfg(test)]
+            time_out_next_wait: AtomicBool::new(false),
         })
     }
 
@@ -420,6 +425,13 @@ impl Ctx {
                 Err(vk_err("vkQueueSubmit", e))
             }
         }
+    }
+
+    /// Waits until the device has no work left (returns at once when it is lost).
+    pub fn wait_idle(&self) {
+        let _queue = self.queue();
+        // SAFETY: the queue is held, so no submission runs meanwhile.
+        let _ = unsafe { self.device.device_wait_idle() };
     }
 
     /// Whether the device was lost (or hung): it must be re-created before it is used again.
@@ -499,12 +511,17 @@ impl Ctx {
 
     /// Waits for `fence` (at most the fence timeout) and resets it.
     pub fn wait(&self, fence: vk::Fence) -> Result<(), EngineError> {
+        #[cfg(test)]
+        let timeout_ns = if self.time_out_next_wait.swap(false, Ordering::AcqRel) {
+            0
+        } else {
+            self.timeout_ns()
+        };
+        #[cfg(not(test))]
+        let timeout_ns = self.timeout_ns();
         // SAFETY: `fence` belongs to this device.
         unsafe {
-            match self
-                .device
-                .wait_for_fences(&[fence], true, self.timeout_ns())
-            {
+            match self.device.wait_for_fences(&[fence], true, timeout_ns) {
                 Ok(()) => self
                     .device
                     .reset_fences(&[fence])

@@ -310,6 +310,9 @@ impl Gpu {
             }
         }
         let buffers: usize = rebound.iter().map(|r| r.buffers()).sum();
+        // Work still running on the old device (after a fence timeout) must end before its buffers
+        // and memory go: a lost device returns at once.
+        old.wait_idle();
         for (arena, r) in arenas.iter().zip(rebound) {
             arena.commit(r, &new);
         }

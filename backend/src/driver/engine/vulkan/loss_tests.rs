@@ -295,3 +295,32 @@ fn driver_sandbox_child() {
     TestEngine::Vulkan.assert_no_validation_errors();
     dev.shutdown();
 }
+
+/// A fence wait that runs out is treated as a hung device: the job fails with the timeout, the
+/// device is re-created once the work still on it ended, and the vGPU computes again.
+#[test]
+fn a_fence_timeout_recreates_the_device_too() {
+    let Some((dev, gpu)) = vulkan_device() else {
+        return;
+    };
+    let a = dev.create_vgpu("vgpu-64m", Uuid::from_u128(4)).unwrap();
+    let (x, y) = (
+        a.alloc_buffer(N * 4).unwrap(),
+        a.alloc_buffer(N * 4).unwrap(),
+    );
+    gpu.read()
+        .ctx()
+        .time_out_next_wait
+        .store(true, std::sync::atomic::Ordering::Release);
+    let r = try_run(&a, vec![axpy(&x, &y)]);
+    assert!(
+        matches!(r, Err(JobFailure::Engine(EngineError::Timeout(_)))),
+        "{r:?}"
+    );
+    let h = gpu.health();
+    assert_eq!((h.losses, h.recoveries, h.generation), (1, 1, 1));
+    assert!(all_zero(&y));
+    axpy_checked(&a, &x, &y, 23);
+    TestEngine::Vulkan.assert_no_validation_errors();
+    dev.shutdown();
+}

@@ -1161,10 +1161,11 @@ fn op_buffers(op: &Op) -> (Vec<&Arc<DeviceBuffer>>, Vec<&Arc<DeviceBuffer>>) {
 impl Drop for VulkanEngine {
     fn drop(&mut self) {
         let d = &self.ctx.device;
-        // SAFETY: wait for our last submission (if one timed out on a device that is not lost),
+        // SAFETY: wait for our last submission if one timed out (a lost device returns at once;
+        // with none pending the fence is unsignalled and would only make us wait the timeout),
         // then destroy what this engine created.
         unsafe {
-            if self.pending && !self.ctx.is_lost() {
+            if self.pending {
                 let _ = d.wait_for_fences(&[self.fence], true, self.ctx.timeout_ns());
             }
             for s in [&self.partials, &self.bounce] {
