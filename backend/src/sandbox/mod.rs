@@ -8,6 +8,11 @@
 //! threads vhost-user-backend creates inherit the listener's). Without [`configure`] (library use,
 //! unit tests, the demo) or with `--sandbox off`, [`enter`] does nothing.
 //!
+//! The Vulkan driver thread is the exception to that order: the engine is opened before
+//! [`configure`] (the plan depends on the device), so `main` calls [`configure_driver`] first and
+//! the driver thread calls [`enter_driver`] before it loads the Vulkan loader; every thread the
+//! driver creates then inherits the [`ThreadKind::Driver`] filter.
+//!
 //! A syscall outside a thread's list fails with `EPERM` ([`MISMATCH_ERRNO`]): the code that made
 //! it sees an I/O error, logs it and goes on, instead of the whole daemon (every VM) being killed
 //! for one unexpected path. The lists and the reason for every entry are in [`filters`].
@@ -266,7 +271,9 @@ pub fn enter(kind: ThreadKind) {
 }
 
 fn apply(cfg: &Config, kind: ThreadKind) -> Result<(), SandboxError> {
-    if kind.sets_up_landlock() {
+    if kind == ThreadKind::Driver {
+        restrict_driver_filesystem()?;
+    } else if kind.sets_up_landlock() {
         restrict_filesystem(&cfg.dirs)?;
     }
     let filter = cfg

@@ -256,11 +256,11 @@ fn driver_threads_run_filtered_also_after_a_device_loss() {
 #[test]
 #[ignore = "run by driver_threads_run_filtered_also_after_a_device_loss in a child process"]
 fn driver_sandbox_child() {
-    assert_eq!(
-        std::env::var(CHILD_ENV).as_deref(),
-        Ok("1"),
-        "run by its parent"
-    );
+    if std::env::var(CHILD_ENV).as_deref() != Ok("1") {
+        // Run with --ignored outside its parent: the driver sandbox would be process-wide here.
+        eprintln!("note: driver_sandbox_child runs only in its parent's child process");
+        return;
+    }
     crate::sandbox::configure_driver(crate::sandbox::SandboxMode::On);
     let (dev, gpu) = vulkan_device().expect("a Vulkan device");
     let a = dev.create_vgpu("vgpu-64m", Uuid::from_u128(9)).unwrap();
