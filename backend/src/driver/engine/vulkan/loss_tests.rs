@@ -103,6 +103,21 @@ fn a_lost_device_is_recreated_and_every_vgpu_keeps_working() {
     let old = Arc::downgrade(gpu.read().ctx());
     assert_eq!(gpu.health(), DeviceHealth::default());
 
+    // A VM thread keeps writing and reading a buffer of the other partition through the loss:
+    // its accesses wait for the switch and go on (no error, no deadlock).
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let busy = {
+        let (stop, zb) = (Arc::clone(&stop), b.alloc_buffer(1 << 20).unwrap());
+        std::thread::spawn(move || {
+            let mut rounds = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                zb.write(4096, &[7u8; 8192]).unwrap();
+                zb.read(0, &mut [0u8; 16384]).unwrap();
+                rounds += 1;
+            }
+            rounds
+        })
+    };
     gpu.inject_device_lost();
     let failed = try_run(&a, vec![axpy(&xa, &ya)]);
     assert_eq!(
@@ -118,6 +133,8 @@ fn a_lost_device_is_recreated_and_every_vgpu_keeps_working() {
             generation: 1
         }
     );
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    assert!(busy.join().unwrap() > 0);
     // The device-level stats (`vgpud ctl stats`, /metrics) count it too.
     assert_eq!(dev.engine_health(), gpu.health());
     // Every buffer of every partition is still there, zeroed, and charged as before.
