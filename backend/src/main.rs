@@ -594,7 +594,7 @@ fn main() -> ExitCode {
         eprintln!("vgpud: {e}");
         return ExitCode::from(2);
     }
-    let node = match opts.render_node.as_deref() {
+    let node = match opts.render_node.as_deref().filter(|_| !opts.list_types) {
         Some(path) => match vgpu_backend::libvirt::check_render_node(path) {
             Ok(node) => Some((node, path.to_path_buf())),
             Err(message) => {
