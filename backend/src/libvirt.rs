@@ -29,6 +29,7 @@ use thiserror::Error;
 use vgpu_mdev::ctl::{Client, CtlError};
 use vgpu_mdev::proto::Request;
 
+use crate::driver::engine::vulkan::DrmNode;
 use crate::signals;
 use crate::vhost::daemon::Daemon;
 
@@ -112,8 +113,9 @@ pub fn capability_features(dri_dir: &Path) -> Vec<&'static str> {
     features
 }
 
-/// Checks a `--render-node` path: it must be a DRM character device (major 226).
-pub fn check_render_node(path: &Path) -> Result<(), String> {
+/// Checks a `--render-node` path: it must be a DRM character device (major 226). Returns its
+/// device number, which picks the Vulkan device whose render node it is.
+pub fn check_render_node(path: &Path) -> Result<DrmNode, String> {
     let meta = fs::metadata(path).map_err(|e| format!("render node {}: {e}", path.display()))?;
     if !meta.file_type().is_char_device() {
         return Err(format!(
@@ -128,7 +130,22 @@ pub fn check_render_node(path: &Path) -> Result<(), String> {
             path.display()
         ));
     }
-    Ok(())
+    Ok(DrmNode {
+        major: DRM_MAJOR as u32,
+        minor: libc::minor(meta.rdev()),
+    })
+}
+
+/// The path of the DRM node numbered `node` in `dri_dir` (`/dev/dri`), if there is one.
+pub fn node_path(dri_dir: &Path, node: DrmNode) -> Option<PathBuf> {
+    let entries = fs::read_dir(dri_dir).ok()?;
+    entries.filter_map(Result::ok).map(|e| e.path()).find(|p| {
+        fs::metadata(p).is_ok_and(|m| {
+            m.file_type().is_char_device()
+                && libc::major(m.rdev()) == node.major
+                && libc::minor(m.rdev()) == node.minor
+        })
+    })
 }
 
 /// The relay's configuration file (TOML), written by the operator next to the shared daemon's.
@@ -348,6 +365,58 @@ mod tests {
         assert!(check_render_node(Path::new("/dev/null"))
             .unwrap_err()
             .contains("not a DRM device (major 1"));
+    }
+
+    /// A DRM character device made in a temporary directory (needs root: CAP_MKNOD).
+    fn fake_drm_node(dir: &Path, minor: u32) -> std::io::Result<PathBuf> {
+        let path = dir.join(format!("renderD{minor}"));
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a plain syscall on a path we own.
+        let r = unsafe {
+            libc::mknod(
+                c.as_ptr(),
+                libc::S_IFCHR | 0o600,
+                libc::makedev(DRM_MAJOR as u32, minor),
+            )
+        };
+        if r == 0 {
+            Ok(path)
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+
+    #[test]
+    fn a_drm_node_gives_its_number_and_is_found_by_it() {
+        let dir = tempfile_dir("drmnode");
+        match fake_drm_node(&dir, 201) {
+            Ok(path) => {
+                let node = check_render_node(&path).unwrap();
+                assert_eq!(
+                    node,
+                    DrmNode {
+                        major: 226,
+                        minor: 201
+                    }
+                );
+                assert_eq!(node_path(&dir, node), Some(path));
+                assert_eq!(
+                    node_path(
+                        &dir,
+                        DrmNode {
+                            major: 226,
+                            minor: 202
+                        }
+                    ),
+                    None
+                );
+            }
+            Err(e) if std::env::var("VGPU_REQUIRE_VGPUD").is_ok_and(|v| v == "1") => {
+                panic!("mknod of a DRM node (run as root, as scripts/test.sh does): {e}")
+            }
+            Err(e) => eprintln!("note: cannot make a DRM node here ({e}); skipped"),
+        }
+        fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -392,23 +392,36 @@ fn list_types(opts: &Options) -> Result<(), Failure> {
 // ---- Engines (see README "Engines") ----
 mod engines {
     use super::{Failure, Options, MIB};
+    use std::path::Path;
     use vgpu_backend::driver::engine::cpu::cpu_caps;
-    use vgpu_backend::driver::engine::vulkan::{list_devices, PhysicalDeviceInfo};
+    use vgpu_backend::driver::engine::vulkan::{
+        list_devices, DeviceSelector, DrmNode, PhysicalDeviceInfo,
+    };
     use vgpu_backend::driver::engine::{
         default_device_memory, DynEngine, EngineChoice, DEFAULT_CHUNK_TARGET_NS,
     };
+    use vgpu_backend::libvirt::{node_path, DRI_DIR};
+    use vgpu_backend::options::resolve_engine;
 
-    /// Opens `--engine` before any socket exists (exit 3 when the device is unusable) and
-    /// records its `--device-memory` default in `opts`.
-    pub fn open(opts: &mut Options) -> Result<Box<dyn DynEngine>, Failure> {
-        let choice = opts.engine.clone().unwrap_or_default();
+    /// Opens the engine `--engine` and `--render-node` select ([`resolve_engine`]) before any
+    /// socket exists (exit 3 when the device is unusable or no device has the node) and records
+    /// its `--device-memory` default in `opts`.
+    pub fn open(
+        opts: &mut Options,
+        node: Option<(DrmNode, &Path)>,
+    ) -> Result<Box<dyn DynEngine>, Failure> {
+        let (choice, note) = resolve_engine(opts.engine.as_ref(), node);
+        if let Some(note) = note {
+            log::warn!("{note}");
+        }
         let engine = choice.open(DEFAULT_CHUNK_TARGET_NS).map_err(|e| Failure {
             code: 3,
             message: format!(
                 "engine {}: {e} (see `vgpud --list-engines`)",
                 match &choice {
                     EngineChoice::Cpu => "cpu".to_string(),
-                    EngineChoice::Vulkan(s) => format!("vulkan ({s:?})"),
+                    EngineChoice::Vulkan(DeviceSelector::RenderNode { .. }) => "vulkan".into(),
+                    EngineChoice::Vulkan(s) => format!("vulkan ({s})"),
                 }
             ),
         })?;
@@ -422,6 +435,11 @@ mod engines {
             caps.driver_version
         );
         Ok(engine)
+    }
+
+    /// Where a device's render node is on this host (its usual name if `/dev/dri` lacks it).
+    fn render_node_path(node: DrmNode) -> std::path::PathBuf {
+        node_path(Path::new(DRI_DIR), node).unwrap_or_else(|| node.default_path())
     }
 
     fn heaps_text(d: &PhysicalDeviceInfo) -> String {
@@ -457,6 +475,12 @@ mod engines {
                     let mut v = serde_json::to_value(d).unwrap_or_default();
                     if let Some(o) = v.as_object_mut() {
                         o.insert("engine".into(), format!("vulkan:{}", d.index).into());
+                        if let Some(node) = d.render_node {
+                            o.insert(
+                                "render_node_path".into(),
+                                render_node_path(node).display().to_string().into(),
+                            );
+                        }
                     }
                     v
                 }))
@@ -474,13 +498,17 @@ mod engines {
         );
         for d in &devices {
             println!(
-                "vulkan:{:<3} {} ({}, {}, Vulkan {}), heaps: {}{}",
+                "vulkan:{:<3} {} ({}, {}, Vulkan {}), heaps: {}{}{}",
                 d.index,
                 d.name,
                 d.device_type,
                 d.driver,
                 d.api_version,
                 heaps_text(d),
+                d.render_node.map_or(String::new(), |n| format!(
+                    ", render node {} ({n})",
+                    render_node_path(n).display()
+                )),
                 if d.usable {
                     ""
                 } else {
@@ -566,28 +594,35 @@ fn main() -> ExitCode {
         eprintln!("vgpud: {e}");
         return ExitCode::from(2);
     }
+    let node = match opts.render_node.as_deref().filter(|_| !opts.list_types) {
+        Some(path) => match vgpu_backend::libvirt::check_render_node(path) {
+            Ok(node) => Some((node, path.to_path_buf())),
+            Err(message) => {
+                eprintln!("vgpud: {message}");
+                logging::persist_error(&message);
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
     let result = if opts.list_types {
         list_types(&opts)
-    } else if let Some(Err(message)) = opts
-        .render_node
-        .as_deref()
-        .map(vgpu_backend::libvirt::check_render_node)
-    {
-        Err(Failure { code: 2, message })
     } else if opts.list_engines {
         engines::list(opts.json)
     } else if let (Some(fd), Some(socket)) = (opts.fd, &opts.attach) {
-        run_attach(fd, socket, opts.sandbox)
-    } else {
-        if let Some(node) = &opts.render_node {
+        if let Some((node, path)) = &node {
             log::info!(
-                "render node {}: accepted; the embedded CPU engine serves every vGPU",
-                node.display()
+                "render node {} ({node}): accepted; the shared daemon's engine serves the VM",
+                path.display()
             );
         }
+        run_attach(fd, socket, opts.sandbox)
+    } else {
         SocketAccess::new(opts.socket_group, opts.socket_mode).install();
         let mut opts = opts;
-        engines::open(&mut opts).and_then(|engine| {
+        sandbox::configure_driver(opts.sandbox);
+        let node = node.as_ref().map(|(n, p)| (*n, p.as_path()));
+        engines::open(&mut opts, node).and_then(|engine| {
             config::plan(&opts)
                 .map_err(Failure::from)
                 .and_then(|plan| run(plan, opts.fd, opts.sandbox, engine))

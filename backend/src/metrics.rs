@@ -104,6 +104,7 @@ fn histogram(label: Vec<LabelPair>, s: &VgpuStats) -> Metric {
 pub fn families(manager: &Manager) -> Vec<MetricFamily> {
     let device = manager.device();
     let (total, used) = device.memory();
+    let health = device.engine_health();
     let mut out = vec![
         family(
             "vgpud_device_memory_total_bytes",
@@ -116,6 +117,18 @@ pub fn families(manager: &Manager) -> Vec<MetricFamily> {
             "Device memory not reserved by a partition",
             MetricType::GAUGE,
             vec![gauge(Vec::new(), (total - used) as f64)],
+        ),
+        family(
+            "vgpud_device_losses_total",
+            "Times the engine's GPU device was lost (jobs on it failed)",
+            MetricType::COUNTER,
+            vec![counter(Vec::new(), health.losses)],
+        ),
+        family(
+            "vgpud_device_recoveries_total",
+            "Times the engine's GPU device was re-created after a loss",
+            MetricType::COUNTER,
+            vec![counter(Vec::new(), health.recoveries)],
         ),
         family(
             "vgpud_device_timeslice_seconds",

@@ -5,13 +5,14 @@
 
 use std::fmt;
 use std::os::fd::RawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use clap::Parser;
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::driver::engine::vulkan::{DeviceSelector, DrmNode};
 use crate::driver::engine::EngineChoice;
 use crate::driver::Policy;
 use crate::vhost::socket_access::{parse_group, parse_mode};
@@ -314,7 +315,9 @@ pub struct Options {
     pub virgl: bool,
 
     /// DRM render node of the GPU to use (libvirt passes `/dev/dri/renderD*`); must be a DRM
-    /// character device.
+    /// character device. Picks the Vulkan device whose node it is: alone it means `--engine
+    /// vulkan` on that device, with `--engine vulkan[:INDEX|:NAME]` that device must be the node's;
+    /// with `--engine cpu` it is checked and ignored (logged).
     #[arg(long, value_name = "PATH")]
     pub render_node: Option<PathBuf>,
 
@@ -347,6 +350,45 @@ pub struct Options {
     /// `--device-memory` default the opened engine suggests (set by vgpud, not a flag).
     #[arg(skip)]
     pub engine_memory_default_mib: Option<u64>,
+}
+
+/// The engine `--engine` and `--render-node` select together, and a note to log when the node is
+/// ignored:
+/// - neither: the CPU engine (the default);
+/// - `--render-node` alone: the Vulkan engine on the device whose render node it is (libvirt
+///   passes the node of the GPU the VM is to use, so a VM configured with one gets that GPU);
+/// - `--render-node` with `--engine vulkan[:INDEX|:NAME]`: the node narrows the choice (the
+///   device must be the node's and match INDEX/NAME);
+/// - `--render-node` with `--engine cpu`: the CPU engine, the node ignored with a warning. The
+///   operator asked for the CPU engine explicitly, and libvirt adds `--render-node` to every VM
+///   with 3D acceleration on a host with a render node on its own: refusing would stop those
+///   VMs from starting for an option the operator did not write.
+pub fn resolve_engine(
+    engine: Option<&EngineChoice>,
+    node: Option<(DrmNode, &Path)>,
+) -> (EngineChoice, Option<String>) {
+    let Some((node, path)) = node else {
+        return (engine.cloned().unwrap_or_default(), None);
+    };
+    let on_node = |among: DeviceSelector| {
+        EngineChoice::Vulkan(DeviceSelector::RenderNode {
+            node,
+            path: path.to_path_buf(),
+            among: Box::new(among),
+        })
+    };
+    match engine {
+        None => (on_node(DeviceSelector::Best), None),
+        Some(EngineChoice::Vulkan(s)) => (on_node(s.clone()), None),
+        Some(EngineChoice::Cpu) => (
+            EngineChoice::Cpu,
+            Some(format!(
+                "render node {} ({node}) ignored: --engine cpu was given, so the embedded CPU \
+                 engine serves every vGPU",
+                path.display()
+            )),
+        ),
+    }
 }
 
 /// True when `args` (without the program name) ask for `--print-capabilities` (or `-c`), which
@@ -562,5 +604,42 @@ mod tests {
             let e = parse(bad).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn render_node_and_engine_together() {
+        let node = DrmNode {
+            major: 226,
+            minor: 128,
+        };
+        let path = Path::new("/dev/dri/renderD128");
+        let on_node = |among| {
+            EngineChoice::Vulkan(DeviceSelector::RenderNode {
+                node,
+                path: path.to_path_buf(),
+                among: Box::new(among),
+            })
+        };
+        assert_eq!(resolve_engine(None, None), (EngineChoice::Cpu, None));
+        let vulkan1 = EngineChoice::Vulkan(DeviceSelector::Index(1));
+        assert_eq!(
+            resolve_engine(Some(&vulkan1), None),
+            (vulkan1.clone(), None)
+        );
+        // The node alone means the Vulkan engine on it; with --engine vulkan[:X] it narrows.
+        assert_eq!(
+            resolve_engine(None, Some((node, path))),
+            (on_node(DeviceSelector::Best), None)
+        );
+        assert_eq!(
+            resolve_engine(Some(&vulkan1), Some((node, path))),
+            (on_node(DeviceSelector::Index(1)), None)
+        );
+        // An explicit --engine cpu wins, and says so.
+        let (choice, note) = resolve_engine(Some(&EngineChoice::Cpu), Some((node, path)));
+        assert_eq!(choice, EngineChoice::Cpu);
+        assert!(note
+            .unwrap()
+            .contains("/dev/dri/renderD128 (226:128) ignored"));
     }
 }

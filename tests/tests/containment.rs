@@ -268,14 +268,28 @@ fn thread_seccomp(pid: u32) -> Vec<(String, u32, u32)> {
 
 /// After start-up every thread of the daemon (listener, engine, control, the main thread, and a
 /// connected VM's vhost-user, vring and display threads) runs under a seccomp filter, and the
-/// display thread under its own narrower one on top; `--sandbox off` has none.
+/// display thread under its own narrower one on top; `--sandbox off` has none. On each engine:
+/// with `--engine vulkan` the Vulkan driver thread and the driver's own threads (lavapipe's
+/// `llvmpipe-N`) are filtered too.
 #[test]
 fn every_vgpud_thread_runs_under_a_seccomp_filter() {
+    for engine in vgpu_tests::engines::engines() {
+        eprintln!("engine {engine}");
+        every_vgpud_thread_runs_under_a_seccomp_filter_on(engine);
+    }
+}
+
+fn every_vgpud_thread_runs_under_a_seccomp_filter_on(engine: &str) {
     let dir = tempfile::tempdir().unwrap();
     let ctl_path = dir.path().join("control.sock");
-    let Some(mut backend) =
-        Backend::vgpud_or_skip(&["--control-socket", ctl_path.to_str().unwrap()])
-    else {
+    let Some(mut backend) = Backend::vgpud_or_skip(&[
+        "--control-socket",
+        ctl_path.to_str().unwrap(),
+        "--engine",
+        engine,
+        "--type",
+        "vgpu-64m",
+    ]) else {
         return;
     };
     wait_for_path(&mut backend, &ctl_path);
@@ -304,7 +318,14 @@ fn every_vgpud_thread_runs_under_a_seccomp_filter() {
             );
         }
     }
-    for needed in ["vgpu-engine", "vgpud-control", "vring_worker"] {
+    let mut needed = vec!["vgpu-engine", "vgpud-control", "vring_worker"];
+    if engine == "vulkan" {
+        needed.push("vgpu-vkdriver");
+        if vgpu_tests::engines::vulkan_device().is_some_and(|d| d.contains("llvmpipe")) {
+            needed.push("llvmpipe-0");
+        }
+    }
+    for needed in needed {
         assert!(
             threads.iter().any(|(n, _, _)| n == needed),
             "no {needed} thread: {threads:?}"
@@ -316,6 +337,10 @@ fn every_vgpud_thread_runs_under_a_seccomp_filter() {
         "a syscall the daemon needs is refused:\n{}",
         backend.log()
     );
+    vgpu_tests::engines::assert_no_validation_errors(&backend.log());
+    if engine != "cpu" {
+        return;
+    }
 
     let Some(mut off) = Backend::vgpud_or_skip(&["--sandbox", "off"]) else {
         return;

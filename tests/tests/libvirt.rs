@@ -211,6 +211,7 @@ fn virgl_and_render_node_options_are_accepted_and_checked() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("not a DRM device"), "{err}");
     }
+    render_node_selects_the_vulkan_device();
     // --virgl is accepted where libvirt puts it, and the VM is served.
     let (ours, theirs) = UnixStream::pair().unwrap();
     let mut child = spawn_with_fd3(
@@ -230,6 +231,83 @@ fn virgl_and_render_node_options_are_accepted_and_checked() {
     drop(client);
     let status = wait_exit(&mut child, Duration::from_secs(20));
     assert_eq!(status.and_then(|s| s.code()), Some(0));
+}
+
+/// Makes a DRM character device (major 226) at `path` (needs root: CAP_MKNOD).
+fn make_drm_node(path: &Path, minor: u32) -> std::io::Result<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a plain syscall on a path we own.
+    let r = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(226, minor)) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// `--render-node` picks the Vulkan device whose DRM render node it is
+/// (`VK_EXT_physical_device_drm`). lavapipe has none, so a DRM node made here is one no device
+/// has: alone it means the Vulkan engine on that node, so vgpud exits with status 3, naming the
+/// node, before any socket exists; with an explicit `--engine cpu` it is ignored with a warning
+/// and the VM is served. (The matching itself is unit-tested on made-up devices.)
+fn render_node_selects_the_vulkan_device() {
+    let dir = scratch("render-node");
+    let node = dir.join("renderD250");
+    if let Err(e) = make_drm_node(&node, 250) {
+        assert!(
+            std::env::var("VGPU_REQUIRE_VGPUD").is_err(),
+            "cannot make a DRM node to test --render-node (run as root, as scripts/test.sh does): {e}"
+        );
+        eprintln!("note: --render-node end to end not tested here: mknod: {e}");
+        return;
+    }
+    let sock = dir.join("vm1.sock");
+    let out = Command::new(vgpud())
+        .arg("--socket-path")
+        .arg(&sock)
+        .args(["--virgl", "--type", "vgpu-64m", "--render-node"])
+        .arg(&node)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains(&format!("{} (226:250)", node.display())),
+        "the message names the node: {err}"
+    );
+    if std::env::var("VGPU_REQUIRE_VULKAN").is_ok_and(|v| v == "1") {
+        assert!(
+            err.contains("no Vulkan device has the render node"),
+            "{err}"
+        );
+    }
+    assert!(!sock.exists(), "no socket was created");
+
+    let log = dir.join("vgpud.log");
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let mut child = spawn_with_fd3(
+        Command::new(vgpud())
+            .args(["--fd=3", "--virgl", "--engine", "cpu", "--type", "vgpu-64m"])
+            .arg("--render-node")
+            .arg(&node)
+            .arg("--log-file")
+            .arg(&log),
+        &theirs,
+    );
+    drop(theirs);
+    let conn = vgpu_tests::Connection::from_stream(ours, &vgpu_tests::FrontendConfig::default())
+        .expect("vhost-user setup over --fd");
+    let client = vgpu_tests::GpuClient::new(conn).unwrap();
+    client.conn.shutdown().unwrap();
+    drop(client);
+    let status = wait_exit(&mut child, Duration::from_secs(20));
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("(226:250) ignored: --engine cpu was given"),
+        "{text}"
+    );
+    fs::remove_dir_all(&dir).unwrap();
 }
 
 // ── Defect 3: socket ownership and mode ────────────────────────────────────────────────────────

@@ -103,6 +103,7 @@ impl Manager {
     /// Device-level figures.
     pub fn device_json(&self) -> Value {
         let (total, used) = self.device.memory();
+        let health = self.device.engine_health();
         json!({
             "memory_mib": total >> 20,
             "reserved_mib": used >> 20,
@@ -111,6 +112,8 @@ impl Manager {
             "policy": self.device.policy().as_str(),
             "timeslice_us": self.device.timeslice_us(),
             "engine": self.device.engine_name(),
+            "device_losses": health.losses,
+            "device_recoveries": health.recoveries,
         })
     }
 

@@ -238,6 +238,15 @@ impl Device {
         &self.inner.types
     }
 
+    /// Losses and re-creations of the engine's device (zero for the CPU engine).
+    pub fn engine_health(&self) -> super::engine::DeviceHealth {
+        self.inner
+            .engine_memory
+            .as_ref()
+            .map(|m| m.health())
+            .unwrap_or_default()
+    }
+
     /// The engine's name (`cpu`, ...).
     pub fn engine_name(&self) -> &'static str {
         self.inner.engine

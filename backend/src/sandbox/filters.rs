@@ -52,10 +52,24 @@ pub const COMMON: &[i64] = &[
     libc::SYS_sendto,            // syslog(3) on the socket opened at start-up (logging.rs)
 ];
 
-/// The only `ioctl` requests allowed, in every thread: making an fd (non-)blocking (std's
-/// `set_nonblocking`) and close-on-exec.
+/// The only `ioctl` requests allowed, in every thread but the Vulkan driver's: making an fd
+/// (non-)blocking (std's `set_nonblocking`) and close-on-exec; and, in the threads that use the
+/// Vulkan device ([`uses_gpu`]), the DRM requests (type `'d'`, [`DRM_IOCTL_TYPE`]) a GPU driver
+/// makes to submit, wait and allocate (none with lavapipe; not tried on a real GPU here).
 #[allow(clippy::unnecessary_cast)] // c_ulong: u64 here, u32 on 32-bit targets
 pub const IOCTLS: &[u64] = &[libc::FIONBIO as u64, libc::FIOCLEX as u64];
+
+/// The ioctl type of DRM requests (`DRM_IOCTL_BASE`), bits 8..16 of the request.
+pub const DRM_IOCTL_TYPE: u64 = (b'd' as u64) << 8;
+
+/// Whether `kind` uses the Vulkan device: the engine (chunks), listeners and control (buffers and
+/// partitions), main (shutdown).
+pub fn uses_gpu(kind: ThreadKind) -> bool {
+    matches!(
+        kind,
+        ThreadKind::Engine | ThreadKind::Listener | ThreadKind::Control | ThreadKind::Main
+    )
+}
 
 /// Creating threads (a new connection's threads; glibc's `clone3`, older `clone`).
 const SPAWN: &[i64] = &[libc::SYS_clone, libc::SYS_clone3];
@@ -197,6 +211,46 @@ const ENGINE: &[i64] = &[
     libc::SYS_memfd_create, // a Vulkan driver's new allocation fd
 ];
 
+/// The Vulkan driver thread (`vgpu-vkdriver`) and, inherited, the driver's own threads it creates
+/// (lavapipe's `llvmpipe-N`, Mesa's shader-cache queue): it loads the Vulkan loader and driver,
+/// creates the instance and the device (again after a device loss) and builds the pipelines.
+/// Measured with `strace -f -Y` on lavapipe (Mesa 25, with and without the validation layer)
+/// across start-up, every kernel, a device loss and its re-creation. Landlock keeps the thread's
+/// filesystem read-only (plus `/dev/dri`), so Mesa's on-disk shader cache stays off; `mkdir` and
+/// `unlink` are left out for the same reason. Any `ioctl` is allowed: a GPU driver speaks to its
+/// kernel driver through driver-specific ones.
+const DRIVER: &[i64] = &[
+    libc::SYS_clone,              // the driver's worker threads
+    libc::SYS_clone3,             // same
+    libc::SYS_openat, // the loader's ICD and layer manifests, the driver library, /sys, /proc, /dev/dri
+    libc::SYS_access, // the loader probes manifest directories
+    libc::SYS_faccessat, // same (newer libc)
+    libc::SYS_faccessat2, // same
+    libc::SYS_getdents64, // manifest directories, /dev/dri
+    libc::SYS_readlink, // the loader resolves library paths
+    libc::SYS_readlinkat, // same
+    libc::SYS_getcwd, // same
+    libc::SYS_pread64, // the dynamic loader reads ELF headers
+    libc::SYS_flock,  // Mesa's shader-cache index (read-only here)
+    libc::SYS_memfd_create, // lavapipe's allocation fd
+    libc::SYS_ftruncate, // same, grown
+    libc::SYS_fallocate, // same, where Mesa uses it
+    libc::SYS_sysinfo, // llvmpipe sizes its caches from the host's memory
+    libc::SYS_uname,  // LLVM's host detection
+    libc::SYS_getuid, // Mesa's cache and loader paths
+    libc::SYS_geteuid, // same
+    libc::SYS_getgid, // same
+    libc::SYS_getegid, // same
+    libc::SYS_sched_setaffinity, // llvmpipe pins its worker threads
+    libc::SYS_sched_setscheduler, // Mesa lowers its queue threads' priority
+    libc::SYS_setpriority, // same
+    libc::SYS_dup,    // GPU drivers duplicate their DRM fd
+    libc::SYS_dup3,   // same
+    libc::SYS_eventfd2, // sync objects
+    libc::SYS_poll,   // waiting on sync fds (GPU drivers)
+    libc::SYS_ppoll,  // same
+];
+
 /// The allow-list of `kind`.
 pub fn allowed(kind: ThreadKind) -> Vec<i64> {
     let extra: &[&[i64]] = match kind {
@@ -207,6 +261,7 @@ pub fn allowed(kind: ThreadKind) -> Vec<i64> {
         ThreadKind::Metrics => &[METRICS, SPAWN],
         ThreadKind::Relay => &[RELAY, SPAWN],
         ThreadKind::Engine => &[ENGINE],
+        ThreadKind::Driver => &[DRIVER],
     };
     let mut all: Vec<i64> = COMMON.to_vec();
     for list in extra {

@@ -8,6 +8,11 @@
 //! threads vhost-user-backend creates inherit the listener's). Without [`configure`] (library use,
 //! unit tests, the demo) or with `--sandbox off`, [`enter`] does nothing.
 //!
+//! The Vulkan driver thread is the exception to that order: the engine is opened before
+//! [`configure`] (the plan depends on the device), so `main` calls [`configure_driver`] first and
+//! the driver thread calls [`enter_driver`] before it loads the Vulkan loader; every thread the
+//! driver creates then inherits the [`ThreadKind::Driver`] filter.
+//!
 //! A syscall outside a thread's list fails with `EPERM` ([`MISMATCH_ERRNO`]): the code that made
 //! it sees an I/O error, logs it and goes on, instead of the whole daemon (every VM) being killed
 //! for one unexpected path. The lists and the reason for every entry are in [`filters`].
@@ -51,6 +56,8 @@ pub enum ThreadKind {
     Relay,
     /// The driver's engine thread.
     Engine,
+    /// The Vulkan driver thread and the driver's own threads ([`enter_driver`]).
+    Driver,
 }
 
 impl ThreadKind {
@@ -109,7 +116,7 @@ struct Config {
 
 static CONFIG: OnceLock<Config> = OnceLock::new();
 
-const KINDS: [ThreadKind; 7] = [
+const KINDS: [ThreadKind; 8] = [
     ThreadKind::Main,
     ThreadKind::Listener,
     ThreadKind::Display,
@@ -117,6 +124,7 @@ const KINDS: [ThreadKind; 7] = [
     ThreadKind::Metrics,
     ThreadKind::Relay,
     ThreadKind::Engine,
+    ThreadKind::Driver,
 ];
 
 fn key(kind: ThreadKind) -> &'static str {
@@ -128,6 +136,7 @@ fn key(kind: ThreadKind) -> &'static str {
         ThreadKind::Metrics => "metrics",
         ThreadKind::Relay => "relay",
         ThreadKind::Engine => "engine",
+        ThreadKind::Driver => "driver",
     }
 }
 
@@ -142,14 +151,25 @@ pub fn build_filter(kind: ThreadKind) -> Result<BpfProgram, SandboxError> {
         .into_iter()
         .map(|nr| (nr, Vec::new()))
         .collect();
-    let ioctls = filters::IOCTLS
+    let rule = |op: SeccompCmpOp, value: u64| {
+        let arg = SeccompCondition::new(1, SeccompCmpArgLen::Dword, op, value)
+            .map_err(|e| err(e.to_string()))?;
+        SeccompRule::new(vec![arg]).map_err(|e| err(e.to_string()))
+    };
+    let mut ioctls = filters::IOCTLS
         .iter()
-        .map(|&request| {
-            let arg = SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, request)
-                .map_err(|e| err(e.to_string()))?;
-            SeccompRule::new(vec![arg]).map_err(|e| err(e.to_string()))
-        })
+        .map(|&request| rule(SeccompCmpOp::Eq, request))
         .collect::<Result<Vec<_>, _>>()?;
+    if filters::uses_gpu(kind) {
+        ioctls.push(rule(
+            SeccompCmpOp::MaskedEq(0xff00),
+            filters::DRM_IOCTL_TYPE,
+        )?);
+    }
+    if kind == ThreadKind::Driver {
+        // Any request (an empty rule list allows the syscall unconditionally).
+        ioctls.clear();
+    }
     rules.insert(libc::SYS_ioctl, ioctls);
     let filter = SeccompFilter::new(
         rules,
@@ -179,6 +199,57 @@ pub fn configure(mode: SandboxMode, dirs: Vec<PathBuf>) -> Result<(), SandboxErr
         .map_err(|_| SandboxError::AlreadyConfigured)
 }
 
+/// Whether the Vulkan driver thread sandboxes itself ([`configure_driver`]).
+static DRIVER_MODE: OnceLock<SandboxMode> = OnceLock::new();
+
+/// Sets whether the Vulkan driver thread ([`enter_driver`]) is sandboxed. `main` calls it before
+/// it opens the engine, which is before [`configure`] (the socket directories Landlock keeps
+/// depend on the plan, which depends on the engine).
+pub fn configure_driver(mode: SandboxMode) {
+    let _ = DRIVER_MODE.set(mode);
+}
+
+/// Restricts the calling thread, the Vulkan driver thread, to what a Vulkan driver needs to load
+/// and run ([`ThreadKind::Driver`]); the driver's own threads it creates inherit the filter. A
+/// no-op unless [`configure_driver`] turned the sandbox on.
+pub fn enter_driver() {
+    if DRIVER_MODE.get() != Some(&SandboxMode::On) {
+        return;
+    }
+    let kind = ThreadKind::Driver;
+    let result = restrict_driver_filesystem()
+        .and_then(|()| build_filter(kind))
+        .and_then(|filter| apply_filter(kind, &filter));
+    if let Err(e) = result {
+        log::error!("sandbox: {e}; exiting rather than run unconfined");
+        std::process::exit(1);
+    }
+}
+
+/// Landlock for the Vulkan driver thread (and its threads): the whole filesystem read-only (the
+/// loader, the driver, its data in /usr, /sys and /proc), plus read-write on the DRM nodes.
+fn restrict_driver_filesystem() -> Result<(), SandboxError> {
+    let abi = ABI::V3;
+    let err = |e: landlock::RulesetError| SandboxError::Landlock(e.to_string());
+    let mut ruleset = Ruleset::default()
+        .handle_access(AccessFs::from_all(abi))
+        .map_err(err)?
+        .create()
+        .map_err(err)?
+        .add_rules(path_beneath_rules(["/"], AccessFs::from_read(abi)))
+        .map_err(err)?;
+    if std::path::Path::new(DRM_DIR).is_dir() {
+        ruleset = ruleset
+            .add_rules(path_beneath_rules([DRM_DIR], AccessFs::from_file(abi)))
+            .map_err(err)?;
+    }
+    ruleset.restrict_self().map_err(err)?;
+    Ok(())
+}
+
+/// Where the DRM device nodes are.
+const DRM_DIR: &str = "/dev/dri";
+
 /// True when [`configure`] turned the sandbox on.
 pub fn enabled() -> bool {
     CONFIG.get().is_some_and(|c| c.mode == SandboxMode::On)
@@ -200,7 +271,9 @@ pub fn enter(kind: ThreadKind) {
 }
 
 fn apply(cfg: &Config, kind: ThreadKind) -> Result<(), SandboxError> {
-    if kind.sets_up_landlock() {
+    if kind == ThreadKind::Driver {
+        restrict_driver_filesystem()?;
+    } else if kind.sets_up_landlock() {
         restrict_filesystem(&cfg.dirs)?;
     }
     let filter = cfg
@@ -293,12 +366,42 @@ mod tests {
             if !makes_sockets {
                 assert_eq!(socket, (-1, libc::EPERM), "{kind:?}: socket()");
             }
-            // Main removes socket directories at exit; control writes the state file.
-            if !matches!(kind, ThreadKind::Main | ThreadKind::Control) {
+            // Main removes socket directories at exit; control writes the state file; the Vulkan
+            // driver thread loads the driver (read-only under Landlock).
+            if !matches!(
+                kind,
+                ThreadKind::Main | ThreadKind::Control | ThreadKind::Driver
+            ) {
                 assert_eq!(open, (-1, libc::EPERM), "{kind:?}: openat()");
             }
             assert_eq!(fork, (-1, libc::EPERM), "{kind:?}: fork()");
             assert_eq!(pipe_ok, 1, "{kind:?}: allocation and memory work");
+        }
+    }
+
+    /// The threads that use the Vulkan device may make DRM requests (type 'd'), the driver
+    /// thread any request, the others only FIONBIO/FIOCLEX.
+    #[test]
+    fn drm_ioctls_where_the_device_is_used() {
+        const DRM_IOCTL_VERSION: libc::c_ulong = 0xC040_6400;
+        for kind in KINDS {
+            let f = std::fs::File::open("/dev/null").unwrap();
+            let (drm, tty) = under(kind, move || {
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+                let mut buf = [0u8; 64];
+                // SAFETY: ioctls on /dev/null with a buffer large enough for either request;
+                // both fail (ENOTTY) when the filter lets them through.
+                unsafe {
+                    libc::ioctl(fd, DRM_IOCTL_VERSION, buf.as_mut_ptr());
+                    let drm = errno();
+                    libc::ioctl(fd, libc::TCGETS, buf.as_mut_ptr());
+                    (drm, errno())
+                }
+            });
+            let drm_ok = filters::uses_gpu(kind) || kind == ThreadKind::Driver;
+            let want = |ok: bool| if ok { libc::ENOTTY } else { libc::EPERM };
+            assert_eq!(drm, want(drm_ok), "{kind:?}: DRM ioctl");
+            assert_eq!(tty, want(kind == ThreadKind::Driver), "{kind:?}: TCGETS");
         }
     }
 

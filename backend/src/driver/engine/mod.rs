@@ -91,6 +91,9 @@ pub enum EngineError {
     /// The watchdog found the engine stuck in this job and restarted it.
     #[error("engine stalled for {0} ms; restarted")]
     Stalled(u64),
+    /// No device matches what was asked for (`--engine vulkan:…`, `--render-node`).
+    #[error("{0}")]
+    NoDevice(String),
     /// The operation exceeds what the device can bind or dispatch.
     #[error("unsupported on this device: {0}")]
     Unsupported(String),
@@ -157,8 +160,25 @@ pub struct EngineCaps {
     pub max_storage_buffer_range: u64,
 }
 
+/// Device losses and recoveries of an engine's device (all zero for the CPU engine).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeviceHealth {
+    /// Losses noticed (each counted once, however many jobs it failed).
+    pub losses: u64,
+    /// Devices re-created after a loss.
+    pub recoveries: u64,
+    /// Which device this is: 0 for the first, +1 per re-creation.
+    pub generation: u64,
+}
+
 /// Memory an engine owns: one arena per vGPU partition.
 pub trait EngineMemory: Send + Sync + fmt::Debug {
+    /// Losses and re-creations of the device the memory is on (a lost device's memory is
+    /// re-created with it).
+    fn health(&self) -> DeviceHealth {
+        DeviceHealth::default()
+    }
+
     /// Creates the arena for vGPU `vgpu_id`'s partition of `bytes` (the memory exists once this
     /// returns).
     fn create_partition(

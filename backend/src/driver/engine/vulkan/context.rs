@@ -1,17 +1,17 @@
 //! The Vulkan instance and logical device shared by the engine thread and every partition
-//! arena: device selection and listing, the compute queue (behind a lock, since a queue must be
-//! externally synchronised), memory-type choice, one-shot submissions (zeroing, staging) and
-//! the validation-layer hook.
+//! arena: the compute queue (behind a lock, since a queue must be externally synchronised),
+//! memory-type choice, submissions (the one place that notices a lost device, and the test-only
+//! fault hook), one-shot submissions (zeroing, staging) and the validation-layer hook.
 
 use std::ffi::{c_void, CStr};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use ash::vk;
-use serde::Serialize;
 
 use super::super::EngineError;
+use super::select::{self, compute_family, driver_text, DeviceSelector, PhysicalDeviceInfo};
 
 /// Vulkan validation messages of severity ERROR seen by this process (tests assert zero).
 static VALIDATION_ERRORS: AtomicU64 = AtomicU64::new(0);
@@ -47,126 +47,6 @@ pub(crate) fn vk_err(what: &str, r: vk::Result) -> EngineError {
         }
         vk::Result::TIMEOUT => EngineError::Timeout(0),
         other => EngineError::Device(format!("{what}: {other}")),
-    }
-}
-
-/// One physical device as `--list-engines` shows it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct PhysicalDeviceInfo {
-    /// Index for `--engine vulkan:INDEX`.
-    pub index: u32,
-    /// Device name.
-    pub name: String,
-    /// "discrete", "integrated", "virtual", "cpu" or "other".
-    #[serde(rename = "type")]
-    pub device_type: String,
-    /// Driver name and info ("llvmpipe Mesa 25.0.7 ...").
-    pub driver: String,
-    /// Vulkan API version "major.minor.patch".
-    pub api_version: String,
-    /// PCI vendor id.
-    pub vendor_id: u32,
-    /// PCI device id.
-    pub device_id: u32,
-    /// Memory heaps: bytes and whether device-local.
-    pub heaps: Vec<HeapInfo>,
-    /// Whether it has a compute queue and Vulkan ≥ 1.1 (usable by the engine).
-    pub usable: bool,
-}
-
-/// One memory heap.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
-pub struct HeapInfo {
-    /// Size in bytes.
-    pub bytes: u64,
-    /// Device-local heap.
-    pub device_local: bool,
-}
-
-/// Which physical device to open.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DeviceSelector {
-    /// The best usable one: discrete, then integrated, virtual, CPU.
-    Best,
-    /// By index in the listing.
-    Index(u32),
-    /// The first usable one whose name contains this (case-insensitive).
-    Name(String),
-}
-
-fn type_name(t: vk::PhysicalDeviceType) -> &'static str {
-    match t {
-        vk::PhysicalDeviceType::DISCRETE_GPU => "discrete",
-        vk::PhysicalDeviceType::INTEGRATED_GPU => "integrated",
-        vk::PhysicalDeviceType::VIRTUAL_GPU => "virtual",
-        vk::PhysicalDeviceType::CPU => "cpu",
-        _ => "other",
-    }
-}
-
-fn type_rank(t: vk::PhysicalDeviceType) -> u32 {
-    match t {
-        vk::PhysicalDeviceType::DISCRETE_GPU => 0,
-        vk::PhysicalDeviceType::INTEGRATED_GPU => 1,
-        vk::PhysicalDeviceType::VIRTUAL_GPU => 2,
-        vk::PhysicalDeviceType::CPU => 3,
-        _ => 4,
-    }
-}
-
-fn c_text(bytes: &[std::ffi::c_char]) -> String {
-    let bytes: Vec<u8> = bytes
-        .iter()
-        .take_while(|&&c| c != 0)
-        .map(|&c| c as u8)
-        .collect();
-    String::from_utf8_lossy(&bytes).into_owned()
-}
-
-fn version_text(v: u32) -> String {
-    format!(
-        "{}.{}.{}",
-        vk::api_version_major(v),
-        vk::api_version_minor(v),
-        vk::api_version_patch(v)
-    )
-}
-
-/// The compute queue family to use: one without graphics if there is one (a dedicated compute
-/// queue on discrete GPUs), else any with compute.
-fn compute_family(instance: &ash::Instance, pd: vk::PhysicalDevice) -> Option<(u32, u32)> {
-    // SAFETY: `pd` comes from `instance`.
-    let families = unsafe { instance.get_physical_device_queue_family_properties(pd) };
-    let with_compute = |f: &vk::QueueFamilyProperties| {
-        f.queue_flags.contains(vk::QueueFlags::COMPUTE) && f.queue_count > 0
-    };
-    let pick = families
-        .iter()
-        .position(|f| with_compute(f) && !f.queue_flags.contains(vk::QueueFlags::GRAPHICS))
-        .or_else(|| families.iter().position(with_compute))?;
-    let family = families.get(pick)?;
-    Some((u32::try_from(pick).ok()?, family.timestamp_valid_bits))
-}
-
-struct DriverText {
-    name: String,
-    info: String,
-}
-
-fn driver_text(instance: &ash::Instance, pd: vk::PhysicalDevice, api: u32) -> DriverText {
-    if vk::api_version_minor(api) < 2 && vk::api_version_major(api) == 1 {
-        return DriverText {
-            name: String::new(),
-            info: String::new(),
-        };
-    }
-    let mut driver = vk::PhysicalDeviceDriverProperties::default();
-    let mut props2 = vk::PhysicalDeviceProperties2::default().push_next(&mut driver);
-    // SAFETY: `pd` comes from `instance`, which supports 1.1 properties2 (checked by the caller).
-    unsafe { instance.get_physical_device_properties2(pd, &mut props2) };
-    DriverText {
-        name: c_text(&driver.driver_name),
-        info: c_text(&driver.driver_info),
     }
 }
 
@@ -270,45 +150,7 @@ impl Instance {
 
     /// Every physical device, in enumeration order.
     pub fn devices(&self) -> Result<Vec<(vk::PhysicalDevice, PhysicalDeviceInfo)>, EngineError> {
-        // SAFETY: plain enumeration on a live instance.
-        let pds = unsafe { self.instance.enumerate_physical_devices() }
-            .map_err(|e| vk_err("vkEnumeratePhysicalDevices", e))?;
-        let mut out = Vec::new();
-        for (i, pd) in pds.into_iter().enumerate() {
-            // SAFETY: `pd` comes from this instance.
-            let props = unsafe { self.instance.get_physical_device_properties(pd) };
-            // SAFETY: as above.
-            let mem = unsafe { self.instance.get_physical_device_memory_properties(pd) };
-            let driver = driver_text(&self.instance, pd, props.api_version);
-            let heaps = mem
-                .memory_heaps
-                .iter()
-                .take(mem.memory_heap_count as usize)
-                .map(|h| HeapInfo {
-                    bytes: h.size,
-                    device_local: h.flags.contains(vk::MemoryHeapFlags::DEVICE_LOCAL),
-                })
-                .collect();
-            let usable = compute_family(&self.instance, pd).is_some()
-                && props.api_version >= vk::API_VERSION_1_1;
-            out.push((
-                pd,
-                PhysicalDeviceInfo {
-                    index: u32::try_from(i).unwrap_or(u32::MAX),
-                    name: c_text(&props.device_name),
-                    device_type: type_name(props.device_type).to_string(),
-                    driver: format!("{} {}", driver.name, driver.info)
-                        .trim()
-                        .to_string(),
-                    api_version: version_text(props.api_version),
-                    vendor_id: props.vendor_id,
-                    device_id: props.device_id,
-                    heaps,
-                    usable,
-                },
-            ));
-        }
-        Ok(out)
+        select::enumerate(&self.instance).map_err(|e| vk_err("vkEnumeratePhysicalDevices", e))
     }
 }
 
@@ -330,10 +172,13 @@ pub fn list_devices() -> Result<Vec<PhysicalDeviceInfo>, EngineError> {
     Ok(instance.devices()?.into_iter().map(|(_, i)| i).collect())
 }
 
-/// The logical device and what every user of it needs.
+/// The logical device and what every user of it needs. After a device loss a new one is made
+/// on the same physical device ([`super::gpu::Gpu::recover`]); the old one is destroyed once
+/// nothing holds it any more.
 pub(crate) struct Ctx {
     pub device: ash::Device,
-    pub instance: Instance,
+    pub instance: Arc<Instance>,
+    pub physical: vk::PhysicalDevice,
     pub info: PhysicalDeviceInfo,
     pub driver_name: String,
     pub driver_version: u32,
@@ -346,6 +191,8 @@ pub(crate) struct Ctx {
     /// Memory type of buffers, and whether it is host-visible (mapped) or needs staging.
     pub buffer_type: u32,
     pub buffer_mapped: bool,
+    /// Buffer memory was asked to be treated as not host-visible.
+    pub force_staging: bool,
     /// Host-visible, coherent memory type (staging, results).
     pub host_type: u32,
     /// Size of the heap buffers come from.
@@ -354,6 +201,17 @@ pub(crate) struct Ctx {
     one_shot: Mutex<(vk::CommandPool, vk::Fence)>,
     /// How long any fence wait may take.
     pub fence_timeout: Duration,
+    /// The device reported `VK_ERROR_DEVICE_LOST`, or a fence wait ran out (a hung device is
+    /// treated as lost): nothing more is submitted to it, and it is re-created.
+    lost: AtomicBool,
+    /// What reported the loss first.
+    lost_why: Mutex<Option<String>>,
+    /// Test-only fault hook: the next submission reports `VK_ERROR_DEVICE_LOST`.
+    #[cfg(test)]
+    pub fail_next_submit: AtomicBool,
+    /// Test-only fault hook: the next fence wait runs out at once (its work still runs).
+    #[cfg(test)]
+    pub time_out_next_wait: AtomicBool,
 }
 
 fn find_type(
@@ -371,47 +229,32 @@ fn find_type(
 }
 
 impl Ctx {
-    /// Opens the device `selector` picks. `force_staging` treats buffer memory as not
-    /// host-visible (exercises the staging path on unified-memory devices).
+    /// Opens the device `selector` picks on a new instance. `force_staging` treats buffer
+    /// memory as not host-visible (exercises the staging path on unified-memory devices).
     pub fn open(
         selector: &DeviceSelector,
         validation: Validation,
         force_staging: bool,
         fence_timeout: Duration,
     ) -> Result<Self, EngineError> {
-        let instance = Instance::new(validation)?;
+        let instance = Arc::new(Instance::new(validation)?);
         let devices = instance.devices()?;
-        let chosen = match selector {
-            DeviceSelector::Best => {
-                devices
-                    .iter()
-                    .filter(|(_, i)| i.usable)
-                    .min_by_key(|(pd, i)| {
-                        // SAFETY: `pd` comes from this instance.
-                        let t = unsafe { instance.instance.get_physical_device_properties(*pd) };
-                        (type_rank(t.device_type), i.index)
-                    })
-            }
-            DeviceSelector::Index(n) => devices.iter().find(|(_, i)| i.index == *n),
-            DeviceSelector::Name(s) => {
-                let s = s.to_lowercase();
-                devices
-                    .iter()
-                    .find(|(_, i)| i.usable && i.name.to_lowercase().contains(&s))
-            }
+        let infos: Vec<PhysicalDeviceInfo> = devices.iter().map(|(_, i)| i.clone()).collect();
+        let at = select::choose(selector, &infos).map_err(EngineError::NoDevice)?;
+        let Some((pd, info)) = devices.get(at).cloned() else {
+            return Err(EngineError::NoDevice("no such Vulkan device".into()));
         };
-        let Some((pd, info)) = chosen.cloned() else {
-            return Err(EngineError::Unsupported(format!(
-                "no usable Vulkan device matches {selector:?} ({} device(s) found)",
-                devices.len()
-            )));
-        };
-        if !info.usable {
-            return Err(EngineError::Unsupported(format!(
-                "Vulkan device {} ({}) has no compute queue or is older than Vulkan 1.1",
-                info.index, info.name
-            )));
-        }
+        Self::create(instance, pd, info, force_staging, fence_timeout)
+    }
+
+    /// A logical device on `pd` of `instance` (also the re-creation after a loss).
+    pub fn create(
+        instance: Arc<Instance>,
+        pd: vk::PhysicalDevice,
+        info: PhysicalDeviceInfo,
+        force_staging: bool,
+        fence_timeout: Duration,
+    ) -> Result<Self, EngineError> {
         let vi = &instance.instance;
         let (queue_family, timestamp_bits) = compute_family(vi, pd)
             .ok_or_else(|| EngineError::Unsupported("no compute queue family".into()))?;
@@ -531,6 +374,7 @@ impl Ctx {
         Ok(Self {
             device,
             instance,
+            physical: pd,
             info,
             driver_name: driver.name,
             driver_version: props.driver_version,
@@ -541,11 +385,77 @@ impl Ctx {
             timestamp_bits,
             buffer_type,
             buffer_mapped,
+            force_staging,
             host_type,
             heap_bytes,
             one_shot: Mutex::new(one_shot),
             fence_timeout,
+            lost: AtomicBool::new(false),
+            lost_why: Mutex::new(None),
+            #[cfg(test)]
+            fail_next_submit: AtomicBool::new(false),
+            #[cfg(test)]
+            time_out_next_wait: AtomicBool::new(false),
         })
+    }
+
+    /// Submits `submits` with `fence` on the queue. A lost device gets nothing more: the call
+    /// fails with [`EngineError::DeviceLost`] (the test-only fault hook makes it report that too).
+    pub fn submit(
+        &self,
+        submits: &[vk::SubmitInfo<'_>],
+        fence: vk::Fence,
+    ) -> Result<(), EngineError> {
+        #[cfg(test)]
+        if self.fail_next_submit.swap(false, Ordering::AcqRel) {
+            self.mark_lost("vkQueueSubmit: VK_ERROR_DEVICE_LOST (injected by a test)");
+            return Err(EngineError::DeviceLost);
+        }
+        if self.is_lost() {
+            return Err(EngineError::DeviceLost);
+        }
+        let queue = self.queue();
+        // SAFETY: the caller recorded the command buffers completely and owns the fence.
+        match unsafe { self.device.queue_submit(*queue, submits, fence) } {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                if e == vk::Result::ERROR_DEVICE_LOST {
+                    self.mark_lost("vkQueueSubmit: VK_ERROR_DEVICE_LOST");
+                }
+                Err(vk_err("vkQueueSubmit", e))
+            }
+        }
+    }
+
+    /// Waits until the device has no work left (returns at once when it is lost).
+    pub fn wait_idle(&self) {
+        let _queue = self.queue();
+        // SAFETY: the queue is held, so no submission runs meanwhile.
+        let _ = unsafe { self.device.device_wait_idle() };
+    }
+
+    /// Whether the device was lost (or hung): it must be re-created before it is used again.
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::Acquire)
+    }
+
+    /// Marks the device lost; `why` (the first reason) goes into the line
+    /// [`super::gpu::Gpu::recover`] logs.
+    pub fn mark_lost(&self, why: &str) {
+        let mut first = self.lost_why.lock().unwrap_or_else(|e| e.into_inner());
+        if first.is_none() {
+            *first = Some(why.to_string());
+        }
+        self.lost.store(true, Ordering::Release);
+    }
+
+    /// What reported the loss first.
+    pub fn lost_reason(&self) -> String {
+        self.lost_why
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_default()
     }
 
     /// The queue, locked for a submission.
@@ -589,12 +499,7 @@ impl Ctx {
                     .map_err(|e| vk_err("vkEndCommandBuffer", e))?;
                 let cbs = [cb];
                 let submit = [vk::SubmitInfo::default().command_buffers(&cbs)];
-                {
-                    let queue = self.queue();
-                    self.device
-                        .queue_submit(*queue, &submit, fence)
-                        .map_err(|e| vk_err("vkQueueSubmit", e))?;
-                }
+                self.submit(&submit, fence)?;
                 self.wait(fence)
             })();
             if !matches!(result, Err(EngineError::Timeout(_))) {
@@ -606,20 +511,33 @@ impl Ctx {
 
     /// Waits for `fence` (at most the fence timeout) and resets it.
     pub fn wait(&self, fence: vk::Fence) -> Result<(), EngineError> {
+        #[cfg(test)]
+        let timeout_ns = if self.time_out_next_wait.swap(false, Ordering::AcqRel) {
+            0
+        } else {
+            self.timeout_ns()
+        };
+        #[cfg(not(test))]
+        let timeout_ns = self.timeout_ns();
         // SAFETY: `fence` belongs to this device.
         unsafe {
-            match self
-                .device
-                .wait_for_fences(&[fence], true, self.timeout_ns())
-            {
+            match self.device.wait_for_fences(&[fence], true, timeout_ns) {
                 Ok(()) => self
                     .device
                     .reset_fences(&[fence])
                     .map_err(|e| vk_err("vkResetFences", e)),
-                Err(vk::Result::TIMEOUT) => Err(EngineError::Timeout(
-                    u64::try_from(self.fence_timeout.as_millis()).unwrap_or(u64::MAX),
-                )),
-                Err(e) => Err(vk_err("vkWaitForFences", e)),
+                Err(vk::Result::TIMEOUT) => {
+                    self.mark_lost("a fence wait ran out: the device hangs");
+                    Err(EngineError::Timeout(
+                        u64::try_from(self.fence_timeout.as_millis()).unwrap_or(u64::MAX),
+                    ))
+                }
+                Err(e) => {
+                    if e == vk::Result::ERROR_DEVICE_LOST {
+                        self.mark_lost("vkWaitForFences: VK_ERROR_DEVICE_LOST");
+                    }
+                    Err(vk_err("vkWaitForFences", e))
+                }
             }
         }
     }
@@ -634,6 +552,12 @@ impl Drop for Ctx {
             self.device.destroy_command_pool(pool, None);
             self.device.destroy_fence(fence, None);
             self.device.destroy_device(None);
+        }
+        if self.is_lost() {
+            log::info!(
+                "vulkan: the lost device on {} is destroyed (nothing refers to it any more)",
+                self.info.name
+            );
         }
     }
 }

@@ -25,27 +25,31 @@
 //!
 //! **Robustness.** `robustBufferAccess` is enabled; every fence wait has a timeout, after which
 //! the job fails with [`EngineError::Timeout`]; device loss fails the job with
-//! [`EngineError::DeviceLost`].
+//! [`EngineError::DeviceLost`]. After either, the device is re-created on the same physical
+//! device ([`gpu`]): every partition and buffer stays usable, its contents zeroed, and the
+//! engine rebuilds its pipelines and pools on the new device before its next chunk.
 
 mod context;
+mod gpu;
 mod memory;
+mod select;
 
 use std::sync::{Arc, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use ash::vk;
 
+pub use super::DeviceHealth;
 use super::{
     Engine, EngineCaps, EngineError, EngineKind, EngineMemory, Step, DEFAULT_CHUNK_TARGET_NS,
 };
 use crate::driver::buffer::{BufferError, DeviceBuffer};
 use crate::driver::job::{BufRef, Op, OpKind};
 use context::{device_barrier, host_barrier, inner_barrier, vk_err, Ctx};
-pub use context::{
-    list_devices, validation_errors, DeviceSelector, HeapInfo, PhysicalDeviceInfo, Validation,
-    VALIDATION_ENV,
-};
+pub use context::{list_devices, validation_errors, Validation, VALIDATION_ENV};
+use gpu::{DriverThread, Gpu};
 use memory::{VkMemory, VkStorage};
+pub use select::{choose, DeviceSelector, DrmNode, HeapInfo, PhysicalDeviceInfo};
 
 /// Default fence timeout: a submission is sized to ~1 ms, so this only fires on a hung device.
 pub const DEFAULT_FENCE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -142,7 +146,11 @@ struct Scratch {
 
 /// The Vulkan engine (owned by the device thread).
 pub struct VulkanEngine {
+    /// The shared device (re-created after a loss).
+    gpu: Arc<Gpu>,
+    /// The device this engine's objects are on, and its generation.
     ctx: Arc<Ctx>,
+    generation: u64,
     target_ns: u64,
     set_layout: vk::DescriptorSetLayout,
     pipeline_layout: vk::PipelineLayout,
@@ -219,19 +227,59 @@ fn create_scratch(ctx: &Ctx, size: u64, type_index: u32) -> Result<Scratch, Engi
 }
 
 impl VulkanEngine {
-    /// Opens the device and builds the pipelines.
+    /// Opens the device and builds the pipelines, both on the Vulkan driver thread (so the
+    /// driver's own threads inherit its seccomp filter).
     pub fn new(options: &VulkanOptions) -> Result<Self, EngineError> {
-        let ctx = Arc::new(Ctx::open(
-            &options.selector,
-            options.validation,
-            options.force_staging,
-            options.fence_timeout,
-        )?);
-        Self::on_ctx(ctx, options.chunk_target_ns)
+        let driver = DriverThread::start()?;
+        let (selector, validation) = (options.selector.clone(), options.validation);
+        let (force_staging, fence_timeout) = (options.force_staging, options.fence_timeout);
+        let ctx = driver
+            .run(move || Ctx::open(&selector, validation, force_staging, fence_timeout))??;
+        let gpu = Arc::new(Gpu::new(Arc::new(ctx), driver));
+        Self::on_gpu(gpu, options.chunk_target_ns)
     }
 
-    /// An engine on an open device (a replacement shares the device and so every partition).
-    fn on_ctx(ctx: Arc<Ctx>, chunk_target_ns: u64) -> Result<Self, EngineError> {
+    /// An engine on the shared device's current generation (a replacement shares the device
+    /// and so every partition); built on the driver thread.
+    fn on_gpu(gpu: Arc<Gpu>, chunk_target_ns: u64) -> Result<Self, EngineError> {
+        let (ctx, generation) = {
+            let device = gpu.live()?;
+            (Arc::clone(device.ctx()), device.generation())
+        };
+        let shared = Arc::clone(&gpu);
+        gpu.driver
+            .run(move || Self::on_ctx(shared, ctx, generation, chunk_target_ns))?
+    }
+
+    /// Device losses and recoveries so far.
+    pub fn device_health(&self) -> DeviceHealth {
+        self.gpu.health()
+    }
+
+    /// Follows the shared device: after a loss, re-creates it (if no one did yet) and rebuilds
+    /// this engine's objects on the new one. The old ones are destroyed here.
+    fn follow_device(&mut self) -> Result<(), EngineError> {
+        let generation = self.gpu.live()?.generation();
+        if generation != self.generation {
+            let fresh = Self::on_gpu(Arc::clone(&self.gpu), self.target_ns)?;
+            // Dropping the old engine destroys its objects on the old device.
+            *self = fresh;
+        }
+        Ok(())
+    }
+
+    /// The shared device (tests reach its fault hooks and counters through it).
+    #[cfg(test)]
+    pub(crate) fn shared_gpu(&self) -> Arc<Gpu> {
+        Arc::clone(&self.gpu)
+    }
+
+    fn on_ctx(
+        gpu: Arc<Gpu>,
+        ctx: Arc<Ctx>,
+        generation: u64,
+        chunk_target_ns: u64,
+    ) -> Result<Self, EngineError> {
         let d = &ctx.device;
         // Every object is destroyed by Drop; a failure part-way leaks the few made before it
         // until the context (and with it the device) goes away, which frees them all.
@@ -335,7 +383,9 @@ impl VulkanEngine {
             let partials = create_scratch(&ctx, MAX_PARTIALS * 4, ctx.host_type)?;
             let bounce = create_scratch(&ctx, BOUNCE_BYTES, ctx.host_type)?;
             Self {
+                gpu,
                 ctx: Arc::clone(&ctx),
+                generation,
                 target_ns: chunk_target_ns.max(1),
                 set_layout,
                 pipeline_layout,
@@ -474,7 +524,7 @@ impl VulkanEngine {
         }
         Ok(Window {
             info: vk::DescriptorBufferInfo {
-                buffer: s.buffer,
+                buffer: s.buffer(),
                 offset: base,
                 range,
             },
@@ -602,7 +652,7 @@ impl VulkanEngine {
                     unsafe {
                         d.cmd_copy_buffer(
                             self.cb,
-                            s.buffer,
+                            s.buffer(),
                             self.bounce.buffer,
                             &[vk::BufferCopy {
                                 src_offset: src.offset + pos,
@@ -614,7 +664,7 @@ impl VulkanEngine {
                         d.cmd_copy_buffer(
                             self.cb,
                             self.bounce.buffer,
-                            t.buffer,
+                            t.buffer(),
                             &[vk::BufferCopy {
                                 src_offset: 0,
                                 dst_offset: dst.offset + pos,
@@ -634,8 +684,8 @@ impl VulkanEngine {
                     unsafe {
                         d.cmd_copy_buffer(
                             self.cb,
-                            s.buffer,
-                            t.buffer,
+                            s.buffer(),
+                            t.buffer(),
                             &[vk::BufferCopy {
                                 src_offset: from,
                                 dst_offset: to,
@@ -832,7 +882,7 @@ impl VulkanEngine {
                 d.cmd_copy_buffer(
                     self.cb,
                     self.bounce.buffer,
-                    t.buffer,
+                    t.buffer(),
                     &[vk::BufferCopy {
                         src_offset: at % 4,
                         dst_offset: start,
@@ -843,7 +893,7 @@ impl VulkanEngine {
             if mid_end > head_end {
                 d.cmd_fill_buffer(
                     self.cb,
-                    t.buffer,
+                    t.buffer(),
                     head_end,
                     mid_end - head_end,
                     word_at(at + (head_end - start)),
@@ -853,7 +903,7 @@ impl VulkanEngine {
                 d.cmd_copy_buffer(
                     self.cb,
                     self.bounce.buffer,
-                    t.buffer,
+                    t.buffer(),
                     &[vk::BufferCopy {
                         src_offset: (at + (mid_end - start)) % 4,
                         dst_offset: mid_end,
@@ -870,12 +920,7 @@ impl VulkanEngine {
         let d = &self.ctx.device;
         let cbs = [self.cb];
         let submit = [vk::SubmitInfo::default().command_buffers(&cbs)];
-        {
-            let queue = self.ctx.queue();
-            // SAFETY: the command buffer is fully recorded; the fence is unsignalled.
-            unsafe { d.queue_submit(*queue, &submit, self.fence) }
-                .map_err(|e| vk_err("vkQueueSubmit", e))?;
-        }
+        self.ctx.submit(&submit, self.fence)?;
         if let Err(e) = self.ctx.wait(self.fence) {
             self.pending = matches!(e, EngineError::Timeout(_));
             return Err(e);
@@ -952,7 +997,7 @@ impl Engine for VulkanEngine {
 
     fn memory(&self) -> Option<Arc<dyn EngineMemory>> {
         Some(Arc::new(VkMemory {
-            ctx: Arc::clone(&self.ctx),
+            gpu: Arc::clone(&self.gpu),
         }))
     }
 
@@ -961,10 +1006,10 @@ impl Engine for VulkanEngine {
     }
 
     fn factory(&self) -> Option<super::EngineFactory> {
-        let ctx = Arc::clone(&self.ctx);
+        let gpu = Arc::clone(&self.gpu);
         let target = self.target_ns;
         Some(Arc::new(move || {
-            Ok(Box::new(VulkanEngine::on_ctx(Arc::clone(&ctx), target)?)
+            Ok(Box::new(VulkanEngine::on_gpu(Arc::clone(&gpu), target)?)
                 as Box<dyn super::DynEngine>)
         }))
     }
@@ -976,6 +1021,7 @@ impl Engine for VulkanEngine {
         target_ns: u64,
     ) -> Result<Step, EngineError> {
         self.last_device_ns = None;
+        self.follow_device()?;
         if self.pending {
             // A timed-out submission must finish before the command buffer is reused.
             self.ctx.wait(self.fence)?;
@@ -988,6 +1034,12 @@ impl Engine for VulkanEngine {
         }
         let (reads, writes) = op_buffers(op);
         let held = lock_all(&reads, &writes)?;
+        // The device is not switched while the chunk is recorded, submitted and waited for.
+        let gpu = Arc::clone(&self.gpu);
+        let device = gpu.read();
+        if device.generation() != self.generation {
+            return Err(EngineError::DeviceLost);
+        }
         let d = &self.ctx.device;
         let started = Instant::now();
         // SAFETY: the previous submission completed, so the pool, command buffer and queries
@@ -1033,6 +1085,7 @@ impl Engine for VulkanEngine {
         }
         let planned = planned?;
         let device_ns = self.submit_and_wait()?;
+        drop(device);
         drop(held);
         let ns = device_ns
             .unwrap_or_else(|| u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
@@ -1063,10 +1116,14 @@ impl Engine for VulkanEngine {
     }
 
     fn reset(&mut self) -> Result<(), EngineError> {
-        if self.pending {
+        if self.ctx.is_lost() {
+            // Lost or hung: re-create the device (unless another thread did) and rebuild on it.
+            self.gpu.recover(self.generation)?;
+        } else if self.pending {
             self.ctx.wait(self.fence)?;
             self.pending = false;
         }
+        self.follow_device()?;
         self.ns_per_unit = INITIAL_NS_PER_UNIT;
         self.overhead_ns = 0.0;
         Ok(())
@@ -1104,9 +1161,13 @@ fn op_buffers(op: &Op) -> (Vec<&Arc<DeviceBuffer>>, Vec<&Arc<DeviceBuffer>>) {
 impl Drop for VulkanEngine {
     fn drop(&mut self) {
         let d = &self.ctx.device;
-        // SAFETY: wait for our last submission, then destroy what this engine created.
+        // SAFETY: wait for our last submission if one timed out (a lost device returns at once;
+        // with none pending the fence is unsignalled and would only make us wait the timeout),
+        // then destroy what this engine created.
         unsafe {
-            let _ = d.wait_for_fences(&[self.fence], true, self.ctx.timeout_ns());
+            if self.pending {
+                let _ = d.wait_for_fences(&[self.fence], true, self.ctx.timeout_ns());
+            }
             for s in [&self.partials, &self.bounce] {
                 d.destroy_buffer(s.buffer, None);
                 d.free_memory(s.memory, None);
@@ -1124,5 +1185,7 @@ impl Drop for VulkanEngine {
     }
 }
 
+#[cfg(test)]
+mod loss_tests;
 #[cfg(test)]
 mod tests;
