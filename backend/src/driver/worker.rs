@@ -18,7 +18,7 @@
 //! touching anything).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -148,6 +148,8 @@ pub(crate) struct Shared {
     /// Chunk lengths, short or long by whether the running vGPU is alone.
     pub chunks: ChunkTargets,
     heartbeat: Mutex<Heartbeat>,
+    /// Most submissions the engine has had in flight at once ([`DynEngine::max_in_flight`]).
+    pub max_in_flight: AtomicUsize,
 }
 
 impl Shared {
@@ -165,6 +167,7 @@ impl Shared {
             epoch: Instant::now(),
             chunks,
             heartbeat: Mutex::new(Heartbeat::default()),
+            max_in_flight: AtomicUsize::new(0),
         }
     }
 
@@ -294,11 +297,14 @@ fn run_slot<'a>(
     generation: u64,
 ) -> Option<MutexGuard<'a, SchedState>> {
     let start = Instant::now();
-    let deadline = start + Duration::from_nanos(turn.target_ns);
     let seq = guard.slice_seq;
     guard.slice_seq += 1;
     let hold = guard.core.policy().holds_share();
+    // Device time of this turn's pieces (host time of its chunks on an engine without device
+    // timestamps).
     let mut busy_ns = 0u64;
+    // Idle wall time a reserved turn held the engine for its vGPU.
+    let mut idle_ns = 0u64;
     let mut chunks = 0u32;
     let mut preempted = false;
     loop {
@@ -316,15 +322,16 @@ fn run_slot<'a>(
                 .map(|q| ActiveJob::start(q, Instant::now(), seq)),
         };
         let Some(mut active) = active else {
-            let now = Instant::now();
-            if hold && turn.reserved && now < deadline {
-                let idle_ns = nanos(now.saturating_duration_since(start));
+            let used = charge(busy_ns + idle_ns, start);
+            if hold && turn.reserved && used < turn.target_ns {
                 if shared.woke.swap(false, Ordering::AcqRel)
-                    && guard.core.should_preempt(&turn, idle_ns)
+                    && guard.core.should_preempt(&turn, used)
                 {
                     break;
                 }
-                guard = shared.wait_for(guard, Some(deadline - now));
+                let idle_from = Instant::now();
+                guard = shared.wait_for(guard, Some(Duration::from_nanos(turn.target_ns - used)));
+                idle_ns += nanos(idle_from.elapsed());
                 continue;
             }
             break;
@@ -350,24 +357,27 @@ fn run_slot<'a>(
                 slot
             }
         };
+        let beat = |since: Instant| Beat {
+            since,
+            turn,
+            turn_start: start,
+            slot: Arc::clone(&slot),
+        };
 
         let mut segment_ns = 0u64;
+        // Whether the engine reported device time for the last chunk.
+        let mut timed: bool;
         // One clock read per chunk: each chunk's end is the next one's start.
         let mut t0 = Instant::now();
         let ran = loop {
             // A wake since the last boundary (or since the lock was dropped) ends `solo` here
             // already; the swap below decides preemption.
             solo = solo && !shared.woke.load(Ordering::Acquire);
+            let used = charge(busy_ns + idle_ns + segment_ns, start);
             let target = shared
                 .chunks
-                .next(solo, nanos(deadline.saturating_duration_since(t0)));
-            let beat = Beat {
-                since: t0,
-                turn,
-                turn_start: start,
-                slot: Arc::clone(&slot),
-            };
-            if !shared.beat(generation, beat) {
+                .next(solo, turn.target_ns.saturating_sub(used));
+            if !shared.beat(generation, beat(t0)) {
                 return None;
             }
             let step = run_contained(engine, &mut active, target);
@@ -375,9 +385,14 @@ fn run_slot<'a>(
                 // The watchdog failed this job and started another engine thread.
                 return None;
             }
+            shared
+                .max_in_flight
+                .fetch_max(engine.max_in_flight(), Ordering::Relaxed);
             let now = Instant::now();
             // Device time when the engine measures it, host time otherwise.
-            let dt = match (&step, engine.last_device_ns()) {
+            let device_ns = engine.last_device_ns();
+            timed = device_ns.is_some();
+            let dt = match (&step, device_ns) {
                 (Ok(_), Some(device_ns)) => device_ns,
                 _ => nanos(now.saturating_duration_since(t0)),
             };
@@ -385,21 +400,42 @@ fn run_slot<'a>(
             segment_ns += dt;
             active.run_ns += dt;
             chunks = chunks.saturating_add(1);
+            let used = charge(busy_ns + idle_ns + segment_ns, start);
             match step {
                 Ok(true) => break Ran::Finished(active, Ok(())),
                 Err(e) => break Ran::Finished(active, Err(JobFailure::Engine(e))),
-                Ok(false) if now >= deadline => break Ran::Preempted(active),
-                Ok(false)
-                    if shared.preempt_for_wake(
-                        &turn,
-                        nanos(now.saturating_duration_since(start)),
-                        &mut solo,
-                    ) =>
-                {
+                Ok(false) if used >= turn.target_ns => break Ran::Preempted(active),
+                Ok(false) if shared.preempt_for_wake(&turn, used, &mut solo) => {
                     break Ran::Preempted(active)
                 }
                 Ok(false) => {}
             }
+        };
+        // A job leaving the engine part-way first waits for its pieces still in flight: they
+        // are charged to this turn, and nothing of it runs during the next vGPU's turn.
+        let ran = match ran {
+            Ran::Preempted(mut active) => {
+                if !shared.beat(generation, beat(t0)) {
+                    return None;
+                }
+                let settled = settle_contained(engine, &mut active);
+                if !shared.beat_end(generation) {
+                    return None;
+                }
+                let dt = match settled {
+                    Ok(Some(device_ns)) => device_ns,
+                    // Nothing was in flight on an engine that times its chunks on the device.
+                    Ok(None) if timed => 0,
+                    _ => nanos(t0.elapsed()),
+                };
+                segment_ns += dt;
+                active.run_ns += dt;
+                match settled {
+                    Ok(_) => Ran::Preempted(active),
+                    Err(e) => Ran::Finished(active, Err(JobFailure::Engine(e))),
+                }
+            }
+            finished => finished,
         };
         match ran {
             Ran::Finished(active, result) => {
@@ -422,7 +458,7 @@ fn run_slot<'a>(
                 let report = active.report();
                 active.queued.complete(result.map(|()| report));
                 guard = shared.lock();
-                if Instant::now() >= deadline {
+                if charge(busy_ns + idle_ns, start) >= turn.target_ns {
                     preempted = guard.vgpus.get(&turn.vgpu).is_some_and(VgpuSched::has_work);
                     break;
                 }
@@ -450,10 +486,11 @@ fn run_slot<'a>(
     }
     let end = Instant::now();
     let elapsed = nanos(end.saturating_duration_since(start));
-    guard.core.account(&turn, elapsed);
+    let charged = charge(busy_ns + idle_ns, start);
+    guard.core.account(&turn, charged);
     guard.refresh(turn.vgpu);
     if let Some(vgpu) = guard.vgpus.get_mut(&turn.vgpu) {
-        vgpu.counters.end_slice(elapsed > turn.target_ns);
+        vgpu.counters.end_slice(charged > turn.target_ns);
     }
     shared.push_log(SliceRecord {
         seq,
@@ -461,12 +498,28 @@ fn run_slot<'a>(
         start_ns: shared.now_ns(start),
         target_ns: turn.target_ns,
         time_run_ns: busy_ns,
+        charged_ns: charged,
         elapsed_ns: elapsed,
         preempted,
         reserved: turn.reserved,
         chunks,
     });
     Some(guard)
+}
+
+/// A turn is charged at least `1 / HOST_FLOOR_DIVISOR` of its wall time, however little device
+/// time it used (see [`charge`]).
+pub(crate) const HOST_FLOOR_DIVISOR: u64 = 4;
+
+/// What a turn that started at `start` and has used `used_ns` (device time of its pieces, plus
+/// the idle time a reserved turn held) is charged so far: `used_ns`, but at least
+/// `1 / HOST_FLOOR_DIVISOR` of its wall time. Device time leaves out the host's work per piece
+/// and per job (recording, completions), during which the engine thread serves this vGPU and
+/// the device may idle; without the floor a vGPU of many tiny jobs would hold the engine while
+/// being charged almost nothing. With submissions pipelined the device is busy most of the
+/// turn, so device time is what is charged.
+fn charge(used_ns: u64, start: Instant) -> u64 {
+    used_ns.max(nanos(start.elapsed()) / HOST_FLOOR_DIVISOR)
 }
 
 /// Starts engine thread `generation` on `engine`.
@@ -587,6 +640,26 @@ pub(crate) fn watchdog(
     if current.join().is_err() {
         log::error!("engine thread panicked");
     }
+}
+
+/// Waits for `active`'s submissions still in flight ([`ActiveJob::settle`]), containing a panic
+/// and resetting the engine after an error as [`run_contained`] does.
+fn settle_contained(
+    engine: &mut dyn DynEngine,
+    active: &mut ActiveJob,
+) -> Result<Option<u64>, EngineError> {
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| active.settle(engine)))
+        .unwrap_or_else(|payload| Err(EngineError::Panicked(panic_message(payload.as_ref()))));
+    if let Err(e) = &result {
+        log::error!(
+            "engine {}: settling a preempted job failed: {e}",
+            engine.name()
+        );
+        if let Err(re) = engine.reset() {
+            log::error!("engine {} reset failed after {e}: {re}", engine.name());
+        }
+    }
+    result
 }
 
 /// Runs one chunk of `active`, containing a panic in the engine: the job fails with
