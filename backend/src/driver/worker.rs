@@ -1,12 +1,21 @@
 //! The device thread: asks the scheduler for turns and runs the chosen vGPU's jobs on the
 //! engine, chunk by chunk, with no lock held while a chunk runs.
 //!
+//! **Charged time.** A turn's budget, its end, wake preemption and [`SchedCore::account`] use
+//! the turn's *charged* time: the device time of the vGPU's chunks where the engine measures it
+//! ([`DynEngine::last_device_ns`]; host time of the chunk otherwise), plus the idle time a
+//! reserved turn held, but at least a quarter of the turn's wall time ([`charge`]). An engine
+//! that keeps submissions in flight across chunks (Vulkan) reports one completed submission per
+//! chunk; before a job leaves the engine part-way the device thread settles it
+//! ([`ActiveJob::settle`]), so work in flight when a turn ends is charged to its own vGPU and
+//! never runs during another vGPU's turn.
+//!
 //! **Chunk length.** Chunks are short ([`ChunkTargets::shared_ns`], ≈100 µs) whenever a turn may
 //! have to end or yield soon, and long ([`ChunkTargets::solo_ns`], ≈1 ms) while the running vGPU
 //! is the only one with work: no other vGPU had work when its job was taken (read under the lock
 //! the device thread holds then anyway) and none has woken since (the `woke` flag, already read
-//! at every chunk boundary). A long chunk never runs past the turn's deadline by design: it is
-//! cut to the time left, and below the short target the short target applies. So slice ends and
+//! at every chunk boundary). A long chunk never runs past the turn's budget by design: it is
+//! cut to the charged time left, and below the short target the short target applies. So slice ends and
 //! wake preemption happen at the same points as with short chunks only, a held share's reserved
 //! slot for an idle vGPU starts on time, and a vGPU that wakes during a long chunk waits at most
 //! that chunk before the usual rules apply; from the next boundary on chunks are short.

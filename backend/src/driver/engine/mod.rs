@@ -4,7 +4,9 @@
 //! - [`cpu::CpuEngine`] is the embedded engine (host memory, chunks timed by the host clock).
 //! - [`vulkan::VulkanEngine`] runs the kernels as compute shaders on a Vulkan device; buffers are
 //!   sub-allocated from per-partition `VkDeviceMemory` blocks and chunks are sub-grids timed by
-//!   timestamp queries.
+//!   timestamp queries, several of them in flight at once (each call reports one completed
+//!   submission; [`Engine::settle`] waits for the rest before the device thread leaves an
+//!   operation part-way).
 //!
 //! An engine implements [`Engine`], whose per-operation state is an associated type private to
 //! the engine (the CPU engine keeps its GEMM band plan there). The device thread drives it

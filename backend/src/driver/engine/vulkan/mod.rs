@@ -4,13 +4,22 @@
 //!
 //! **Slicing.** A GPU cannot be preempted mid-kernel by us, so every operation is cut into
 //! sub-grids: GEMM into bands of 16-row tile rows dispatched with `vkCmdDispatchBase`, the
-//! element-wise kernels into ranges of workgroups, copies and fills into byte ranges. Each chunk
+//! element-wise kernels into ranges of workgroups, copies and fills into byte ranges. Each piece
 //! is one submission with a timestamp query before and after it; the measured device time
-//! feeds a per-kernel cost model (ns per unit, exponential average), which sizes the next chunk
+//! feeds a per-kernel cost model (ns per unit, exponential average), which sizes the next piece
 //! to the target the device thread passes (≈100 µs while another vGPU has work, up to 1 ms
-//! alone). The scheduler charges the measured device time. A sub-grid is also kept at least 4×
-//! the measured host cost of a submission (submit, fence wake-up), so that cheap preemption
-//! points never leave the device mostly idle; the overhead is capped at 2 ms in that estimate.
+//! alone). The scheduler charges the measured device time. A sub-grid is also kept at least 2×
+//! the measured host work per piece (recording, submitting, reading back, the device thread's
+//! bookkeeping; not the time blocked on a fence), so the queued piece covers it; that estimate
+//! is capped at 2 ms.
+//!
+//! **Pipelining.** Up to [`VulkanOptions::pipeline_depth`] pieces of the running operation are
+//! in flight at once (modules `ring`, `pipeline`): each call queues pieces until the ring is full,
+//! then waits for the oldest and reports its device time, so the device runs the next piece
+//! while the host waits, reads back and schedules. Before the device thread leaves an operation
+//! part-way it settles it ([`Engine::settle`]): the remaining pieces complete and are charged to
+//! the same vGPU. Pieces pin their buffers until they completed, so cancelling, failing or
+//! destroying never frees memory the device may still use.
 //!
 //! **Windows.** A binding covers at most `maxStorageBufferRange` bytes (128 MiB on lavapipe), so
 //! each chunk binds only the window of each operand it touches, starting at an offset aligned to

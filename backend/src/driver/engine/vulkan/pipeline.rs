@@ -1,6 +1,7 @@
-//! The Vulkan engine's submission path: an operation's pieces go through the [`Ring`], up to
-//! its depth ahead, so the device runs piece i+1 while the host waits for piece i, reads its
-//! timestamps and partial results, and the device thread does its bookkeeping.
+//! The Vulkan engine's submission path: an operation's pieces go through the ring
+//! ([`super::ring`]), up to its depth ahead, so the device runs piece i+1 while the host waits
+//! for piece i, reads its timestamps and partial results, and the device thread does its
+//! bookkeeping.
 //!
 //! Each call of [`Engine::run_chunk`](crate::driver::engine::Engine::run_chunk) tops the ring
 //! up with pieces of the operation, then waits for the oldest one and reports its device time,
@@ -12,7 +13,6 @@
 //! discarded before anything else is submitted; until then they pin their buffers (see
 //! [`super::ring`]).
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use ash::vk;
@@ -23,6 +23,7 @@ use super::{
     lock_all, nanos, op_buffers, total_units, VkOpState, VulkanEngine, CRC_BLOCK, MAX_PARTIALS,
     OVERHEAD_FACTOR,
 };
+use crate::driver::buffer::DevicePin;
 use crate::driver::engine::{EngineError, Step};
 use crate::driver::job::Op;
 
@@ -115,8 +116,14 @@ impl VulkanEngine {
                 return Err(e);
             }
         };
+        // Pinned while the lock guards of `pipeline_step` are held, so no host access is under
+        // way on these buffers.
         let (reads, writes) = op_buffers(op);
-        let pins = reads.into_iter().chain(writes).map(Arc::clone).collect();
+        let pins = reads
+            .into_iter()
+            .map(|b| DevicePin::new(b, false))
+            .chain(writes.into_iter().map(|b| DevicePin::new(b, true)))
+            .collect();
         let units = planned.units;
         self.ring.submit(slot, state.id, planned, pins)?;
         state.submitted += units;

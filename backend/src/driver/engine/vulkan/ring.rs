@@ -2,9 +2,10 @@
 //! partials buffer and timestamp query pair, so that the next piece of an operation is on the
 //! queue while the host waits for (and reads back) the previous one.
 //!
-//! A piece in flight holds an `Arc` to every buffer it touches (its *pins*): a buffer whose job
-//! was cancelled, or whose vGPU was destroyed, cannot be freed (and its memory handed to another
-//! vGPU) before the device finished with it, whatever happens to the operation's state. Pins
+//! A piece in flight holds a [`DevicePin`] on every buffer it touches: a buffer whose job was
+//! cancelled, or whose vGPU was destroyed, cannot be freed (and its memory handed to another
+//! vGPU) before the device finished with it, whatever happens to the operation's state, and
+//! host reads and writes of the buffer that would race with the piece wait for it. Pins
 //! are dropped only once the piece's fence signalled; a piece whose fence wait timed out keeps
 //! them (the ring is then *stuck* until a later wait succeeds), and a ring dropped while stuck
 //! leaks its pins and objects rather than free memory the device may still write.
@@ -17,7 +18,7 @@ use ash::vk;
 
 use super::context::{vk_err, Ctx};
 use super::{create_scratch, Planned, Scratch, MAX_PARTIALS};
-use crate::driver::buffer::DeviceBuffer;
+use crate::driver::buffer::DevicePin;
 use crate::driver::engine::EngineError;
 
 /// Most pieces one operation may have in flight.
@@ -39,8 +40,9 @@ pub(super) struct InFlight {
     pub op: u64,
     pub planned: Planned,
     pub submitted_at: Instant,
-    /// Buffers the piece touches, kept alive until it completed.
-    pins: Vec<Arc<DeviceBuffer>>,
+    /// Buffers the piece touches, kept alive (and host access that would race with it held
+    /// off) until it completed.
+    pins: Vec<DevicePin>,
 }
 
 /// A completed piece, with its device time (from timestamps; `None` without them).
@@ -197,7 +199,7 @@ impl Ring {
         slot: usize,
         op: u64,
         planned: Planned,
-        pins: Vec<Arc<DeviceBuffer>>,
+        pins: Vec<DevicePin>,
     ) -> Result<(), EngineError> {
         let cbs = [self.slots[slot].cb];
         let submit = [vk::SubmitInfo::default().command_buffers(&cbs)];
