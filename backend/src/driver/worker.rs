@@ -15,10 +15,11 @@
 //! is the only one with work: no other vGPU had work when its job was taken (read under the lock
 //! the device thread holds then anyway) and none has woken since (the `woke` flag, already read
 //! at every chunk boundary). A long chunk never runs past the turn's budget by design: it is
-//! cut to the charged time left, and below the short target the short target applies. So slice ends and
-//! wake preemption happen at the same points as with short chunks only, a held share's reserved
-//! slot for an idle vGPU starts on time, and a vGPU that wakes during a long chunk waits at most
-//! that chunk before the usual rules apply; from the next boundary on chunks are short.
+//! cut to the charged time left, and below the short target the short target applies. So slice
+//! ends and wake preemption happen at the same points as with short chunks only, a held share's
+//! reserved slot for an idle vGPU starts on time, and a vGPU that wakes during a long chunk
+//! waits at most that chunk before the usual rules apply; from the next boundary on chunks are
+//! short.
 //!
 //! **Faults.** A chunk that panics or fails fails its job only ([`run_contained`]). A
 //! [`watchdog`] thread watches the chunk on the engine: one running past the stall limit fails
