@@ -6,9 +6,10 @@
 //! cancelled, or whose vGPU was destroyed, cannot be freed (and its memory handed to another
 //! vGPU) before the device finished with it, whatever happens to the operation's state, and
 //! host reads and writes of the buffer that would race with the piece wait for it. Pins
-//! are dropped only once the piece's fence signalled; a piece whose fence wait timed out keeps
-//! them (the ring is then *stuck* until a later wait succeeds), and a ring dropped while stuck
-//! leaks its pins and objects rather than free memory the device may still write.
+//! are dropped only once the piece's fence signalled (or the device was lost); a piece whose
+//! fence wait timed out stays in the ring with them until a later wait succeeds, and a ring
+//! dropped with such a piece leaks its pins and objects rather than free memory the device may
+//! still write.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -64,8 +65,6 @@ pub(super) struct Ring {
     queue: VecDeque<InFlight>,
     /// Most pieces seen in flight at once.
     max_seen: usize,
-    /// A fence wait timed out: the oldest piece may still be running.
-    stuck: bool,
     last_done: Instant,
 }
 
@@ -141,7 +140,6 @@ impl Ring {
                 slots,
                 queue: VecDeque::new(),
                 max_seen: 0,
-                stuck: false,
                 last_done: Instant::now(),
             })
         }
@@ -230,17 +228,20 @@ impl Ring {
 
     /// Waits (with the fence timeout) for the oldest piece and reads its timestamps. The slot
     /// stays taken until [`Ring::release`] (its partials are read first). A timeout leaves the
-    /// piece in flight, with its pins, and the ring stuck.
+    /// piece in flight, with its pins (a later wait tries again).
     pub fn wait_oldest(&mut self) -> Result<Option<Done>, EngineError> {
         let Some(front) = self.queue.front() else {
             return Ok(None);
         };
         let slot = front.slot;
         if let Err(e) = self.ctx.wait(self.slots[slot].fence) {
-            self.stuck = matches!(e, EngineError::Timeout(_));
+            if e == EngineError::DeviceLost {
+                // A lost device runs nothing more: the piece's buffers may go. Its slot is not
+                // reused (the engine is re-created after a device loss).
+                self.queue.pop_front();
+            }
             return Err(e);
         }
-        self.stuck = false;
         let now = Instant::now();
         let Some(piece) = self.queue.pop_front() else {
             return Ok(None);
@@ -278,23 +279,39 @@ impl Ring {
     }
 
     /// Waits for every piece in flight and drops them (their results are discarded): for an
-    /// operation abandoned part-way, an engine reset, or the engine's end. On a timeout the
-    /// remaining pieces stay in flight (pinned) and the error is returned.
+    /// operation abandoned part-way, an engine reset, or the engine's end. A piece whose wait
+    /// fails without it leaving the ring (a timeout: it may still run) stops the drain, and the
+    /// rest stays in flight, pinned; after a device loss every piece is dropped (nothing runs
+    /// any more). Returns the first error.
     pub fn wait_all(&mut self) -> Result<(), EngineError> {
-        while let Some(done) = self.wait_oldest()? {
-            self.release(done.piece.slot);
+        let mut first = None;
+        loop {
+            let before = self.queue.len();
+            match self.wait_oldest() {
+                Ok(Some(done)) => self.release(done.piece.slot),
+                Ok(None) => break,
+                Err(e) => {
+                    let stays = self.queue.len() == before;
+                    first.get_or_insert(e);
+                    if stays {
+                        break;
+                    }
+                }
+            }
         }
-        Ok(())
+        first.map_or(Ok(()), Err)
     }
 }
 
 impl Drop for Ring {
     fn drop(&mut self) {
-        if let Err(e) = self.wait_all() {
+        let waited = self.wait_all();
+        if !self.queue.is_empty() {
             // Freeing the pinned buffers now could hand memory the device still writes to
             // another vGPU; leak them (and the ring's objects) instead.
             log::error!(
-                "{} submission(s) still on the device at engine end ({e}); leaking their buffers",
+                "{} submission(s) still on the device at engine end ({waited:?}); leaking their \
+                 buffers",
                 self.queue.len()
             );
             for piece in self.queue.drain(..) {
