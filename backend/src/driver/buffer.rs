@@ -3,7 +3,8 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
@@ -54,6 +55,67 @@ pub struct DeviceBuffer {
     words: RwLock<Vec<u64>>,
     /// The bytes in the engine's memory (the partition has an engine arena).
     storage: Option<Box<dyn BufferStorage>>,
+    /// Submissions in flight that use the buffer (see [`DevicePin`]).
+    pins: Pins,
+}
+
+/// Longest a host access waits for submissions in flight on a buffer (they are settled at the
+/// end of their vGPU's turn at the latest, or fail with the engine's fence timeout).
+const HOST_WAIT: Duration = Duration::from_secs(30);
+
+/// Device use of a buffer by submissions in flight.
+#[derive(Debug, Default)]
+struct Pins {
+    count: Mutex<PinCount>,
+    released: Condvar,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct PinCount {
+    reads: u32,
+    writes: u32,
+}
+
+/// A submission in flight that reads or writes a buffer (an engine that keeps submissions in
+/// flight across chunk boundaries takes one per buffer, while it holds the buffer's lock, and
+/// drops it once the submission completed). It keeps the buffer alive, and host reads wait
+/// while the device may write the buffer, host writes while it may read or write it, just as
+/// they wait for the lock a synchronous chunk holds.
+#[derive(Debug)]
+pub(crate) struct DevicePin {
+    buffer: Arc<DeviceBuffer>,
+    write: bool,
+}
+
+impl DevicePin {
+    /// Pins `buffer` for a device read (`write` false) or write.
+    pub(crate) fn new(buffer: &Arc<DeviceBuffer>, write: bool) -> Self {
+        let mut count = buffer.pins.count.lock().unwrap_or_else(|e| e.into_inner());
+        if write {
+            count.writes += 1;
+        } else {
+            count.reads += 1;
+        }
+        drop(count);
+        Self {
+            buffer: Arc::clone(buffer),
+            write,
+        }
+    }
+}
+
+impl Drop for DevicePin {
+    fn drop(&mut self) {
+        let pins = &self.buffer.pins;
+        let mut count = pins.count.lock().unwrap_or_else(|e| e.into_inner());
+        if self.write {
+            count.writes = count.writes.saturating_sub(1);
+        } else {
+            count.reads = count.reads.saturating_sub(1);
+        }
+        drop(count);
+        pins.released.notify_all();
+    }
 }
 
 impl DeviceBuffer {
@@ -83,6 +145,7 @@ impl DeviceBuffer {
             partition: Arc::clone(partition),
             words: RwLock::new(words),
             storage,
+            pins: Pins::default(),
         }))
     }
 
@@ -136,6 +199,59 @@ impl DeviceBuffer {
         self.words.write().map_err(|_| BufferError::Poisoned)
     }
 
+    /// Waits (without the lock) until no submission in flight conflicts with a host access
+    /// (`write`: any device use; otherwise device writes).
+    fn wait_unpinned(&self, write: bool) -> Result<(), BufferError> {
+        let deadline = Instant::now() + HOST_WAIT;
+        let mut count = self.pins.count.lock().unwrap_or_else(|e| e.into_inner());
+        while count.writes > 0 || (write && count.reads > 0) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(BufferError::Device(
+                    "buffer still in use by the device".into(),
+                ));
+            }
+            count = self
+                .pins
+                .released
+                .wait_timeout(count, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        Ok(())
+    }
+
+    /// Whether submissions in flight conflict with a host access (see `wait_unpinned`).
+    fn pinned(&self, write: bool) -> bool {
+        let count = self.pins.count.lock().unwrap_or_else(|e| e.into_inner());
+        count.writes > 0 || (write && count.reads > 0)
+    }
+
+    /// The lock for a host read, once no submission in flight writes the buffer. Pins are
+    /// taken under the lock, so none can appear while the guard is held.
+    fn host_read(&self) -> Result<RwLockReadGuard<'_, Vec<u64>>, BufferError> {
+        loop {
+            let guard = self.read_words()?;
+            if !self.pinned(false) {
+                return Ok(guard);
+            }
+            drop(guard);
+            self.wait_unpinned(false)?;
+        }
+    }
+
+    /// The lock for a host write, once no submission in flight uses the buffer.
+    fn host_write(&self) -> Result<RwLockWriteGuard<'_, Vec<u64>>, BufferError> {
+        loop {
+            let guard = self.write_words()?;
+            if !self.pinned(true) {
+                return Ok(guard);
+            }
+            drop(guard);
+            self.wait_unpinned(true)?;
+        }
+    }
+
     fn byte_range(&self, offset: u64, len: usize) -> Result<std::ops::Range<usize>, BufferError> {
         let len64 = len as u64;
         self.check_range(offset, len64)?;
@@ -150,7 +266,7 @@ impl DeviceBuffer {
             return self.with_bytes(offset, out.len(), |b| out.copy_from_slice(b));
         }
         let range = self.byte_range(offset, out.len())?;
-        let words = self.read_words()?;
+        let words = self.host_read()?;
         let bytes: &[u8] = bytemuck::cast_slice(&words);
         out.copy_from_slice(&bytes[range]);
         Ok(())
@@ -162,7 +278,7 @@ impl DeviceBuffer {
             return self.with_bytes_mut(offset, data.len(), |b| b.copy_from_slice(data));
         }
         let range = self.byte_range(offset, data.len())?;
-        let mut words = self.write_words()?;
+        let mut words = self.host_write()?;
         let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
         bytes[range].copy_from_slice(data);
         Ok(())
@@ -177,7 +293,7 @@ impl DeviceBuffer {
         f: impl FnOnce(&[u8]) -> R,
     ) -> Result<R, BufferError> {
         let range = self.byte_range(offset, len)?;
-        let words = self.read_words()?;
+        let words = self.host_read()?;
         if let Some(storage) = &self.storage {
             let mut f = Some(f);
             let mut out = None;
@@ -198,7 +314,7 @@ impl DeviceBuffer {
         f: impl FnOnce(&mut [u8]) -> R,
     ) -> Result<R, BufferError> {
         let range = self.byte_range(offset, len)?;
-        let mut words = self.write_words()?;
+        let mut words = self.host_write()?;
         if let Some(storage) = &self.storage {
             let mut f = Some(f);
             let mut out = None;
@@ -263,6 +379,50 @@ mod tests {
             Err(BufferError::OutOfMemory(_))
         ));
         drop(b);
+        assert_eq!(p.used(), 0);
+    }
+
+    #[test]
+    fn host_access_waits_for_conflicting_device_pins() {
+        use std::sync::atomic::AtomicBool;
+        let mem = DeviceMemory::with_mib(4);
+        let p = MemoryPartition::new(7, mem.reserve(MIB).unwrap());
+        let b = DeviceBuffer::new(&p, 4096).unwrap();
+        // A device read pin lets host reads through, but not host writes.
+        let read_pin = DevicePin::new(&b, false);
+        b.read(0, &mut [0u8; 16]).unwrap();
+        let released = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (b, released) = (Arc::clone(&b), Arc::clone(&released));
+            std::thread::spawn(move || {
+                b.write(0, &[1u8; 16]).unwrap();
+                // The write went through only after the pin was dropped, however the threads
+                // were scheduled.
+                assert!(
+                    released.load(Ordering::SeqCst),
+                    "host write raced a device read"
+                );
+            })
+        };
+        // Gives the writer a chance to reach the buffer first (correctness does not depend
+        // on it).
+        std::thread::sleep(Duration::from_millis(20));
+        released.store(true, Ordering::SeqCst);
+        drop(read_pin);
+        writer.join().unwrap();
+        // A device write pin holds off host reads too; the pin keeps the buffer (and its
+        // charge) alive after the last other handle is gone.
+        let write_pin = DevicePin::new(&b, true);
+        drop(b);
+        assert_eq!(p.used(), 4096);
+        let b = Arc::clone(&write_pin.buffer);
+        let reader = std::thread::spawn(move || {
+            let mut out = [0u8; 16];
+            b.read(0, &mut out).unwrap();
+            out
+        });
+        drop(write_pin);
+        assert_eq!(reader.join().unwrap(), [1u8; 16]);
         assert_eq!(p.used(), 0);
     }
 }

@@ -403,6 +403,15 @@ impl Device {
         self.inner.shared.log_snapshot()
     }
 
+    /// Most submissions the engine has had in flight at once so far (1 for a synchronous
+    /// engine such as the CPU engine; up to the pipeline depth on Vulkan).
+    pub fn engine_max_in_flight(&self) -> usize {
+        self.inner
+            .shared
+            .max_in_flight
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Stops the device thread (cancelling unfinished jobs) and waits for it. Idempotent; later
     /// submissions and creations fail with a shut-down error.
     pub fn shutdown(&self) {

@@ -96,6 +96,17 @@ impl ActiveJob {
         Ok(self.op_index >= self.queued.job.ops().len())
     }
 
+    /// Waits for the engine's submissions of the current operation still in flight (before the
+    /// job leaves the engine part-way); returns their device time (`None`: the engine has no
+    /// device timestamps).
+    pub fn settle(&mut self, engine: &mut dyn DynEngine) -> Result<Option<u64>, EngineError> {
+        let (Some(op), Some(state)) = (self.queued.job.ops().get(self.op_index), &mut self.state)
+        else {
+            return Ok(None);
+        };
+        engine.settle_dyn(op, state)
+    }
+
     /// The report for a finished job.
     pub fn report(&self) -> JobReport {
         JobReport {

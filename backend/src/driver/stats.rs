@@ -65,9 +65,13 @@ pub struct SliceRecord {
     pub start_ns: u64,
     /// The slice budget (nominal slice less debt).
     pub target_ns: u64,
-    /// Time the vGPU's work ran on the engine.
+    /// Time the vGPU's work ran on the engine: device time of its pieces where the engine has
+    /// device timestamps (Vulkan), host time of its chunks otherwise (CPU).
     pub time_run_ns: u64,
-    /// Wall time of the slice (run time plus time held idle for the vGPU).
+    /// What the scheduler charged the slice: `time_run_ns` plus the time a reserved slice held
+    /// the engine idle, at least a quarter of `elapsed_ns` (see the README's "Engines").
+    pub charged_ns: u64,
+    /// Wall time of the slice (run time, host work between pieces, time held idle).
     pub elapsed_ns: u64,
     /// The slice ended at its budget with work still queued.
     pub preempted: bool,
@@ -267,6 +271,7 @@ mod tests {
                 start_ns: 0,
                 target_ns: 0,
                 time_run_ns: 0,
+                charged_ns: 0,
                 elapsed_ns: 0,
                 preempted: false,
                 reserved: false,

@@ -265,6 +265,123 @@ impl Engine for SleepEngine {
     }
 }
 
+/// Test engine: `Fill { len, pattern }` is `len` chunks that each report `pattern` µs of
+/// *device* time (through [`Engine::last_device_ns`]) while taking only a short, equal host
+/// time; other operations run on the CPU engine (host time).
+struct DeviceTimeEngine(CpuEngine, Option<u64>);
+
+impl Engine for DeviceTimeEngine {
+    type OpState = OpProgress;
+
+    fn caps(&self) -> super::engine::EngineCaps {
+        self.0.caps()
+    }
+
+    fn name(&self) -> &'static str {
+        "device-time"
+    }
+
+    fn chunk_target_ns(&self) -> u64 {
+        100_000
+    }
+
+    fn run_chunk(
+        &mut self,
+        op: &Op,
+        progress: &mut OpProgress,
+        target_ns: u64,
+    ) -> Result<Step, EngineError> {
+        self.1 = None;
+        match op {
+            Op::Fill { len, pattern, .. } => {
+                std::thread::sleep(Duration::from_micros(100));
+                self.1 = Some(u64::from(*pattern) * 1000);
+                progress.done += 1;
+                Ok(if progress.done >= *len {
+                    Step::Done
+                } else {
+                    Step::More
+                })
+            }
+            _ => self.0.run_chunk(op, progress, target_ns),
+        }
+    }
+
+    fn last_device_ns(&self) -> Option<u64> {
+        self.1
+    }
+}
+
+#[test]
+fn turns_are_cut_and_charged_by_device_time() {
+    // Two busy vGPUs whose chunks take the same host time, but A's report 3× the device time of
+    // B's. Charged by device time, each gets half the device time, so B runs 3× as many chunks
+    // (charged by host time they would run about as many each).
+    const A_US: u32 = 6_000;
+    const B_US: u32 = 2_000;
+    let config = DeviceConfig {
+        memory_mib: 256,
+        policy: Policy::BestEffort,
+        timeslice_us: Some(30_000),
+        ..DeviceConfig::default()
+    };
+    let dev = Device::with_engine(
+        config,
+        Box::new(DeviceTimeEngine(CpuEngine::default(), None)),
+    )
+    .unwrap();
+    let a = dev.create_vgpu("vgpu-64m", uuid(1)).unwrap();
+    let b = dev.create_vgpu("vgpu-64m", uuid(2)).unwrap();
+    let _fa = feed(&a, A_US);
+    let _fb = feed(&b, B_US);
+    let first = dev.scheduler_log().last().map_or(0, |r| r.seq);
+    let sample = || -> Vec<SliceRecord> {
+        dev.scheduler_log()
+            .into_iter()
+            .filter(|r| r.seq > first + 2 && r.chunks > 0)
+            .collect()
+    };
+    wait_until("20 slices of each vGPU", || {
+        let log = sample();
+        [&a, &b]
+            .iter()
+            .all(|v| log.iter().filter(|r| r.vgpu_id == v.id()).count() >= 20)
+    });
+    let log = sample();
+    let (mut chunks, mut charged) = ([0u64; 2], [0u64; 2]);
+    for r in &log {
+        let (i, us) = if r.vgpu_id == a.id() {
+            (0, A_US)
+        } else {
+            (1, B_US)
+        };
+        // Each slice ran its chunks' device time, exactly...
+        assert_eq!(
+            r.time_run_ns,
+            u64::from(r.chunks) * u64::from(us) * 1000,
+            "{r:?}"
+        );
+        // ...and was charged it (the host-time floor is far below it here)...
+        assert_eq!(r.charged_ns, r.time_run_ns, "{r:?}");
+        // ...ending at the first chunk boundary past its budget in device time.
+        if r.preempted {
+            assert!(r.time_run_ns >= r.target_ns, "{r:?}");
+            assert!(r.time_run_ns < r.target_ns + u64::from(us) * 1000, "{r:?}");
+        }
+        chunks[i] += u64::from(r.chunks);
+        charged[i] += r.charged_ns;
+    }
+    let ratio = chunks[1] as f64 / chunks[0] as f64;
+    let share_a = charged[0] as f64 / (charged[0] + charged[1]) as f64;
+    eprintln!(
+        "device-time charge: chunks A {} B {} (B/A {ratio:.2}), A's share {share_a:.3}",
+        chunks[0], chunks[1]
+    );
+    assert!((2.4..=3.6).contains(&ratio), "B/A chunks {ratio:.2}");
+    assert!((0.4..=0.6).contains(&share_a), "A's share {share_a:.3}");
+    dev.shutdown();
+}
+
 /// Test engine: the CPU engine, recording the chunk target the device thread asks for each chunk
 /// (what the scheduler decides, whatever the machine's speed).
 struct RecordingEngine(CpuEngine, Arc<std::sync::Mutex<Vec<u64>>>);
@@ -674,7 +791,7 @@ fn real_engine_slices_end_near_their_target() {
         .iter()
         .map(|r| {
             let mean = r.time_run_ns as f64 / f64::from(r.chunks.max(1));
-            r.elapsed_ns.saturating_sub(r.target_ns) as f64 / mean
+            r.charged_ns.saturating_sub(r.target_ns) as f64 / mean
         })
         .collect();
     overrun_in_chunks.sort_by(f64::total_cmp);
@@ -691,9 +808,11 @@ fn real_engine_slices_end_near_their_target() {
         median_chunks,
         per_chunk / 1000
     );
-    // A preempted slice lasted its whole budget (the cut is taken on the wall clock)...
+    // A preempted slice was charged its whole budget (the cut is taken on the charged time:
+    // the chunks' time on this engine, which has no device timestamps)...
     for r in &preempted {
-        assert!(r.elapsed_ns >= r.target_ns, "cut before its budget: {r:?}");
+        assert!(r.charged_ns >= r.target_ns, "cut before its budget: {r:?}");
+        assert!(r.charged_ns >= r.time_run_ns, "{r:?}");
     }
     // ...and was made of several chunks (chunks are sized to a fraction of the slice, so it ends
     // within one chunk past its budget; how close that is in time depends on the machine and is

@@ -1,15 +1,25 @@
 //! The device thread: asks the scheduler for turns and runs the chosen vGPU's jobs on the
 //! engine, chunk by chunk, with no lock held while a chunk runs.
 //!
+//! **Charged time.** A turn's budget, its end, wake preemption and [`SchedCore::account`] use
+//! the turn's *charged* time: the device time of the vGPU's chunks where the engine measures it
+//! ([`DynEngine::last_device_ns`]; host time of the chunk otherwise), plus the idle time a
+//! reserved turn held, but at least a quarter of the turn's wall time ([`charge`]). An engine
+//! that keeps submissions in flight across chunks (Vulkan) reports one completed submission per
+//! chunk; before a job leaves the engine part-way the device thread settles it
+//! ([`ActiveJob::settle`]), so work in flight when a turn ends is charged to its own vGPU and
+//! never runs during another vGPU's turn.
+//!
 //! **Chunk length.** Chunks are short ([`ChunkTargets::shared_ns`], ≈100 µs) whenever a turn may
 //! have to end or yield soon, and long ([`ChunkTargets::solo_ns`], ≈1 ms) while the running vGPU
 //! is the only one with work: no other vGPU had work when its job was taken (read under the lock
 //! the device thread holds then anyway) and none has woken since (the `woke` flag, already read
-//! at every chunk boundary). A long chunk never runs past the turn's deadline by design: it is
-//! cut to the time left, and below the short target the short target applies. So slice ends and
-//! wake preemption happen at the same points as with short chunks only, a held share's reserved
-//! slot for an idle vGPU starts on time, and a vGPU that wakes during a long chunk waits at most
-//! that chunk before the usual rules apply; from the next boundary on chunks are short.
+//! at every chunk boundary). A long chunk never runs past the turn's budget by design: it is
+//! cut to the charged time left, and below the short target the short target applies. So slice
+//! ends and wake preemption happen at the same points as with short chunks only, a held share's
+//! reserved slot for an idle vGPU starts on time, and a vGPU that wakes during a long chunk
+//! waits at most that chunk before the usual rules apply; from the next boundary on chunks are
+//! short.
 //!
 //! **Faults.** A chunk that panics or fails fails its job only ([`run_contained`]). A
 //! [`watchdog`] thread watches the chunk on the engine: one running past the stall limit fails
@@ -18,7 +28,7 @@
 //! touching anything).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -148,6 +158,8 @@ pub(crate) struct Shared {
     /// Chunk lengths, short or long by whether the running vGPU is alone.
     pub chunks: ChunkTargets,
     heartbeat: Mutex<Heartbeat>,
+    /// Most submissions the engine has had in flight at once ([`DynEngine::max_in_flight`]).
+    pub max_in_flight: AtomicUsize,
 }
 
 impl Shared {
@@ -165,6 +177,7 @@ impl Shared {
             epoch: Instant::now(),
             chunks,
             heartbeat: Mutex::new(Heartbeat::default()),
+            max_in_flight: AtomicUsize::new(0),
         }
     }
 
@@ -294,11 +307,14 @@ fn run_slot<'a>(
     generation: u64,
 ) -> Option<MutexGuard<'a, SchedState>> {
     let start = Instant::now();
-    let deadline = start + Duration::from_nanos(turn.target_ns);
     let seq = guard.slice_seq;
     guard.slice_seq += 1;
     let hold = guard.core.policy().holds_share();
+    // Device time of this turn's pieces (host time of its chunks on an engine without device
+    // timestamps).
     let mut busy_ns = 0u64;
+    // Idle wall time a reserved turn held the engine for its vGPU.
+    let mut idle_ns = 0u64;
     let mut chunks = 0u32;
     let mut preempted = false;
     loop {
@@ -316,15 +332,16 @@ fn run_slot<'a>(
                 .map(|q| ActiveJob::start(q, Instant::now(), seq)),
         };
         let Some(mut active) = active else {
-            let now = Instant::now();
-            if hold && turn.reserved && now < deadline {
-                let idle_ns = nanos(now.saturating_duration_since(start));
+            let used = charge(busy_ns + idle_ns, start);
+            if hold && turn.reserved && used < turn.target_ns {
                 if shared.woke.swap(false, Ordering::AcqRel)
-                    && guard.core.should_preempt(&turn, idle_ns)
+                    && guard.core.should_preempt(&turn, used)
                 {
                     break;
                 }
-                guard = shared.wait_for(guard, Some(deadline - now));
+                let idle_from = Instant::now();
+                guard = shared.wait_for(guard, Some(Duration::from_nanos(turn.target_ns - used)));
+                idle_ns += nanos(idle_from.elapsed());
                 continue;
             }
             break;
@@ -350,24 +367,27 @@ fn run_slot<'a>(
                 slot
             }
         };
+        let beat = |since: Instant| Beat {
+            since,
+            turn,
+            turn_start: start,
+            slot: Arc::clone(&slot),
+        };
 
         let mut segment_ns = 0u64;
+        // Whether the engine reported device time for the last chunk.
+        let mut timed: bool;
         // One clock read per chunk: each chunk's end is the next one's start.
         let mut t0 = Instant::now();
         let ran = loop {
             // A wake since the last boundary (or since the lock was dropped) ends `solo` here
             // already; the swap below decides preemption.
             solo = solo && !shared.woke.load(Ordering::Acquire);
+            let used = charge(busy_ns + idle_ns + segment_ns, start);
             let target = shared
                 .chunks
-                .next(solo, nanos(deadline.saturating_duration_since(t0)));
-            let beat = Beat {
-                since: t0,
-                turn,
-                turn_start: start,
-                slot: Arc::clone(&slot),
-            };
-            if !shared.beat(generation, beat) {
+                .next(solo, turn.target_ns.saturating_sub(used));
+            if !shared.beat(generation, beat(t0)) {
                 return None;
             }
             let step = run_contained(engine, &mut active, target);
@@ -375,9 +395,14 @@ fn run_slot<'a>(
                 // The watchdog failed this job and started another engine thread.
                 return None;
             }
+            shared
+                .max_in_flight
+                .fetch_max(engine.max_in_flight(), Ordering::Relaxed);
             let now = Instant::now();
             // Device time when the engine measures it, host time otherwise.
-            let dt = match (&step, engine.last_device_ns()) {
+            let device_ns = engine.last_device_ns();
+            timed = device_ns.is_some();
+            let dt = match (&step, device_ns) {
                 (Ok(_), Some(device_ns)) => device_ns,
                 _ => nanos(now.saturating_duration_since(t0)),
             };
@@ -385,21 +410,42 @@ fn run_slot<'a>(
             segment_ns += dt;
             active.run_ns += dt;
             chunks = chunks.saturating_add(1);
+            let used = charge(busy_ns + idle_ns + segment_ns, start);
             match step {
                 Ok(true) => break Ran::Finished(active, Ok(())),
                 Err(e) => break Ran::Finished(active, Err(JobFailure::Engine(e))),
-                Ok(false) if now >= deadline => break Ran::Preempted(active),
-                Ok(false)
-                    if shared.preempt_for_wake(
-                        &turn,
-                        nanos(now.saturating_duration_since(start)),
-                        &mut solo,
-                    ) =>
-                {
+                Ok(false) if used >= turn.target_ns => break Ran::Preempted(active),
+                Ok(false) if shared.preempt_for_wake(&turn, used, &mut solo) => {
                     break Ran::Preempted(active)
                 }
                 Ok(false) => {}
             }
+        };
+        // A job leaving the engine part-way first waits for its pieces still in flight: they
+        // are charged to this turn, and nothing of it runs during the next vGPU's turn.
+        let ran = match ran {
+            Ran::Preempted(mut active) => {
+                if !shared.beat(generation, beat(t0)) {
+                    return None;
+                }
+                let settled = settle_contained(engine, &mut active);
+                if !shared.beat_end(generation) {
+                    return None;
+                }
+                let dt = match settled {
+                    Ok(Some(device_ns)) => device_ns,
+                    // Nothing was in flight on an engine that times its chunks on the device.
+                    Ok(None) if timed => 0,
+                    _ => nanos(t0.elapsed()),
+                };
+                segment_ns += dt;
+                active.run_ns += dt;
+                match settled {
+                    Ok(_) => Ran::Preempted(active),
+                    Err(e) => Ran::Finished(active, Err(JobFailure::Engine(e))),
+                }
+            }
+            finished => finished,
         };
         match ran {
             Ran::Finished(active, result) => {
@@ -422,7 +468,7 @@ fn run_slot<'a>(
                 let report = active.report();
                 active.queued.complete(result.map(|()| report));
                 guard = shared.lock();
-                if Instant::now() >= deadline {
+                if charge(busy_ns + idle_ns, start) >= turn.target_ns {
                     preempted = guard.vgpus.get(&turn.vgpu).is_some_and(VgpuSched::has_work);
                     break;
                 }
@@ -450,10 +496,11 @@ fn run_slot<'a>(
     }
     let end = Instant::now();
     let elapsed = nanos(end.saturating_duration_since(start));
-    guard.core.account(&turn, elapsed);
+    let charged = charge(busy_ns + idle_ns, start);
+    guard.core.account(&turn, charged);
     guard.refresh(turn.vgpu);
     if let Some(vgpu) = guard.vgpus.get_mut(&turn.vgpu) {
-        vgpu.counters.end_slice(elapsed > turn.target_ns);
+        vgpu.counters.end_slice(charged > turn.target_ns);
     }
     shared.push_log(SliceRecord {
         seq,
@@ -461,12 +508,28 @@ fn run_slot<'a>(
         start_ns: shared.now_ns(start),
         target_ns: turn.target_ns,
         time_run_ns: busy_ns,
+        charged_ns: charged,
         elapsed_ns: elapsed,
         preempted,
         reserved: turn.reserved,
         chunks,
     });
     Some(guard)
+}
+
+/// A turn is charged at least `1 / HOST_FLOOR_DIVISOR` of its wall time, however little device
+/// time it used (see [`charge`]).
+pub(crate) const HOST_FLOOR_DIVISOR: u64 = 4;
+
+/// What a turn that started at `start` and has used `used_ns` (device time of its pieces, plus
+/// the idle time a reserved turn held) is charged so far: `used_ns`, but at least
+/// `1 / HOST_FLOOR_DIVISOR` of its wall time. Device time leaves out the host's work per piece
+/// and per job (recording, completions), during which the engine thread serves this vGPU and
+/// the device may idle; without the floor a vGPU of many tiny jobs would hold the engine while
+/// being charged almost nothing. With submissions pipelined the device is busy most of the
+/// turn, so device time is what is charged.
+fn charge(used_ns: u64, start: Instant) -> u64 {
+    used_ns.max(nanos(start.elapsed()) / HOST_FLOOR_DIVISOR)
 }
 
 /// Starts engine thread `generation` on `engine`.
@@ -587,6 +650,26 @@ pub(crate) fn watchdog(
     if current.join().is_err() {
         log::error!("engine thread panicked");
     }
+}
+
+/// Waits for `active`'s submissions still in flight ([`ActiveJob::settle`]), containing a panic
+/// and resetting the engine after an error as [`run_contained`] does.
+fn settle_contained(
+    engine: &mut dyn DynEngine,
+    active: &mut ActiveJob,
+) -> Result<Option<u64>, EngineError> {
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| active.settle(engine)))
+        .unwrap_or_else(|payload| Err(EngineError::Panicked(panic_message(payload.as_ref()))));
+    if let Err(e) = &result {
+        log::error!(
+            "engine {}: settling a preempted job failed: {e}",
+            engine.name()
+        );
+        if let Err(re) = engine.reset() {
+            log::error!("engine {} reset failed after {e}: {re}", engine.name());
+        }
+    }
+    result
 }
 
 /// Runs one chunk of `active`, containing a panic in the engine: the job fails with

@@ -4,7 +4,9 @@
 //! - [`cpu::CpuEngine`] is the embedded engine (host memory, chunks timed by the host clock).
 //! - [`vulkan::VulkanEngine`] runs the kernels as compute shaders on a Vulkan device; buffers are
 //!   sub-allocated from per-partition `VkDeviceMemory` blocks and chunks are sub-grids timed by
-//!   timestamp queries.
+//!   timestamp queries, several of them in flight at once (each call reports one completed
+//!   submission; [`Engine::settle`] waits for the rest before the device thread leaves an
+//!   operation part-way).
 //!
 //! An engine implements [`Engine`], whose per-operation state is an associated type private to
 //! the engine (the CPU engine keeps its GEMM band plan there). The device thread drives it
@@ -247,6 +249,19 @@ pub trait Engine: Send {
     fn last_device_ns(&self) -> Option<u64> {
         None
     }
+    /// Waits for every submission of `op` still in flight and folds it into `state`; returns
+    /// their device time (`None`: the engine has no device timestamps, the caller times the
+    /// call). The device thread calls it before it leaves an operation part-way (preemption), so
+    /// that work is charged to the vGPU that submitted it and nothing of a preempted operation
+    /// runs while another vGPU's turn is timed. A synchronous engine has nothing in flight.
+    fn settle(&mut self, op: &Op, state: &mut Self::OpState) -> Result<Option<u64>, EngineError> {
+        let _ = (op, state);
+        Ok(None)
+    }
+    /// Most submissions the engine has had in flight at once (1 for a synchronous engine).
+    fn max_in_flight(&self) -> usize {
+        1
+    }
     /// Brings the engine back to a clean state after a failed or panicked chunk (for a device
     /// that was lost: re-creates what can be re-created).
     fn reset(&mut self) -> Result<(), EngineError> {
@@ -279,6 +294,14 @@ pub trait DynEngine: Send {
     ) -> Result<Step, EngineError>;
     /// [`Engine::last_device_ns`].
     fn last_device_ns(&self) -> Option<u64>;
+    /// [`Engine::settle`] on a boxed state (a state of another engine has nothing in flight).
+    fn settle_dyn(
+        &mut self,
+        op: &Op,
+        state: &mut Box<dyn Any + Send>,
+    ) -> Result<Option<u64>, EngineError>;
+    /// [`Engine::max_in_flight`].
+    fn max_in_flight(&self) -> usize;
     /// [`Engine::reset`].
     fn reset(&mut self) -> Result<(), EngineError>;
     /// [`Engine::factory`].
@@ -325,6 +348,21 @@ impl<E: Engine> DynEngine for E {
 
     fn last_device_ns(&self) -> Option<u64> {
         Engine::last_device_ns(self)
+    }
+
+    fn settle_dyn(
+        &mut self,
+        op: &Op,
+        state: &mut Box<dyn Any + Send>,
+    ) -> Result<Option<u64>, EngineError> {
+        match state.downcast_mut::<E::OpState>() {
+            Some(s) => self.settle(op, s),
+            None => Ok(None),
+        }
+    }
+
+    fn max_in_flight(&self) -> usize {
+        Engine::max_in_flight(self)
     }
 
     fn reset(&mut self) -> Result<(), EngineError> {

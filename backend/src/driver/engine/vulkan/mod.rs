@@ -4,13 +4,22 @@
 //!
 //! **Slicing.** A GPU cannot be preempted mid-kernel by us, so every operation is cut into
 //! sub-grids: GEMM into bands of 16-row tile rows dispatched with `vkCmdDispatchBase`, the
-//! element-wise kernels into ranges of workgroups, copies and fills into byte ranges. Each chunk
+//! element-wise kernels into ranges of workgroups, copies and fills into byte ranges. Each piece
 //! is one submission with a timestamp query before and after it; the measured device time
-//! feeds a per-kernel cost model (ns per unit, exponential average), which sizes the next chunk
+//! feeds a per-kernel cost model (ns per unit, exponential average), which sizes the next piece
 //! to the target the device thread passes (≈100 µs while another vGPU has work, up to 1 ms
-//! alone). The scheduler charges the measured device time. A sub-grid is also kept at least 4×
-//! the measured host cost of a submission (submit, fence wake-up), so that cheap preemption
-//! points never leave the device mostly idle; the overhead is capped at 2 ms in that estimate.
+//! alone). The scheduler charges the measured device time. A sub-grid is also kept at least 2×
+//! the measured host work per piece (recording, submitting, reading back, the device thread's
+//! bookkeeping; not the time blocked on a fence), so the queued piece covers it; that estimate
+//! is capped at 2 ms.
+//!
+//! **Pipelining.** Up to [`VulkanOptions::pipeline_depth`] pieces of the running operation are
+//! in flight at once (modules `ring`, `pipeline`): each call queues pieces until the ring is full,
+//! then waits for the oldest and reports its device time, so the device runs the next piece
+//! while the host waits, reads back and schedules. Before the device thread leaves an operation
+//! part-way it settles it ([`Engine::settle`]): the remaining pieces complete and are charged to
+//! the same vGPU. Pieces pin their buffers until they completed, so cancelling, failing or
+//! destroying never frees memory the device may still use.
 //!
 //! **Windows.** A binding covers at most `maxStorageBufferRange` bytes (128 MiB on lavapipe), so
 //! each chunk binds only the window of each operand it touches, starting at an offset aligned to
@@ -32,6 +41,8 @@
 mod context;
 mod gpu;
 mod memory;
+mod pipeline;
+mod ring;
 mod select;
 
 use std::sync::{Arc, RwLockReadGuard, RwLockWriteGuard};
@@ -45,10 +56,12 @@ use super::{
 };
 use crate::driver::buffer::{BufferError, DeviceBuffer};
 use crate::driver::job::{BufRef, Op, OpKind};
-use context::{device_barrier, host_barrier, inner_barrier, vk_err, Ctx};
+use context::{inner_barrier, vk_err, Ctx};
 pub use context::{list_devices, validation_errors, Validation, VALIDATION_ENV};
 use gpu::{DriverThread, Gpu};
 use memory::{VkMemory, VkStorage};
+use ring::Ring;
+pub use ring::MAX_PIPELINE_DEPTH;
 pub use select::{choose, DeviceSelector, DrmNode, HeapInfo, PhysicalDeviceInfo};
 
 /// Default fence timeout: a submission is sized to ~1 ms, so this only fires on a hung device.
@@ -85,7 +98,13 @@ pub struct VulkanOptions {
     pub force_staging: bool,
     /// The validation layer.
     pub validation: Validation,
+    /// Pieces of an operation in flight at once (1..=[`MAX_PIPELINE_DEPTH`]; 1: submit and
+    /// wait).
+    pub pipeline_depth: usize,
 }
+
+/// Default pieces in flight: the next piece is queued while the host reads back the last one.
+pub const DEFAULT_PIPELINE_DEPTH: usize = 2;
 
 impl Default for VulkanOptions {
     fn default() -> Self {
@@ -95,17 +114,31 @@ impl Default for VulkanOptions {
             fence_timeout: DEFAULT_FENCE_TIMEOUT,
             force_staging: false,
             validation: Validation::FromEnv,
+            pipeline_depth: DEFAULT_PIPELINE_DEPTH,
         }
     }
 }
 
-/// The Vulkan engine's per-operation state.
+/// The Vulkan engine's per-operation state. Pieces in flight live in the engine's ring (tagged
+/// with `id`), so dropping this state never frees anything the device may still use.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct VkOpState {
+    /// Ring tag of this operation's pieces (0 until its first piece), unique in the process,
+    /// so an engine rebuilt after a device loss never mistakes another operation's pieces
+    /// for this one's.
+    id: u64,
+    /// The device generation the operation started on: its results are lost with that device.
+    generation: u64,
+    /// Units whose pieces completed and were folded in.
     done: u64,
+    /// Units recorded into pieces so far (`done` plus what is in flight).
+    submitted: u64,
     sum: f64,
     crc: u32,
 }
+
+/// Tags of operations ([`VkOpState::id`]); 0 means "not started".
+static NEXT_OP_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Push constants (see `shaders/common.glsl`).
 #[repr(C)]
@@ -156,29 +189,29 @@ pub struct VulkanEngine {
     pipeline_layout: vk::PipelineLayout,
     /// gemm, axpy, reduce, crc32c.
     pipelines: [vk::Pipeline; 4],
-    descriptor_pool: vk::DescriptorPool,
-    command_pool: vk::CommandPool,
-    cb: vk::CommandBuffer,
-    fence: vk::Fence,
-    query_pool: vk::QueryPool,
-    /// Host-visible results of reduce and crc32c chunks.
-    partials: Scratch,
-    /// Bounce space for overlapping copies and fill patterns.
+    /// Bounce space for overlapping copies and fill patterns (pieces run in submission order:
+    /// each starts with a barrier on everything before it).
     bounce: Scratch,
+    /// Pieces in flight and the slots they are recorded into.
+    ring: Ring,
+    /// The slot being recorded.
+    cur: usize,
+    /// The operation the last call left pieces in flight for, and when that call returned
+    /// (the host time until the next call is part of the per-piece host cost).
+    returned: Option<(u64, Instant)>,
     /// ns per unit by [`OpKind::index`], learned from timestamps.
     ns_per_unit: [f64; 6],
     last_device_ns: Option<u64>,
-    /// A submission timed out and may still be pending.
-    pending: bool,
-    /// Host cost of one submission beyond its device time (submit, fence wake-up, readback), ns,
-    /// exponential average: chunks are kept at least [`OVERHEAD_FACTOR`] times longer so the
-    /// device is busy most of the time even where submissions are expensive (lavapipe, a
-    /// loaded host).
+    /// Host cost of one piece (recording, submitting, reading back, and the device thread's
+    /// work between two calls; not the time blocked on a fence), ns, exponential average:
+    /// pieces are kept at least [`OVERHEAD_FACTOR`] times longer, so the queued piece keeps
+    /// the device busy while the host does that work, even where it is expensive (lavapipe,
+    /// a loaded host).
     overhead_ns: f64,
 }
 
 /// A chunk's device time is kept at least this many times the per-submission host overhead.
-const OVERHEAD_FACTOR: f64 = 4.0;
+const OVERHEAD_FACTOR: f64 = 2.0;
 
 // SAFETY: the raw pointers are mappings owned by this engine, used only by its thread.
 unsafe impl Send for VulkanEngine {}
@@ -236,19 +269,19 @@ impl VulkanEngine {
         let ctx = driver
             .run(move || Ctx::open(&selector, validation, force_staging, fence_timeout))??;
         let gpu = Arc::new(Gpu::new(Arc::new(ctx), driver));
-        Self::on_gpu(gpu, options.chunk_target_ns)
+        Self::on_gpu(gpu, options.chunk_target_ns, options.pipeline_depth)
     }
 
     /// An engine on the shared device's current generation (a replacement shares the device
     /// and so every partition); built on the driver thread.
-    fn on_gpu(gpu: Arc<Gpu>, chunk_target_ns: u64) -> Result<Self, EngineError> {
+    fn on_gpu(gpu: Arc<Gpu>, chunk_target_ns: u64, depth: usize) -> Result<Self, EngineError> {
         let (ctx, generation) = {
             let device = gpu.live()?;
             (Arc::clone(device.ctx()), device.generation())
         };
         let shared = Arc::clone(&gpu);
         gpu.driver
-            .run(move || Self::on_ctx(shared, ctx, generation, chunk_target_ns))?
+            .run(move || Self::on_ctx(shared, ctx, generation, chunk_target_ns, depth))?
     }
 
     /// Device losses and recoveries so far.
@@ -261,7 +294,7 @@ impl VulkanEngine {
     fn follow_device(&mut self) -> Result<(), EngineError> {
         let generation = self.gpu.live()?.generation();
         if generation != self.generation {
-            let fresh = Self::on_gpu(Arc::clone(&self.gpu), self.target_ns)?;
+            let fresh = Self::on_gpu(Arc::clone(&self.gpu), self.target_ns, self.ring.depth())?;
             // Dropping the old engine destroys its objects on the old device.
             *self = fresh;
         }
@@ -279,6 +312,7 @@ impl VulkanEngine {
         ctx: Arc<Ctx>,
         generation: u64,
         chunk_target_ns: u64,
+        depth: usize,
     ) -> Result<Self, EngineError> {
         let d = &ctx.device;
         // Every object is destroyed by Drop; a failure part-way leaks the few made before it
@@ -296,9 +330,6 @@ impl VulkanEngine {
             .stage_flags(vk::ShaderStageFlags::COMPUTE)
             .offset(0)
             .size(std::mem::size_of::<Params>() as u32)];
-        let pool_sizes = [vk::DescriptorPoolSize::default()
-            .ty(vk::DescriptorType::STORAGE_BUFFER)
-            .descriptor_count(16)];
         // SAFETY: valid create infos on a live device.
         let engine = unsafe {
             let set_layout = d
@@ -342,46 +373,8 @@ impl VulkanEngine {
                     .copied()
                     .unwrap_or_default();
             }
-            let descriptor_pool = d
-                .create_descriptor_pool(
-                    &vk::DescriptorPoolCreateInfo::default()
-                        .max_sets(4)
-                        .pool_sizes(&pool_sizes),
-                    None,
-                )
-                .map_err(|e| vk_err("vkCreateDescriptorPool", e))?;
-            let command_pool = d
-                .create_command_pool(
-                    &vk::CommandPoolCreateInfo::default()
-                        .queue_family_index(ctx.queue_family)
-                        .flags(vk::CommandPoolCreateFlags::RESET_COMMAND_BUFFER),
-                    None,
-                )
-                .map_err(|e| vk_err("vkCreateCommandPool", e))?;
-            let cb = d
-                .allocate_command_buffers(
-                    &vk::CommandBufferAllocateInfo::default()
-                        .command_pool(command_pool)
-                        .level(vk::CommandBufferLevel::PRIMARY)
-                        .command_buffer_count(1),
-                )
-                .map_err(|e| vk_err("vkAllocateCommandBuffers", e))?
-                .first()
-                .copied()
-                .unwrap_or_default();
-            let fence = d
-                .create_fence(&vk::FenceCreateInfo::default(), None)
-                .map_err(|e| vk_err("vkCreateFence", e))?;
-            let query_pool = d
-                .create_query_pool(
-                    &vk::QueryPoolCreateInfo::default()
-                        .query_type(vk::QueryType::TIMESTAMP)
-                        .query_count(2),
-                    None,
-                )
-                .map_err(|e| vk_err("vkCreateQueryPool", e))?;
-            let partials = create_scratch(&ctx, MAX_PARTIALS * 4, ctx.host_type)?;
             let bounce = create_scratch(&ctx, BOUNCE_BYTES, ctx.host_type)?;
+            let ring = Ring::new(&ctx, depth)?;
             Self {
                 gpu,
                 ctx: Arc::clone(&ctx),
@@ -390,16 +383,12 @@ impl VulkanEngine {
                 set_layout,
                 pipeline_layout,
                 pipelines,
-                descriptor_pool,
-                command_pool,
-                cb,
-                fence,
-                query_pool,
-                partials,
                 bounce,
+                ring,
+                cur: 0,
+                returned: None,
                 ns_per_unit: INITIAL_NS_PER_UNIT,
                 last_device_ns: None,
-                pending: false,
                 overhead_ns: 0.0,
             }
         };
@@ -560,14 +549,14 @@ impl VulkanEngine {
             let set = d
                 .allocate_descriptor_sets(
                     &vk::DescriptorSetAllocateInfo::default()
-                        .descriptor_pool(self.descriptor_pool)
+                        .descriptor_pool(self.ring.slot(self.cur).descriptor_pool)
                         .set_layouts(&layouts),
                 )
                 .map_err(|e| vk_err("vkAllocateDescriptorSets", e))?
                 .first()
                 .copied()
                 .ok_or(EngineError::OutOfDeviceMemory)?;
-            let pad = Self::scratch_window(&self.partials);
+            let pad = Self::scratch_window(&self.ring.slot(self.cur).partials);
             let infos: Vec<[vk::DescriptorBufferInfo; 1]> = (0..4)
                 .map(|i| [windows.get(i).unwrap_or(&pad).info])
                 .collect();
@@ -584,12 +573,12 @@ impl VulkanEngine {
                 .collect();
             d.update_descriptor_sets(&writes, &[]);
             d.cmd_bind_pipeline(
-                self.cb,
+                self.cb(),
                 vk::PipelineBindPoint::COMPUTE,
                 self.pipelines[pipeline],
             );
             d.cmd_bind_descriptor_sets(
-                self.cb,
+                self.cb(),
                 vk::PipelineBindPoint::COMPUTE,
                 self.pipeline_layout,
                 0,
@@ -597,14 +586,20 @@ impl VulkanEngine {
                 &[],
             );
             d.cmd_push_constants(
-                self.cb,
+                self.cb(),
                 self.pipeline_layout,
                 vk::ShaderStageFlags::COMPUTE,
                 0,
                 bytemuck::bytes_of(params),
             );
             d.cmd_dispatch_base(
-                self.cb, base[0], base[1], base[2], groups[0], groups[1], groups[2],
+                self.cb(),
+                base[0],
+                base[1],
+                base[2],
+                groups[0],
+                groups[1],
+                groups[2],
             );
         }
         Ok(())
@@ -625,8 +620,8 @@ impl VulkanEngine {
     fn record(&self, op: &Op, state: &VkOpState, target_ns: u64) -> Result<Planned, EngineError> {
         let d = &self.ctx.device;
         let total = total_units(op);
-        let remaining = total.saturating_sub(state.done);
-        let at = state.done;
+        let remaining = total.saturating_sub(state.submitted);
+        let at = state.submitted;
         match op {
             Op::Copy { src, dst, .. } => {
                 let units = self
@@ -651,7 +646,7 @@ impl VulkanEngine {
                     // SAFETY: recording; ranges validated by the job and inside the buffers.
                     unsafe {
                         d.cmd_copy_buffer(
-                            self.cb,
+                            self.cb(),
                             s.buffer(),
                             self.bounce.buffer,
                             &[vk::BufferCopy {
@@ -660,9 +655,9 @@ impl VulkanEngine {
                                 size: units,
                             }],
                         );
-                        inner_barrier(d, self.cb);
+                        inner_barrier(d, self.cb());
                         d.cmd_copy_buffer(
-                            self.cb,
+                            self.cb(),
                             self.bounce.buffer,
                             t.buffer(),
                             &[vk::BufferCopy {
@@ -683,7 +678,7 @@ impl VulkanEngine {
                     // SAFETY: as above.
                     unsafe {
                         d.cmd_copy_buffer(
-                            self.cb,
+                            self.cb(),
                             s.buffer(),
                             t.buffer(),
                             &[vk::BufferCopy {
@@ -753,7 +748,7 @@ impl VulkanEngine {
                     off0: (wx.skew / 4) as u32,
                     ..Params::default()
                 };
-                let wp = Self::scratch_window(&self.partials);
+                let wp = Self::scratch_window(&self.ring.slot(self.cur).partials);
                 self.dispatch(2, &[wx, wp], &params, [0; 3], [partials as u32, 1, 1])?;
                 Ok(Planned {
                     units,
@@ -779,7 +774,7 @@ impl VulkanEngine {
                     off0: ws.skew as u32,
                     ..Params::default()
                 };
-                let wp = Self::scratch_window(&self.partials);
+                let wp = Self::scratch_window(&self.ring.slot(self.cur).partials);
                 let groups = partials.div_ceil(CRC_LOCAL) as u32;
                 self.dispatch(3, &[ws, wp], &params, [0; 3], [groups, 1, 1])?;
                 Ok(Planned {
@@ -875,12 +870,12 @@ impl VulkanEngine {
         unsafe {
             let edges = head_end > start || end > mid_end;
             if edges {
-                d.cmd_fill_buffer(self.cb, self.bounce.buffer, 0, 8, pattern);
-                inner_barrier(d, self.cb);
+                d.cmd_fill_buffer(self.cb(), self.bounce.buffer, 0, 8, pattern);
+                inner_barrier(d, self.cb());
             }
             if head_end > start {
                 d.cmd_copy_buffer(
-                    self.cb,
+                    self.cb(),
                     self.bounce.buffer,
                     t.buffer(),
                     &[vk::BufferCopy {
@@ -892,7 +887,7 @@ impl VulkanEngine {
             }
             if mid_end > head_end {
                 d.cmd_fill_buffer(
-                    self.cb,
+                    self.cb(),
                     t.buffer(),
                     head_end,
                     mid_end - head_end,
@@ -901,7 +896,7 @@ impl VulkanEngine {
             }
             if end > mid_end {
                 d.cmd_copy_buffer(
-                    self.cb,
+                    self.cb(),
                     self.bounce.buffer,
                     t.buffer(),
                     &[vk::BufferCopy {
@@ -914,51 +909,11 @@ impl VulkanEngine {
         }
         Ok(())
     }
+}
 
-    /// Submits the recorded command buffer and waits for it; returns device ns.
-    fn submit_and_wait(&mut self) -> Result<Option<u64>, EngineError> {
-        let d = &self.ctx.device;
-        let cbs = [self.cb];
-        let submit = [vk::SubmitInfo::default().command_buffers(&cbs)];
-        self.ctx.submit(&submit, self.fence)?;
-        if let Err(e) = self.ctx.wait(self.fence) {
-            self.pending = matches!(e, EngineError::Timeout(_));
-            return Err(e);
-        }
-        if self.ctx.timestamp_bits == 0 {
-            return Ok(None);
-        }
-        let mut stamps = [0u64; 2];
-        // SAFETY: both queries were written by the completed submission.
-        unsafe {
-            d.get_query_pool_results(
-                self.query_pool,
-                0,
-                &mut stamps,
-                vk::QueryResultFlags::TYPE_64 | vk::QueryResultFlags::WAIT,
-            )
-        }
-        .map_err(|e| vk_err("vkGetQueryPoolResults", e))?;
-        let mask = if self.ctx.timestamp_bits >= 64 {
-            u64::MAX
-        } else {
-            (1u64 << self.ctx.timestamp_bits) - 1
-        };
-        let ticks = stamps[1].wrapping_sub(stamps[0]) & mask;
-        let ns = ticks as f64 * f64::from(self.ctx.limits.timestamp_period);
-        Ok(Some(ns as u64))
-    }
-
-    fn partial_words(&self, count: u64) -> &[u32] {
-        // SAFETY: the partials buffer is mapped, host-coherent, MAX_PARTIALS words long, and
-        // the submission that wrote it completed (host barrier recorded at its end).
-        unsafe {
-            std::slice::from_raw_parts(
-                self.partials.mapped.cast::<u32>(),
-                count.min(MAX_PARTIALS) as usize,
-            )
-        }
-    }
+/// Nanoseconds of a duration, saturating.
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl Engine for VulkanEngine {
@@ -1008,9 +963,12 @@ impl Engine for VulkanEngine {
     fn factory(&self) -> Option<super::EngineFactory> {
         let gpu = Arc::clone(&self.gpu);
         let target = self.target_ns;
+        let depth = self.ring.depth();
         Some(Arc::new(move || {
-            Ok(Box::new(VulkanEngine::on_gpu(Arc::clone(&gpu), target)?)
-                as Box<dyn super::DynEngine>)
+            Ok(
+                Box::new(VulkanEngine::on_gpu(Arc::clone(&gpu), target, depth)?)
+                    as Box<dyn super::DynEngine>,
+            )
         }))
     }
 
@@ -1020,108 +978,28 @@ impl Engine for VulkanEngine {
         state: &mut VkOpState,
         target_ns: u64,
     ) -> Result<Step, EngineError> {
-        self.last_device_ns = None;
         self.follow_device()?;
-        if self.pending {
-            // A timed-out submission must finish before the command buffer is reused.
-            self.ctx.wait(self.fence)?;
-            self.pending = false;
-        }
-        let total = total_units(op);
-        if state.done >= total {
-            self.finish(op, state)?;
-            return Ok(Step::Done);
-        }
-        let (reads, writes) = op_buffers(op);
-        let held = lock_all(&reads, &writes)?;
-        // The device is not switched while the chunk is recorded, submitted and waited for.
-        let gpu = Arc::clone(&self.gpu);
-        let device = gpu.read();
-        if device.generation() != self.generation {
-            return Err(EngineError::DeviceLost);
-        }
-        let d = &self.ctx.device;
-        let started = Instant::now();
-        // SAFETY: the previous submission completed, so the pool, command buffer and queries
-        // are free to reset and re-record.
-        unsafe {
-            d.reset_descriptor_pool(self.descriptor_pool, vk::DescriptorPoolResetFlags::empty())
-                .map_err(|e| vk_err("vkResetDescriptorPool", e))?;
-            d.reset_command_buffer(self.cb, vk::CommandBufferResetFlags::empty())
-                .map_err(|e| vk_err("vkResetCommandBuffer", e))?;
-            d.begin_command_buffer(
-                self.cb,
-                &vk::CommandBufferBeginInfo::default()
-                    .flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT),
-            )
-            .map_err(|e| vk_err("vkBeginCommandBuffer", e))?;
-            device_barrier(d, self.cb);
-            if self.ctx.timestamp_bits > 0 {
-                d.cmd_reset_query_pool(self.cb, self.query_pool, 0, 2);
-                d.cmd_write_timestamp(
-                    self.cb,
-                    vk::PipelineStageFlags::TOP_OF_PIPE,
-                    self.query_pool,
-                    0,
-                );
-            }
-        }
-        // Sub-grids no shorter than a few submission overheads (see `overhead_ns`).
-        let target_ns = target_ns.max((self.overhead_ns * OVERHEAD_FACTOR) as u64);
-        let planned = self.record(op, state, target_ns);
-        // SAFETY: recording.
-        unsafe {
-            if self.ctx.timestamp_bits > 0 {
-                d.cmd_write_timestamp(
-                    self.cb,
-                    vk::PipelineStageFlags::BOTTOM_OF_PIPE,
-                    self.query_pool,
-                    1,
-                );
-            }
-            host_barrier(d, self.cb);
-            d.end_command_buffer(self.cb)
-                .map_err(|e| vk_err("vkEndCommandBuffer", e))?;
-        }
-        let planned = planned?;
-        let device_ns = self.submit_and_wait()?;
-        drop(device);
-        drop(held);
-        let ns = device_ns
-            .unwrap_or_else(|| u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
-        self.last_device_ns = device_ns;
-        self.observe(op.kind(), planned.cost_units, ns);
-        match op {
-            Op::ReduceSumF32 { .. } => {
-                for &w in self.partial_words(planned.partials) {
-                    state.sum += f64::from(f32::from_bits(w));
-                }
-            }
-            Op::Crc32c { .. } => {
-                let mut left = planned.units;
-                for &w in self.partial_words(planned.partials) {
-                    let len = left.min(CRC_BLOCK);
-                    state.crc = crc32c::crc32c_combine(state.crc, w, len as usize);
-                    left -= len;
-                }
-            }
-            _ => {}
-        }
-        state.done += planned.units;
-        if state.done >= total {
-            self.finish(op, state)?;
-            return Ok(Step::Done);
-        }
-        Ok(Step::More)
+        self.run_pipelined(op, state, target_ns)
+    }
+
+    fn settle(&mut self, op: &Op, state: &mut VkOpState) -> Result<Option<u64>, EngineError> {
+        self.settle_pipelined(op, state)
+    }
+
+    fn max_in_flight(&self) -> usize {
+        self.ring.max_seen()
     }
 
     fn reset(&mut self) -> Result<(), EngineError> {
+        // Pieces of the failed operation must finish before their slots are reused (after a
+        // device loss they are dropped: nothing runs any more).
+        let drained = self.ring.wait_all();
+        self.returned = None;
         if self.ctx.is_lost() {
             // Lost or hung: re-create the device (unless another thread did) and rebuild on it.
             self.gpu.recover(self.generation)?;
-        } else if self.pending {
-            self.ctx.wait(self.fence)?;
-            self.pending = false;
+        } else {
+            drained?;
         }
         self.follow_device()?;
         self.ns_per_unit = INITIAL_NS_PER_UNIT;
@@ -1160,22 +1038,19 @@ fn op_buffers(op: &Op) -> (Vec<&Arc<DeviceBuffer>>, Vec<&Arc<DeviceBuffer>>) {
 
 impl Drop for VulkanEngine {
     fn drop(&mut self) {
+        let waited = self.ring.wait_all();
+        if self.ring.len() > 0 {
+            // The ring leaks what is still in flight (see its Drop); the objects those pieces
+            // use must not be destroyed either (after a device loss nothing is in flight).
+            log::error!("Vulkan engine dropped with work still on the device: {waited:?}");
+            return;
+        }
         let d = &self.ctx.device;
-        // SAFETY: wait for our last submission if one timed out (a lost device returns at once;
-        // with none pending the fence is unsignalled and would only make us wait the timeout),
-        // then destroy what this engine created.
+        // SAFETY: nothing of this engine is in flight; destroy what it created (the ring
+        // destroys its own objects after this).
         unsafe {
-            if self.pending {
-                let _ = d.wait_for_fences(&[self.fence], true, self.ctx.timeout_ns());
-            }
-            for s in [&self.partials, &self.bounce] {
-                d.destroy_buffer(s.buffer, None);
-                d.free_memory(s.memory, None);
-            }
-            d.destroy_query_pool(self.query_pool, None);
-            d.destroy_fence(self.fence, None);
-            d.destroy_command_pool(self.command_pool, None);
-            d.destroy_descriptor_pool(self.descriptor_pool, None);
+            d.destroy_buffer(self.bounce.buffer, None);
+            d.free_memory(self.bounce.memory, None);
             for p in self.pipelines {
                 d.destroy_pipeline(p, None);
             }

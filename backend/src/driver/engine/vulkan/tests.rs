@@ -3,10 +3,10 @@
 //! larger than `maxStorageBufferRange`, the staging path, and zero validation errors.
 
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::super::testing::{test_engines, vulkan_options, TestEngine};
-use super::{VulkanEngine, VulkanOptions};
+use super::{VulkanEngine, VulkanOptions, MAX_PIPELINE_DEPTH};
 use crate::driver::engine::cpu::CpuEngine;
 use crate::driver::engine::DynEngine;
 use crate::driver::{
@@ -63,6 +63,11 @@ fn read_all(buf: &Arc<DeviceBuffer>) -> Vec<u8> {
 
 /// One job of every operation, run on `engine`; returns the buffers' bytes afterwards.
 fn mixed_job(engine: Box<dyn DynEngine>) -> Vec<Vec<u8>> {
+    mixed_job_in_flight(engine).0
+}
+
+/// [`mixed_job`], with the most submissions the engine had in flight at once.
+fn mixed_job_in_flight(engine: Box<dyn DynEngine>) -> (Vec<Vec<u8>>, usize) {
     let dev = device(engine, 256);
     let vgpu = dev.create_vgpu("vgpu-64m", Uuid::from_u128(1)).unwrap();
     let (m, n, k) = (70u32, 45u32, 33u32);
@@ -138,8 +143,9 @@ fn mixed_job(engine: Box<dyn DynEngine>) -> Vec<Vec<u8>> {
         .iter()
         .map(|b| read_all(b))
         .collect();
+    let in_flight = dev.engine_max_in_flight();
     dev.shutdown();
-    result
+    (result, in_flight)
 }
 
 fn as_f32(bytes: &[u8]) -> Vec<f32> {
@@ -190,6 +196,199 @@ fn every_op_matches_the_cpu_reference() {
     };
     let vk = mixed_job(Box::new(VulkanEngine::new(&staged).unwrap()));
     check_against_cpu(&vk, &cpu);
+    TestEngine::Vulkan.assert_no_validation_errors();
+}
+
+/// A Vulkan engine with `depth` pieces in flight and tiny chunk targets (many pieces per op).
+fn pipelined(depth: usize) -> Box<dyn DynEngine> {
+    Box::new(
+        VulkanEngine::new(&VulkanOptions {
+            pipeline_depth: depth,
+            chunk_target_ns: 10_000,
+            ..vulkan_options()
+        })
+        .unwrap(),
+    )
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn pieces_are_pipelined_and_results_still_match_the_cpu() {
+    if !vulkan_available() {
+        return;
+    }
+    let cpu = mixed_job(Box::new(CpuEngine::default()));
+    let (vk, _) = mixed_job_in_flight(pipelined(MAX_PIPELINE_DEPTH));
+    check_against_cpu(&vk, &cpu);
+    // A long op is cut into many pieces, several on the device at once; its result is exact.
+    let dev = device(pipelined(MAX_PIPELINE_DEPTH), 128);
+    let v = dev.create_vgpu("vgpu-64m", Uuid::from_u128(7)).unwrap();
+    let src = v.alloc_buffer(32 * MIB).unwrap();
+    let out = v.alloc_buffer(4).unwrap();
+    let data = noise(9, 32 << 20);
+    src.write(0, &data).unwrap();
+    let report = run(
+        &v,
+        vec![Op::Crc32c {
+            src: BufRef::new(&src, 0),
+            len: 32 * MIB,
+            out: BufRef::new(&out, 0),
+        }],
+    );
+    let mut crc = [0u8; 4];
+    out.read(0, &mut crc).unwrap();
+    assert_eq!(u32::from_ne_bytes(crc), crc32c::crc32c(&data));
+    let in_flight = dev.engine_max_in_flight();
+    assert!(
+        (2..=MAX_PIPELINE_DEPTH).contains(&in_flight),
+        "{in_flight} submission(s) in flight at most, over {} chunks",
+        report.chunks
+    );
+    dev.shutdown();
+    // Depth 1 is the old submit-and-wait: never more than one in flight, same results.
+    let (vk, in_flight) = mixed_job_in_flight(pipelined(1));
+    check_against_cpu(&vk, &cpu);
+    assert_eq!(in_flight, 1);
+    TestEngine::Vulkan.assert_no_validation_errors();
+}
+
+#[test]
+fn preempted_ops_settle_their_pieces_and_stay_exact() {
+    // Two vGPUs run long crc32c and axpy ops at once with tiny chunks: every turn ends with
+    // pieces in flight, which are settled (and charged) before the other vGPU runs. The partial
+    // results folded across preemptions must still be exact.
+    if !vulkan_available() {
+        return;
+    }
+    const LEN: usize = 8 << 20;
+    let dev = device(pipelined(3), 256);
+    let vgpus: Vec<_> = (0..2)
+        .map(|i| {
+            dev.create_vgpu("vgpu-64m", Uuid::from_u128(10 + i))
+                .unwrap()
+        })
+        .collect();
+    let mut pending = Vec::new();
+    for (i, v) in vgpus.iter().enumerate() {
+        let src = v.alloc_buffer(LEN as u64).unwrap();
+        let x = v.alloc_buffer(LEN as u64).unwrap();
+        let y = v.alloc_buffer(LEN as u64).unwrap();
+        let out = v.alloc_buffer(4).unwrap();
+        let data = noise(40 + i as u64, LEN);
+        src.write(0, &data).unwrap();
+        let xs = floats(45 + i as u64, LEN / 4);
+        x.write_f32(0, &xs).unwrap();
+        let ys = floats(50 + i as u64, LEN / 4);
+        y.write_f32(0, &ys).unwrap();
+        let ch = v.create_channel().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let ops = vec![
+            Op::Crc32c {
+                src: BufRef::new(&src, 0),
+                len: LEN as u64,
+                out: BufRef::new(&out, 0),
+            },
+            Op::AxpyF32 {
+                n: (LEN / 4) as u64,
+                alpha: 0.5,
+                x: BufRef::new(&x, 0),
+                y: BufRef::new(&y, 0),
+            },
+        ];
+        ch.submit_fn(Job::new(ops).unwrap(), move |r| tx.send(r).unwrap())
+            .unwrap();
+        pending.push((ch, rx, (src, x), y, out, data, (xs, ys)));
+    }
+    for (_ch, rx, _inputs, y, out, data, (xs, ys)) in &pending {
+        rx.recv_timeout(Duration::from_secs(120)).unwrap().unwrap();
+        let mut crc = [0u8; 4];
+        out.read(0, &mut crc).unwrap();
+        assert_eq!(u32::from_ne_bytes(crc), crc32c::crc32c(data));
+        let mut got = vec![0f32; ys.len()];
+        y.read_f32(0, &mut got).unwrap();
+        for (i, ((g, x), y0)) in got.iter().zip(xs).zip(ys).enumerate() {
+            // Bit-identical to the CPU reference (no FMA contraction).
+            let want = 0.5f32 * *x + *y0;
+            assert_eq!(g.to_bits(), want.to_bits(), "axpy[{i}]: {g} vs {want}");
+        }
+    }
+    let log = dev.scheduler_log();
+    for v in &vgpus {
+        assert!(
+            log.iter().any(|r| r.vgpu_id == v.id() && r.preempted),
+            "vGPU {} was never preempted",
+            v.id()
+        );
+    }
+    assert!(dev.engine_max_in_flight() >= 2);
+    dev.shutdown();
+    TestEngine::Vulkan.assert_no_validation_errors();
+}
+
+#[test]
+fn a_destroyed_vgpus_buffers_are_freed_only_after_its_pieces_complete() {
+    // A vGPU is destroyed while its fills are on the device. Its buffers (and its partition,
+    // the whole device here) are handed on only once those pieces completed, so the next vGPU
+    // gets the memory zeroed and nothing writes it afterwards; the validation layer would also
+    // report a buffer destroyed while in use.
+    if !vulkan_available() {
+        return;
+    }
+    let dev = device(pipelined(3), 64);
+    for round in 0..3u128 {
+        let a = dev
+            .create_vgpu("vgpu-64m", Uuid::from_u128(100 + round))
+            .unwrap();
+        let buf = a.alloc_buffer(48 * MIB).unwrap();
+        let ch = a.create_channel().unwrap();
+        for _ in 0..8 {
+            let job = Job::single(Op::Fill {
+                dst: BufRef::new(&buf, 0),
+                len: 48 * MIB,
+                pattern: 0xFFFF_FFFF,
+            })
+            .unwrap();
+            ch.submit_fn(job, |_| {}).unwrap();
+        }
+        wait_until("the fills to start", || a.stats().busy_ns > 0);
+        a.destroy();
+        drop((ch, buf, a));
+        // The partition comes back once the engine let go of the buffers.
+        let mut c = None;
+        wait_until("the partition to come back", || {
+            c = dev
+                .create_vgpu("vgpu-64m", Uuid::from_u128(200 + round))
+                .ok();
+            c.is_some()
+        });
+        let c = c.unwrap();
+        let fresh = c.alloc_buffer(48 * MIB).unwrap();
+        assert!(read_all(&fresh).iter().all(|&b| b == 0), "round {round}");
+        // A job of the new vGPU runs after everything of the old one left the device.
+        run(
+            &c,
+            vec![Op::Fill {
+                dst: BufRef::new(&fresh, 0),
+                len: 4,
+                pattern: 0x0101_0101,
+            }],
+        );
+        let bytes = read_all(&fresh);
+        assert!(bytes[..4].iter().all(|&b| b == 1));
+        assert!(
+            bytes[4..].iter().all(|&b| b == 0),
+            "round {round}: late write"
+        );
+        c.destroy();
+    }
+    dev.shutdown();
     TestEngine::Vulkan.assert_no_validation_errors();
 }
 
