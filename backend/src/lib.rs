@@ -5,6 +5,7 @@ pub mod demo;
 pub mod device;
 pub mod driver;
 pub mod libvirt;
+pub mod log_limit;
 pub mod logging;
 pub mod metrics;
 pub mod options;

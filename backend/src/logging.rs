@@ -24,7 +24,7 @@ use std::sync::{Mutex, OnceLock};
 use log::{Level, LevelFilter, Log, Metadata, Record};
 use thiserror::Error;
 
-use crate::device::log_limit::{GuestLog, GUEST_LOG_TARGET};
+use crate::log_limit::{GuestLog, GUEST_LOG_TARGET};
 
 /// Why logging could not be set up.
 #[derive(Debug, Error)]

@@ -17,7 +17,7 @@ pub mod display;
 pub mod edid;
 pub mod error;
 pub mod format;
-pub mod log_limit;
+pub use crate::log_limit;
 pub mod resource;
 pub mod scanout;
 pub mod screenshot;

@@ -29,7 +29,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::channel::{Completion, JobFailure, JobResult};
@@ -37,6 +37,7 @@ use super::engine::{panic_message, DynEngine, EngineError, EngineFactory};
 use super::runlist::{nanos, ActiveJob, QueuedJob, Runlist};
 use super::scheduler::{SchedCore, Turn};
 use super::stats::{SchedulerLog, SliceRecord, VgpuCounters};
+use crate::log_limit::GuestLog;
 
 /// A vGPU's scheduling state.
 #[derive(Default)]
@@ -687,17 +688,34 @@ fn run_contained(
         Ok(result) => result,
         Err(payload) => {
             let message = panic_message(payload.as_ref());
-            log::error!("engine {} panicked in a job: {message}", engine.name());
+            engine_log().log(
+                log::Level::Error,
+                format_args!("engine {} panicked in a job: {message}", engine.name()),
+            );
             Err(EngineError::Panicked(message))
         }
     };
     if let Err(e @ (EngineError::Panicked(_) | EngineError::DeviceLost | EngineError::Timeout(_))) =
         &result
     {
+        // Rate-limited: while a lost device cannot be re-created, every job a guest submits
+        // fails here.
         match engine.reset() {
-            Ok(()) => log::warn!("engine {} reset after: {e}", engine.name()),
-            Err(re) => log::error!("engine {} reset failed after {e}: {re}", engine.name()),
+            Ok(()) => engine_log().log(
+                log::Level::Warn,
+                format_args!("engine {} reset after: {e}", engine.name()),
+            ),
+            Err(re) => engine_log().log(
+                log::Level::Error,
+                format_args!("engine {} reset failed after {e}: {re}", engine.name()),
+            ),
         }
     }
     result
+}
+
+/// The limiter of the engine thread's lines about failed jobs (guests cause them by submitting).
+fn engine_log() -> &'static GuestLog {
+    static LOG: OnceLock<GuestLog> = OnceLock::new();
+    LOG.get_or_init(|| GuestLog::new("engine"))
 }
