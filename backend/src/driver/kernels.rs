@@ -6,11 +6,12 @@
 //!   k-blocks of [`gemm_k_block`]`(k)` (≤ [`GEMM_K_BLOCK`], nearly equal, a function of `k`
 //!   only) and computes each C tile as `alpha·A[·,k₀]·B[k₀,·] + beta·C`, then adds
 //!   `alpha·A[·,kᵢ]·B[kᵢ,·]` for the following k-blocks in order, rounding to f32 after each
-//!   block; within a block the `matrixmultiply` crate's microkernel sums in k order, its SIMD path
-//!   (full or edge tile) varying with the tile's shape, so different chunkings of one GEMM agree
-//!   to a few ulps and every result matches a naive f64 reference within a relative tolerance of
-//!   about `k·2⁻²³`. With `beta == 0`, C is not
-//!   read (NaNs in C do not propagate).
+//!   block; within a block the products are summed in k order. The CPU engine runs its own
+//!   kernel ([`crate::driver::engine::cpu::gemm`]), which computes every element the same way
+//!   whatever the chunking (bit-identical results); [`gemm_f32_tile`] (the `matrixmultiply`
+//!   crate, whose SIMD path varies with a tile's shape by a few ulps) remains as a reference.
+//!   Every result matches a naive f64 reference within a relative tolerance of about `k·2⁻²³`.
+//!   With `beta == 0`, C is not read (NaNs in C do not propagate).
 //! - `axpy_f32`: `y[i] = alpha·x[i] + y[i]` element by element in f32 (exactly one rounding per
 //!   multiply and per add, no fused multiply-add).
 //! - `reduce_sum_f32`: the sum is accumulated in **f64, sequentially in index order** starting from

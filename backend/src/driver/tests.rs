@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use vgpu_mdev::{TypeTable, VgpuType};
 
-use super::engine::cpu::CpuEngine;
+use super::engine::cpu::{CpuEngine, CpuOpState};
 use super::engine::testing::{test_engines, TestEngine};
-use super::engine::{Engine, EngineError, OpProgress, Step, DEFAULT_CHUNK_TARGET_NS};
+use super::engine::{Engine, EngineError, Step, DEFAULT_CHUNK_TARGET_NS};
 use super::*;
 
 fn uuid(n: u128) -> Uuid {
@@ -230,7 +230,7 @@ fn jobs_run_and_complete_on(engine: TestEngine) {
 struct SleepEngine(CpuEngine);
 
 impl Engine for SleepEngine {
-    type OpState = OpProgress;
+    type OpState = CpuOpState;
 
     fn caps(&self) -> super::engine::EngineCaps {
         self.0.caps()
@@ -246,7 +246,7 @@ impl Engine for SleepEngine {
     fn run_chunk(
         &mut self,
         op: &Op,
-        progress: &mut OpProgress,
+        progress: &mut CpuOpState,
         target_ns: u64,
     ) -> Result<Step, EngineError> {
         match op {
@@ -387,7 +387,7 @@ fn turns_are_cut_and_charged_by_device_time() {
 struct RecordingEngine(CpuEngine, Arc<std::sync::Mutex<Vec<u64>>>);
 
 impl Engine for RecordingEngine {
-    type OpState = OpProgress;
+    type OpState = CpuOpState;
 
     fn caps(&self) -> super::engine::EngineCaps {
         self.0.caps()
@@ -404,7 +404,7 @@ impl Engine for RecordingEngine {
     fn run_chunk(
         &mut self,
         op: &Op,
-        progress: &mut OpProgress,
+        progress: &mut CpuOpState,
         target_ns: u64,
     ) -> Result<Step, EngineError> {
         self.1.lock().unwrap().push(target_ns);
@@ -1027,7 +1027,7 @@ const HANG_PATTERN: u32 = 0xDEAD_0002;
 const HANG: Duration = Duration::from_secs(5);
 
 impl Engine for FaultEngine {
-    type OpState = OpProgress;
+    type OpState = CpuOpState;
 
     fn caps(&self) -> super::engine::EngineCaps {
         self.0.caps()
@@ -1044,7 +1044,7 @@ impl Engine for FaultEngine {
     fn run_chunk(
         &mut self,
         op: &Op,
-        progress: &mut OpProgress,
+        progress: &mut CpuOpState,
         target_ns: u64,
     ) -> Result<Step, EngineError> {
         match op {

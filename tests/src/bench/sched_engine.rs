@@ -25,11 +25,6 @@ pub(super) fn name() -> String {
         .map_or_else(|| "cpu".into(), |(t, _)| t.clone())
 }
 
-/// Whether the selected engine is a Vulkan device.
-pub(super) fn is_vulkan() -> bool {
-    matches!(ENGINE.get(), Some((_, EngineChoice::Vulkan(_))))
-}
-
 /// Opens the selected engine with chunks of `chunk_ns` while others have work.
 pub(super) fn open(chunk_ns: u64) -> Result<Box<dyn DynEngine>, String> {
     let choice = ENGINE.get().map(|(_, c)| c.clone()).unwrap_or_default();

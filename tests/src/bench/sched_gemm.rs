@@ -9,34 +9,31 @@ pub(super) fn gflops(dim: u32, jobs: u64, secs: f64) -> f64 {
     2.0 * d * d * d * jobs as f64 / secs / 1e9
 }
 
-/// GEMM throughput called in-process: in one call, or (`rows_per_call` > 0) in whole-row blocks
-/// as an engine with row-aligned chunks would run it.
-pub(super) fn gemm_direct(dim: u32, rows_per_call: usize, seconds: f64) -> Result<f64, String> {
-    if super::sched_engine::is_vulkan() {
-        // The engine driven with no scheduler: one dispatch per GEMM, or ~100 µs sub-grids.
-        let target = if rows_per_call == 0 {
-            u64::MAX / 4
-        } else {
-            CHUNK_TARGET_NS as u64
-        };
-        return super::sched_engine::gemm_engine_direct(dim, target, seconds);
-    }
+/// GEMM throughput with the engine driven directly (no device thread, no scheduler): each GEMM
+/// in one call (`chunked == false`: one dispatch on Vulkan, one run of the kernel on the CPU),
+/// or in chunks of about [`CHUNK_TARGET_NS`] as the device thread would run it while other
+/// vGPUs have work.
+pub(super) fn gemm_direct(dim: u32, chunked: bool, seconds: f64) -> Result<f64, String> {
+    let target = if chunked {
+        CHUNK_TARGET_NS as u64
+    } else {
+        u64::MAX / 4
+    };
+    super::sched_engine::gemm_engine_direct(dim, target, seconds)
+}
+
+/// The `matrixmultiply` crate's `sgemm`, one call per GEMM, in-process: a reference for the
+/// absolute throughput of a well-tuned single-threaded CPU GEMM.
+pub(super) fn gemm_matrixmultiply(dim: u32, seconds: f64) -> Result<f64, String> {
     let n = dim as usize;
     let a = vec![0.5f32; n * n];
     let b = vec![0.25f32; n * n];
     let mut c = vec![0f32; n * n];
     let dims = GemmDims { m: n, n, k: n };
-    let step = if rows_per_call == 0 { n } else { rows_per_call };
     let t0 = Instant::now();
     let mut jobs = 0u64;
     while t0.elapsed().as_secs_f64() < seconds {
-        let mut row = 0;
-        while row < n {
-            let end = (row + step).min(n);
-            gemm_f32_block(dims, (row..end, 0..n), 1.0, &a, &b, 0.0, &mut c)
-                .map_err(|e| e.to_string())?;
-            row = end;
-        }
+        gemm_f32_block(dims, (0..n, 0..n), 1.0, &a, &b, 0.0, &mut c).map_err(|e| e.to_string())?;
         jobs += 1;
     }
     std::hint::black_box(&c);
@@ -321,12 +318,16 @@ pub(super) fn median(mut v: Vec<f64>) -> f64 {
 }
 
 pub(super) struct GemmResult {
+    /// The engine driven directly, one call per GEMM: the baseline.
     pub(super) direct: f64,
-    pub(super) rowwise: f64,
+    /// The engine driven directly in ~100 µs chunks.
+    pub(super) chunked: f64,
+    /// `matrixmultiply`, one call per GEMM (reference).
+    pub(super) reference: f64,
     pub(super) channel: f64,
-    pub(super) rows_per_call: usize,
     pub(super) direct_runs: Vec<f64>,
-    pub(super) rowwise_runs: Vec<f64>,
+    pub(super) chunked_runs: Vec<f64>,
+    pub(super) reference_runs: Vec<f64>,
     pub(super) channel_runs: Vec<f64>,
     /// Channel throughput with [`LONG_CHUNK_NS`] chunks.
     pub(super) long: f64,
@@ -340,13 +341,10 @@ pub(super) struct GemmResult {
 
 impl GemmResult {
     pub(super) fn overhead(&self) -> f64 {
-        if self.direct > 0.0 {
-            1.0 - self.channel / self.direct
-        } else {
-            0.0
-        }
+        self.loss(self.channel)
     }
 
+    /// Fraction of the direct (one call) throughput lost at `rate`.
     pub(super) fn loss(&self, rate: f64) -> f64 {
         if self.direct > 0.0 {
             1.0 - rate / self.direct
@@ -354,33 +352,26 @@ impl GemmResult {
             0.0
         }
     }
-
-    pub(super) fn rowwise_overhead(&self) -> f64 {
-        if self.direct > 0.0 {
-            1.0 - self.rowwise / self.direct
-        } else {
-            0.0
-        }
-    }
 }
 
-/// Direct, direct in row blocks and channel throughput, interleaved three times (medians).
+/// Direct (one call and ~100 µs chunks), `matrixmultiply`, channel and vhost-user throughput,
+/// interleaved three times (medians).
 pub(super) fn gemm_overhead(dim: u32) -> Result<GemmResult, String> {
-    let probe = gemm_direct(dim, 0, 0.2)?;
-    // Rows that take about one engine chunk at the probed speed (2 flops per multiply-add).
-    let flops_per_row = 2.0 * f64::from(dim) * f64::from(dim);
-    let rows_per_call = ((probe * CHUNK_TARGET_NS / flops_per_row) as usize).clamp(1, dim as usize);
-    let (mut direct, mut rowwise, mut channel) = (Vec::new(), Vec::new(), Vec::new());
+    // Warm-up: the engine's cost model, caches, clocks.
+    gemm_direct(dim, true, 0.2)?;
+    let (mut direct, mut chunked, mut reference, mut channel) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut long, mut vhost) = (Vec::new(), Vec::new());
     let vgpud = vgpud_path();
     for _ in 0..3 {
-        direct.push(gemm_direct(dim, 0, 1.0)?);
-        rowwise.push(gemm_direct(dim, rows_per_call, 0.5)?);
+        direct.push(gemm_direct(dim, false, 1.0)?);
         channel.push(gemm_channel(dim, 1.0, CHUNK_TARGET_NS as u64)?);
-        long.push(gemm_channel(dim, 0.5, LONG_CHUNK_NS)?.gflops);
+        chunked.push(gemm_direct(dim, true, 0.5)?);
         if let Some(bin) = &vgpud {
             vhost.push(gemm_vhost(bin, dim, 1.0)?);
         }
+        reference.push(gemm_matrixmultiply(dim, 0.5)?);
+        long.push(gemm_channel(dim, 0.5, LONG_CHUNK_NS)?.gflops);
     }
     channel.sort_by(|a, b| a.gflops.total_cmp(&b.gflops));
     let mid = channel
@@ -394,11 +385,12 @@ pub(super) fn gemm_overhead(dim: u32) -> Result<GemmResult, String> {
         run_ns_per_job: mid.0,
         chunks_per_job: mid.1,
         direct: median(direct.clone()),
-        rowwise: median(rowwise.clone()),
+        chunked: median(chunked.clone()),
+        reference: median(reference.clone()),
         channel: median(channel.clone()),
-        rows_per_call,
         direct_runs: direct,
-        rowwise_runs: rowwise,
+        chunked_runs: chunked,
+        reference_runs: reference,
         channel_runs: channel,
     })
 }
