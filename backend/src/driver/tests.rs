@@ -271,7 +271,7 @@ impl Engine for SleepEngine {
 struct DeviceTimeEngine(CpuEngine, Option<u64>);
 
 impl Engine for DeviceTimeEngine {
-    type OpState = OpProgress;
+    type OpState = CpuOpState;
 
     fn caps(&self) -> super::engine::EngineCaps {
         self.0.caps()
@@ -288,7 +288,7 @@ impl Engine for DeviceTimeEngine {
     fn run_chunk(
         &mut self,
         op: &Op,
-        progress: &mut OpProgress,
+        progress: &mut CpuOpState,
         target_ns: u64,
     ) -> Result<Step, EngineError> {
         self.1 = None;
