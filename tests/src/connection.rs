@@ -76,7 +76,9 @@ impl Default for FrontendConfig {
             gpu_socket: true,
             peer: GpuPeerConfig::default(),
             connect_timeout: Duration::from_secs(10),
-            io_timeout: Duration::from_secs(5),
+            // Generous: a fenced reply waits for its job, which a loaded machine (or a debug
+            // build with the Vulkan validation layer) can stretch to seconds.
+            io_timeout: Duration::from_secs(60),
         }
     }
 }
