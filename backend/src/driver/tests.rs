@@ -764,7 +764,9 @@ fn real_engine_slices_end_near_their_target() {
     // alone before the second one's jobs are even submitted. Slices from while jobs were still
     // being submitted are left out: a vGPU waking then may preempt at a chunk boundary before
     // the running slice's budget, as designed.
-    let submitted = dev.scheduler_log().last().map_or(0, |r| r.seq);
+    // The slice running now is not logged yet (its seq is the last logged one + 1) and may have
+    // started before the last submission: it is left out too.
+    let submitted = dev.scheduler_log().last().map_or(0, |r| r.seq) + 1;
     let sample = || -> Vec<SliceRecord> {
         dev.scheduler_log()
             .into_iter()
