@@ -638,6 +638,24 @@ fn wait_fd_count(pid: u32, want: usize) -> usize {
     }
 }
 
+/// The descriptor count of `pid` once it has not changed for 500 ms (at most 30 s).
+fn stable_fd_count(pid: u32) -> usize {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut last = fd_count(pid);
+    let mut since = std::time::Instant::now();
+    while std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        let n = fd_count(pid);
+        if n != last {
+            last = n;
+            since = std::time::Instant::now();
+        } else if since.elapsed() >= Duration::from_millis(500) {
+            break;
+        }
+    }
+    last
+}
+
 /// Every connection's descriptors are closed when it ends: after many well-behaved connections
 /// (and as many abrupt ones) the daemon holds exactly what it held before the first.
 #[test]
@@ -646,7 +664,13 @@ fn vgpud_leaks_no_descriptor_per_connection() {
         return;
     };
     let pid = backend.pid();
-    let base = fd_count(pid);
+    // The count once the daemon is up: it serves a first connection (start-up, including the
+    // sandbox's Landlock set-up, opens and closes descriptors of its own), and the count has
+    // then stayed the same for half a second.
+    let mut first = connect(&backend, &FrontendConfig::default());
+    assert_serving(&mut first, "first connection");
+    drop(first);
+    let base = stable_fd_count(pid);
     assert!(base > 0, "cannot read /proc/{pid}/fd");
     for round in 0..20u8 {
         let mut client = connect(&backend, &FrontendConfig::default());
