@@ -23,6 +23,13 @@ if ! command -v libvirtd >/dev/null || ! command -v virsh >/dev/null; then
 fi
 command -v setpriv >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q util-linux
 
+# ---- The systemd unit (issue 8): tests/tests/systemd_unit.rs runs `systemd-analyze verify` and
+# `systemd-analyze security --offline` on it (the package's tools only; nothing is started).
+if ! command -v systemd-analyze >/dev/null; then
+    apt-get update -qq || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends systemd
+fi
+
 # ---- Operators (issue 8): promtool checks the /metrics output (Debian's prometheus package) ----
 if ! command -v promtool >/dev/null; then
     apt-get update -qq || true
