@@ -217,3 +217,54 @@ fn the_unit_verifies_rates_and_its_command_line_serves() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// The unit under a real systemd (`tests/systemd/boot-unit.sh`): systemd boots as PID 1 of its own
+/// namespaces in a throw-away overlay of the host's root, starts `vgpud.service` as user `vgpud`
+/// with every sandboxing directive of the unit, and `vgpuctl` creates an `--auto` vGPU, changes the
+/// policy, and finds the vGPU back on its socket after `systemctl restart vgpud`; every thread of the
+/// daemon runs under its seccomp filter.
+#[test]
+fn the_unit_runs_under_systemd() {
+    let Some(vgpud) = vgpud_or_skip_path() else {
+        return;
+    };
+    let vgpuctl = vgpud.with_file_name("vgpuctl");
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let have = root
+        && vgpuctl.is_file()
+        && Path::new("/lib/systemd/systemd").is_file()
+        && Command::new("unshare")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+    if !have {
+        assert!(
+            !dependencies_required(),
+            "needs root, unshare/nsenter (util-linux), systemd and vgpuctl built beside vgpud"
+        );
+        eprintln!("SKIP: needs root, unshare, systemd and vgpuctl");
+        return;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/boot-unit.sh");
+    let unit_dir = unit_path().parent().unwrap().to_path_buf();
+    let out = Command::new(&script)
+        .arg(&vgpud)
+        .arg(&vgpuctl)
+        .arg(&unit_dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{}: {}", script.display(), out.status);
+    for step in [
+        "OK vgpud.service active as user vgpud",
+        "OK vgpuctl create --auto",
+        "OK vgpuctl sched --policy equal-share",
+        "OK after systemctl restart",
+        "OK all ",
+    ] {
+        assert!(text.contains(step), "missing {step:?}");
+    }
+}

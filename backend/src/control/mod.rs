@@ -16,7 +16,6 @@ pub mod vm_map;
 use std::ffi::CString;
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -195,15 +194,11 @@ fn dispatch(m: &Manager, req: Request) -> Result<Value, VerbError> {
 
 /// Makes the control socket at `path` mode 0600, or 0660 owned by `group`.
 pub fn secure_socket(path: &Path, group: Option<&str>) -> io::Result<()> {
-    let mode = match group {
-        None => 0o600,
-        Some(name) => {
-            let gid = group_id(name)?;
-            std::os::unix::fs::chown(path, None, Some(gid))?;
-            0o660
-        }
-    };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+    // One implementation with the vGPU sockets': the group is changed only when it differs (a
+    // daemon whose own group is the control group makes no chown, which a unit's
+    // `SystemCallFilter=~@privileged` would refuse).
+    let gid = group.map(group_id).transpose()?;
+    crate::vhost::socket_access::SocketAccess::new(gid, None).apply(path)
 }
 
 /// The numeric id of group `name` (or `name` itself if it is a number).
