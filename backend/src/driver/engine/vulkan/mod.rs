@@ -161,10 +161,11 @@ unsafe impl bytemuck::Zeroable for Params {}
 // SAFETY: as above.
 unsafe impl bytemuck::Pod for Params {}
 
-/// Units of `op` as this engine counts them: rows of C for a GEMM, [`Op::units`] otherwise.
+/// Units of `op` as this engine counts them: 16×16 tiles of C for a GEMM (row-major tile order),
+/// [`Op::units`] otherwise.
 fn total_units(op: &Op) -> u64 {
     match op {
-        Op::GemmF32 { m, .. } => u64::from(*m),
+        Op::GemmF32 { m, n, .. } => u64::from(*m).div_ceil(16) * u64::from(*n).div_ceil(16),
         _ => op.units(),
     }
 }
@@ -798,10 +799,14 @@ impl VulkanEngine {
                 if gx > self.max_groups(0) {
                     return Err(EngineError::Unsupported(format!("gemm n={n} too wide")));
                 }
-                // `done` counts rows of C (whole tile rows).
-                let row0 = at;
+                // Units are 16×16 tiles of C in row-major tile order. A piece is whole tile rows
+                // when the target covers at least one, else a run of tiles within one tile row (a
+                // 2-D sub-grid), so a piece on a slow device is as short as one tile.
+                let tile_at = at;
+                let tile_row = tile_at / gx;
+                let row0 = tile_row * 16;
                 let rows_left = m.saturating_sub(row0);
-                let per_row = (n * k).max(1);
+                let per_tile = (256 * k).max(1);
                 let row_bytes = (k.max(n) * 4).max(4);
                 let max_rows =
                     (self.window_bytes() / row_bytes / 16 * 16).min(self.max_groups(1) * 16);
@@ -810,8 +815,19 @@ impl VulkanEngine {
                         "gemm row of {row_bytes} bytes exceeds the binding window"
                     )));
                 }
-                let want = (self.units_for(OpKind::Gemm, target_ns) / per_row).max(1);
-                let rows = want.next_multiple_of(16).min(max_rows).min(rows_left);
+                let want_tiles = (self.units_for(OpKind::Gemm, target_ns) / per_tile).max(1);
+                let col_tile = tile_at % gx;
+                let (rows, base_x, count_x) = if col_tile == 0 && want_tiles >= gx {
+                    let want_rows = (want_tiles / gx) * 16;
+                    (want_rows.min(max_rows).min(rows_left), 0, gx)
+                } else {
+                    (rows_left.min(16), col_tile, want_tiles.min(gx - col_tile))
+                };
+                let tiles = if base_x == 0 && count_x == gx {
+                    rows.div_ceil(16) * gx
+                } else {
+                    count_x
+                };
                 let wa = self.window(a, row0 * k * 4, rows * k * 4)?;
                 let wb = self.window(b, 0, k * n * 4)?;
                 let wc = self.window(c, row0 * n * 4, rows * n * 4)?;
@@ -827,18 +843,18 @@ impl VulkanEngine {
                     alpha: *alpha,
                     beta: *beta,
                 };
-                let base_y = (row0 / 16) as u32;
+                let base_y = tile_row as u32;
                 let gy = rows.div_ceil(16) as u32;
                 self.dispatch(
                     0,
                     &[wa, wb, wc],
                     &params,
-                    [0, base_y, 0],
-                    [gx as u32, gy, 1],
+                    [base_x as u32, base_y, 0],
+                    [count_x as u32, gy, 1],
                 )?;
                 Ok(Planned {
-                    units: rows,
-                    cost_units: (rows * per_row) as f64,
+                    units: tiles,
+                    cost_units: (tiles * per_tile) as f64,
                     partials: 0,
                 })
             }

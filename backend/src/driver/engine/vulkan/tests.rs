@@ -478,3 +478,60 @@ fn caps_describe_the_device() {
     let list = super::list_devices().unwrap();
     assert!(list.iter().any(|d| d.name == caps.device_name && d.usable));
 }
+
+/// A GEMM whose tiles cost more than the chunk target runs in pieces smaller than a tile row (2-D
+/// sub-grids within a row), and its result still matches the CPU engine's within the bound.
+#[test]
+fn gemm_pieces_split_tile_rows_when_a_row_is_too_long() {
+    if !vulkan_available() {
+        return;
+    }
+    let (m, n, k) = (32u32, 160u32, 4096u32);
+    let gemm = |engine: Box<dyn DynEngine>| {
+        let dev = device(engine, 256);
+        let vgpu = dev.create_vgpu("vgpu-64m", Uuid::from_u128(7)).unwrap();
+        let a = vgpu.alloc_buffer(u64::from(m * k) * 4).unwrap();
+        let b = vgpu.alloc_buffer(u64::from(k * n) * 4).unwrap();
+        let c = vgpu.alloc_buffer(u64::from(m * n) * 4).unwrap();
+        a.write_f32(0, &floats(11, (m * k) as usize)).unwrap();
+        b.write_f32(0, &floats(12, (k * n) as usize)).unwrap();
+        run(
+            &vgpu,
+            vec![Op::GemmF32 {
+                m,
+                n,
+                k,
+                alpha: 1.0,
+                beta: 0.0,
+                a: BufRef::new(&a, 0),
+                b: BufRef::new(&b, 0),
+                c: BufRef::new(&c, 0),
+            }],
+        );
+        let chunks: u32 = dev
+            .scheduler_log()
+            .iter()
+            .filter(|r| r.vgpu_id == vgpu.id())
+            .map(|r| r.chunks)
+            .sum();
+        let out = as_f32(&read_all(&c));
+        dev.shutdown();
+        (out, chunks)
+    };
+    let (cpu, _) = gemm(Box::new(CpuEngine::default()));
+    let (vk, pieces) = gemm(Box::new(
+        VulkanEngine::new(&VulkanOptions {
+            chunk_target_ns: 10_000,
+            pipeline_depth: 1,
+            ..vulkan_options()
+        })
+        .unwrap(),
+    ));
+    // Two tile rows of ten tiles: whole-row pieces would be at most two.
+    assert!(pieces > 2, "{pieces} pieces: tile rows were not split");
+    let bound = 2.0 * k as f32 * k as f32 * f32::EPSILON;
+    for (i, (v, c)) in vk.iter().zip(&cpu).enumerate() {
+        assert!((v - c).abs() <= bound, "gemm[{i}]: {v} vs {c}");
+    }
+    TestEngine::Vulkan.assert_no_validation_errors();
+}
