@@ -518,7 +518,7 @@ fn gemm_pieces_split_tile_rows_when_a_row_is_too_long() {
         dev.shutdown();
         (out, chunks)
     };
-    let (cpu, _) = gemm(Box::new(CpuEngine::default()));
+    let (cpu, _) = gemm(Box::<CpuEngine>::default());
     let (vk, pieces) = gemm(Box::new(
         VulkanEngine::new(&VulkanOptions {
             chunk_target_ns: 10_000,
