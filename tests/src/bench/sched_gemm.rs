@@ -89,7 +89,7 @@ pub(super) fn gemm_channel(dim: u32, seconds: f64, chunk_ns: u64) -> Result<Chan
     let (mut run_ns, mut chunks) = (0u64, 0u64);
     while t0.elapsed().as_secs_f64() < seconds {
         let (r, c) = rx
-            .recv_timeout(Duration::from_secs(5))
+            .recv_timeout(Duration::from_secs(60))
             .map_err(|_| "GEMM job did not complete".to_string())?
             .ok_or("GEMM job failed")?;
         jobs += 1;

@@ -170,6 +170,17 @@ fn total_units(op: &Op) -> u64 {
     }
 }
 
+/// Fewest GEMM tiles per piece on a device of `device_type` ([`PhysicalDeviceInfo::device_type`]):
+/// two per host thread on a CPU device, 16 otherwise.
+fn min_gemm_tiles(device_type: &str) -> u64 {
+    if device_type == "cpu" {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        2 * threads as u64
+    } else {
+        16
+    }
+}
+
 /// An engine-internal buffer with its memory.
 struct Scratch {
     buffer: vk::Buffer,
@@ -202,6 +213,9 @@ pub struct VulkanEngine {
     returned: Option<(u64, Instant)>,
     /// ns per unit by [`OpKind::index`], learned from timestamps.
     ns_per_unit: [f64; 6],
+    /// Fewest GEMM tiles (workgroups) per piece: a CPU device (lavapipe) runs one workgroup per
+    /// thread, so a piece smaller than its threads leaves some idle; a GPU runs whole tile rows.
+    min_gemm_tiles: u64,
     last_device_ns: Option<u64>,
     /// Host cost of one piece (recording, submitting, reading back, and the device thread's
     /// work between two calls; not the time blocked on a fence), ns, exponential average:
@@ -389,6 +403,7 @@ impl VulkanEngine {
                 cur: 0,
                 returned: None,
                 ns_per_unit: INITIAL_NS_PER_UNIT,
+                min_gemm_tiles: min_gemm_tiles(&ctx.info.device_type),
                 last_device_ns: None,
                 overhead_ns: 0.0,
             }
@@ -815,7 +830,11 @@ impl VulkanEngine {
                         "gemm row of {row_bytes} bytes exceeds the binding window"
                     )));
                 }
-                let want_tiles = (self.units_for(OpKind::Gemm, target_ns) / per_tile).max(1);
+                // At least enough workgroups to keep every execution unit of the device busy (on a
+                // CPU device one workgroup runs on one thread).
+                let want_tiles = (self.units_for(OpKind::Gemm, target_ns) / per_tile)
+                    .max(self.min_gemm_tiles)
+                    .max(1);
                 let col_tile = tile_at % gx;
                 let (rows, base_x, count_x) = if col_tile == 0 && want_tiles >= gx {
                     let want_rows = (want_tiles / gx) * 16;
