@@ -194,6 +194,10 @@ fn virgl_config() -> FrontendConfig {
         device_features: FrontendConfig::default().device_features
             | (1 << VIRTIO_GPU_F_VIRGL)
             | (1 << VIRTIO_GPU_F_CONTEXT_INIT),
+        // The test frontend's guest memory is a bump allocator that never frees, and the neighbour
+        // loops for as long as the lifecycle takes (thousands of rounds on a slow machine): room
+        // for ~60,000 rounds instead of ~4,000 (a memfd: pages are only used when touched).
+        mem_size: 1 << 30,
         ..Default::default()
     }
 }
