@@ -842,11 +842,7 @@ impl VulkanEngine {
                 } else {
                     (rows_left.min(16), col_tile, want_tiles.min(gx - col_tile))
                 };
-                let tiles = if base_x == 0 && count_x == gx {
-                    rows.div_ceil(16) * gx
-                } else {
-                    count_x
-                };
+                let tiles = rows.div_ceil(16) * count_x;
                 let wa = self.window(a, row0 * k * 4, rows * k * 4)?;
                 let wb = self.window(b, 0, k * n * 4)?;
                 let wc = self.window(c, row0 * n * 4, rows * n * 4)?;
