@@ -13,13 +13,19 @@ pub const VGPU_CAPSET_MAGIC: u32 = 0x5550_4756;
 /// Magic of [`StatsRecord`]: "VGST" as little-endian bytes.
 pub const VGPU_STATS_MAGIC: u32 = 0x5453_4756;
 /// Size in bytes of [`VgpuCapset`] (the `capset_max_size` to advertise).
-pub const VGPU_CAPSET_SIZE: usize = 256;
+pub const VGPU_CAPSET_SIZE: usize = 320;
+/// Size of the capset of protocol 1.1 (the guest-module fields from offset 256 on came with 1.2).
+pub const VGPU_CAPSET_V1_1_SIZE: usize = 256;
+/// [`VgpuCapset::module_flags`]: the engine runs guest SPIR-V modules (MODULE_LOAD, BIND,
+/// PUSH_CONSTANTS, DISPATCH).
+pub const MODULE_FLAG_SPIRV: u32 = 1;
 /// Size of the capset of protocol 1.0 (the engine fields from offset 128 on came with 1.1);
 /// [`VgpuCapset::parse`] accepts it and reads the missing fields as zero.
 pub const VGPU_CAPSET_V1_0_SIZE: usize = 128;
-/// The protocol's minor version: 1 added the engine fields of [`VgpuCapset`] (compatible: a 1.0
-/// reader ignores them, a 1.1 reader of a 1.0 capset sees zeros).
-pub const VGPU_PROTOCOL_MINOR: u32 = 1;
+/// The protocol's minor version: 1 added the engine fields of [`VgpuCapset`], 2 the guest-module
+/// commands and their capset fields (compatible: an older reader ignores the new fields, a newer
+/// reader of an older capset sees zeros).
+pub const VGPU_PROTOCOL_MINOR: u32 = 2;
 /// [`VgpuCapset::engine_kind`]: not reported (a protocol 1.0 host).
 pub const ENGINE_KIND_UNKNOWN: u32 = 0;
 /// [`VgpuCapset::engine_kind`]: the embedded CPU engine.
@@ -92,6 +98,28 @@ pub struct VgpuCapset {
     pub device_name: [u8; DEVICE_NAME_LEN],
     /// Driver name, UTF-8, NUL padded (see [`VgpuCapset::driver_name`]).
     pub driver_name: [u8; DRIVER_NAME_LEN],
+    // ---- protocol 1.2: guest compute modules (offset 256) ----
+    /// [`MODULE_FLAG_SPIRV`] when guest modules run (0: the engine runs only the built-in kernels).
+    pub module_flags: u32,
+    /// Largest module in bytes.
+    pub max_module_bytes: u32,
+    /// Loop back edges one invocation may take before its loops are cut short and its launch
+    /// fails.
+    pub loop_budget: u32,
+    /// Guest descriptor slots (BIND slots `0..max_bindings`).
+    pub max_bindings: u32,
+    /// Push-constant bytes.
+    pub max_push_constant_bytes: u32,
+    /// BIND offsets are multiples of this.
+    pub bind_offset_align: u32,
+    /// Largest workgroup size per dimension.
+    pub max_workgroup_size: [u32; 3],
+    /// Largest shared (workgroup) memory of a module in bytes.
+    pub max_shared_bytes: u32,
+    /// Most modules per context.
+    pub max_modules: u32,
+    /// Must be 0.
+    pub reserved2: [u32; 5],
 }
 
 impl Default for VgpuCapset {
@@ -123,6 +151,16 @@ impl Default for VgpuCapset {
             max_storage_buffer_range: 0,
             device_name: [0; DEVICE_NAME_LEN],
             driver_name: [0; DRIVER_NAME_LEN],
+            module_flags: 0,
+            max_module_bytes: 0,
+            loop_budget: 0,
+            max_bindings: 0,
+            max_push_constant_bytes: 0,
+            bind_offset_align: 0,
+            max_workgroup_size: [0; 3],
+            max_shared_bytes: 0,
+            max_modules: 0,
+            reserved2: [0; 5],
         }
     }
 }
@@ -201,6 +239,11 @@ impl VgpuCapset {
             ENGINE_KIND_VULKAN => "vulkan",
             _ => "unknown",
         }
+    }
+
+    /// True when the engine runs guest SPIR-V modules.
+    pub fn runs_modules(&self) -> bool {
+        self.module_flags & MODULE_FLAG_SPIRV != 0
     }
 
     /// True when `kernel_mask` has `kernel`.
@@ -299,8 +342,60 @@ pub struct StatsRecord {
     pub jobs_completed: u64,
     /// Engine time this vGPU has used, in ns.
     pub busy_ns: u64,
+    /// Jobs (submits) of this vGPU that failed or were cancelled (protocol 1.2; 0 before).
+    pub jobs_failed: u64,
+    /// Why the last failed job failed ([`JobFailure`] value; protocol 1.2).
+    pub last_failure: u32,
     /// Must be 0.
-    pub reserved: [u32; 16],
+    pub reserved: [u32; 13],
+}
+
+/// [`StatsRecord::last_failure`]: why a job failed.
+#[repr(u32)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum JobFailure {
+    /// No job has failed.
+    None = 0,
+    /// A guest kernel ran out of its loop budget (see [`VgpuCapset::loop_budget`]).
+    LoopBudget = 1,
+    /// The device was lost while the job ran (the engine was re-created).
+    DeviceLost = 2,
+    /// A submission did not complete in time, or the engine stalled.
+    Timeout = 3,
+    /// The device ran out of memory.
+    OutOfMemory = 4,
+    /// The job was cancelled (its context or vGPU went away).
+    Cancelled = 5,
+    /// Any other engine error.
+    Other = 6,
+}
+
+impl JobFailure {
+    /// The failure for a wire value (unknown values read as [`JobFailure::Other`]).
+    pub fn from_u32(v: u32) -> Self {
+        match v {
+            0 => JobFailure::None,
+            1 => JobFailure::LoopBudget,
+            2 => JobFailure::DeviceLost,
+            3 => JobFailure::Timeout,
+            4 => JobFailure::OutOfMemory,
+            5 => JobFailure::Cancelled,
+            _ => JobFailure::Other,
+        }
+    }
+
+    /// Short text for tools and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobFailure::None => "none",
+            JobFailure::LoopBudget => "loop budget exceeded",
+            JobFailure::DeviceLost => "device lost",
+            JobFailure::Timeout => "timeout",
+            JobFailure::OutOfMemory => "out of device memory",
+            JobFailure::Cancelled => "cancelled",
+            JobFailure::Other => "engine error",
+        }
+    }
 }
 
 impl Default for StatsRecord {
@@ -318,7 +413,9 @@ impl Default for StatsRecord {
             reserved0: 0,
             jobs_completed: 0,
             busy_ns: 0,
-            reserved: [0; 16],
+            jobs_failed: 0,
+            last_failure: 0,
+            reserved: [0; 13],
         }
     }
 }

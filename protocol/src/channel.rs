@@ -18,11 +18,17 @@ use crate::capset::StatsRecord;
 use crate::virtio_gpu::VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER;
 
 mod buffer;
+mod module;
 mod stream;
 #[cfg(test)]
 mod tests;
 
 pub use buffer::{buffer_size, buffer_transfer, BufferTransfer};
+pub use module::{
+    BindCmd, DispatchCmd, ModuleLoadCmd, ModuleUnloadCmd, PushConstantsCmd, PushConstantsHeader,
+    BIND_OFFSET_ALIGN, ENTRY_NAME_LEN, MAX_BINDINGS, MAX_MODULES_PER_CONTEXT, MAX_MODULE_BYTES,
+    MAX_PUSH_CONSTANT_BYTES,
+};
 pub use stream::{decode_stream, validate_stream, CommandStreamIter};
 
 /// Our capset id (in the unassigned 16..=63 range; virgl=1 … drm=6 are taken).
@@ -51,6 +57,16 @@ pub enum Opcode {
     QueryStats = 4,
     /// Do nothing (may be longer than its header: padding).
     Nop = 5,
+    /// Load a SPIR-V module from a buffer ([`ModuleLoadCmd`]; protocol 1.2).
+    ModuleLoad = 6,
+    /// Forget a module ([`ModuleUnloadCmd`]; protocol 1.2).
+    ModuleUnload = 7,
+    /// Bind a buffer range to a descriptor slot ([`BindCmd`]; protocol 1.2).
+    Bind = 8,
+    /// Set push-constant bytes ([`PushConstantsHeader`] + data; protocol 1.2).
+    PushConstants = 9,
+    /// Launch a grid of a loaded module ([`DispatchCmd`]; protocol 1.2).
+    Dispatch = 10,
 }
 
 impl Opcode {
@@ -62,6 +78,11 @@ impl Opcode {
             3 => Opcode::Launch,
             4 => Opcode::QueryStats,
             5 => Opcode::Nop,
+            6 => Opcode::ModuleLoad,
+            7 => Opcode::ModuleUnload,
+            8 => Opcode::Bind,
+            9 => Opcode::PushConstants,
+            10 => Opcode::Dispatch,
             _ => return None,
         })
     }
@@ -312,6 +333,16 @@ pub enum ChannelCommand {
     QueryStats(QueryStatsCmd),
     /// NOP.
     Nop,
+    /// MODULE_LOAD.
+    ModuleLoad(ModuleLoadCmd),
+    /// MODULE_UNLOAD.
+    ModuleUnload(ModuleUnloadCmd),
+    /// BIND.
+    Bind(BindCmd),
+    /// PUSH_CONSTANTS.
+    PushConstants(PushConstantsCmd),
+    /// DISPATCH of a loaded module.
+    Dispatch(DispatchCmd),
 }
 
 /// A byte range of a buffer that a command reads and/or writes.
@@ -357,6 +388,11 @@ impl ChannelCommand {
             ChannelCommand::Launch(_) => Opcode::Launch,
             ChannelCommand::QueryStats(_) => Opcode::QueryStats,
             ChannelCommand::Nop => Opcode::Nop,
+            ChannelCommand::ModuleLoad(_) => Opcode::ModuleLoad,
+            ChannelCommand::ModuleUnload(_) => Opcode::ModuleUnload,
+            ChannelCommand::Bind(_) => Opcode::Bind,
+            ChannelCommand::PushConstants(_) => Opcode::PushConstants,
+            ChannelCommand::Dispatch(_) => Opcode::Dispatch,
         }
     }
 
@@ -369,6 +405,13 @@ impl ChannelCommand {
                 ChannelCommand::Launch(l) => size_of::<LaunchHeader>() + l.args_bytes().len(),
                 ChannelCommand::QueryStats(_) => size_of::<QueryStatsCmd>(),
                 ChannelCommand::Nop => 0,
+                ChannelCommand::ModuleLoad(_) => size_of::<ModuleLoadCmd>(),
+                ChannelCommand::ModuleUnload(_) => size_of::<ModuleUnloadCmd>(),
+                ChannelCommand::Bind(_) => size_of::<BindCmd>(),
+                ChannelCommand::PushConstants(p) => {
+                    size_of::<PushConstantsHeader>() + p.bytes().len()
+                }
+                ChannelCommand::Dispatch(_) => size_of::<DispatchCmd>(),
             }
     }
 
@@ -394,6 +437,18 @@ impl ChannelCommand {
             }
             ChannelCommand::QueryStats(c) => out.extend_from_slice(c.as_slice()),
             ChannelCommand::Nop => {}
+            ChannelCommand::ModuleLoad(c) => out.extend_from_slice(c.as_slice()),
+            ChannelCommand::ModuleUnload(c) => out.extend_from_slice(c.as_slice()),
+            ChannelCommand::Bind(c) => out.extend_from_slice(c.as_slice()),
+            ChannelCommand::PushConstants(p) => {
+                let h = PushConstantsHeader {
+                    offset: p.offset,
+                    size: p.size,
+                };
+                out.extend_from_slice(h.as_slice());
+                out.extend_from_slice(p.bytes());
+            }
+            ChannelCommand::Dispatch(c) => out.extend_from_slice(c.as_slice()),
         }
     }
 
@@ -401,7 +456,9 @@ impl ChannelCommand {
     ///
     /// GEMM reads `A[0..m·k·4]`, `B[0..k·n·4]` and writes `C[0..m·n·4]`; AXPY reads `x[0..n·4]` and
     /// writes `y[0..n·4]`; REDUCE_SUM reads `x[0..n·4]` and writes 4 bytes; CRC32C reads its source
-    /// range and writes 4 bytes; QUERY_STATS writes a [`StatsRecord`].
+    /// range and writes 4 bytes; QUERY_STATS writes a [`StatsRecord`]; MODULE_LOAD reads its
+    /// source range; BIND names its range (as written: what a later DISPATCH does with it
+    /// depends on the module).
     pub fn accesses(&self) -> impl Iterator<Item = BufferAccess> {
         let list: [Option<BufferAccess>; 3] = match self {
             ChannelCommand::Copy(c) => [
@@ -446,7 +503,17 @@ impl ChannelCommand {
                 None,
                 None,
             ],
-            ChannelCommand::Nop => [None, None, None],
+            ChannelCommand::ModuleLoad(c) => {
+                [access(c.src_res, c.src_offset, c.size, false), None, None]
+            }
+            ChannelCommand::Bind(b) if b.res != 0 => {
+                [access(b.res, b.offset, b.size, true), None, None]
+            }
+            ChannelCommand::Nop
+            | ChannelCommand::Bind(_)
+            | ChannelCommand::ModuleUnload(_)
+            | ChannelCommand::PushConstants(_)
+            | ChannelCommand::Dispatch(_) => [None, None, None],
         };
         list.into_iter().flatten()
     }
@@ -542,6 +609,16 @@ pub enum ChannelError {
         offset: usize,
         /// The shared resource id.
         resource: u32,
+    },
+    /// A field has a value the command does not allow.
+    #[error("command at {offset}: {field} = {value} is not allowed")]
+    BadField {
+        /// Offset of the command.
+        offset: usize,
+        /// Field name.
+        field: &'static str,
+        /// Its value.
+        value: u64,
     },
     /// The stream holds more than [`MAX_COMMANDS_PER_SUBMIT`] commands.
     #[error("more than {limit} commands in one submit")]

@@ -170,6 +170,13 @@ fn translate(
             out: buf(buffers, c.out_res, c.out_offset)?,
         },
         ChannelCommand::QueryStats(_) | ChannelCommand::Nop => return Ok(None),
+        ChannelCommand::ModuleLoad(_)
+        | ChannelCommand::ModuleUnload(_)
+        | ChannelCommand::Bind(_)
+        | ChannelCommand::PushConstants(_)
+        | ChannelCommand::Dispatch(_) => {
+            return Err(GpuError::Unsupported(cmd.opcode() as u32));
+        }
     }))
 }
 

@@ -203,6 +203,44 @@ fn decode_one(offset: usize, hdr: CmdHeader, cmd: &[u8]) -> Result<ChannelComman
             Ok(ChannelCommand::QueryStats(c))
         }
         Opcode::Launch => decode_launch(offset, hdr, cmd).map(ChannelCommand::Launch),
+        Opcode::ModuleLoad => {
+            exact(offset, hdr, HDR + size_of::<ModuleLoadCmd>())?;
+            let c: ModuleLoadCmd = field(cmd, HDR);
+            super::module::check_load(offset, &c)?;
+            Ok(ChannelCommand::ModuleLoad(c))
+        }
+        Opcode::ModuleUnload => {
+            exact(offset, hdr, HDR + size_of::<ModuleUnloadCmd>())?;
+            let c: ModuleUnloadCmd = field(cmd, HDR);
+            reserved(offset, "reserved", c.reserved)?;
+            if c.module_id == 0 {
+                return Err(ChannelError::BadField {
+                    offset,
+                    field: "module_id",
+                    value: 0,
+                });
+            }
+            Ok(ChannelCommand::ModuleUnload(c))
+        }
+        Opcode::Bind => {
+            exact(offset, hdr, HDR + size_of::<BindCmd>())?;
+            let c: BindCmd = field(cmd, HDR);
+            super::module::check_bind(offset, &c)?;
+            Ok(ChannelCommand::Bind(c))
+        }
+        Opcode::PushConstants => {
+            const DATA: usize = HDR + size_of::<PushConstantsHeader>();
+            let h: PushConstantsHeader = field(cmd, HDR);
+            exact(offset, hdr, DATA.saturating_add(h.size as usize))?;
+            let data = cmd.get(DATA..).unwrap_or_default();
+            super::module::decode_push(offset, h, data).map(ChannelCommand::PushConstants)
+        }
+        Opcode::Dispatch => {
+            exact(offset, hdr, HDR + size_of::<DispatchCmd>())?;
+            let c: DispatchCmd = field(cmd, HDR);
+            super::module::check_dispatch(offset, &c)?;
+            Ok(ChannelCommand::Dispatch(c))
+        }
     }
 }
 

@@ -257,7 +257,7 @@ fn size_larger_than_the_body() {
 
 #[test]
 fn unknown_opcode() {
-    for op in [0u32, 6, 0x100, u32::MAX] {
+    for op in [0u32, 11, 0x100, u32::MAX] {
         let mut bytes = encode(&[ChannelCommand::Nop]);
         put_u32(&mut bytes, 0, op);
         assert_eq!(
@@ -664,4 +664,185 @@ fn readme_axpy_example() {
             alpha: 2.0,
         }))]
     );
+}
+
+fn module_commands() -> Vec<ChannelCommand> {
+    vec![
+        ChannelCommand::ModuleLoad(ModuleLoadCmd::new(7, 3, 64, 1024, "main")),
+        ChannelCommand::Bind(BindCmd {
+            slot: 2,
+            res: 4,
+            offset: 512,
+            size: 4096,
+        }),
+        ChannelCommand::Bind(BindCmd {
+            slot: 7,
+            res: 0,
+            offset: 0,
+            size: 0,
+        }),
+        ChannelCommand::PushConstants(PushConstantsCmd::new(8, &[1, 2, 3, 4, 5, 6, 7, 8])),
+        ChannelCommand::Dispatch(DispatchCmd {
+            module_id: 7,
+            reserved: 0,
+            groups: [4, 2, 1],
+            reserved2: 0,
+        }),
+        ChannelCommand::ModuleUnload(ModuleUnloadCmd {
+            module_id: 7,
+            reserved: 0,
+        }),
+    ]
+}
+
+#[test]
+fn module_commands_round_trip() {
+    assert_eq!(size_of::<ModuleLoadCmd>(), 56);
+    assert_eq!(size_of::<BindCmd>(), 24);
+    assert_eq!(size_of::<DispatchCmd>(), 24);
+    let lens: Vec<usize> = module_commands().iter().map(|c| c.encoded_len()).collect();
+    assert_eq!(lens, vec![64, 32, 32, 24, 32, 16]);
+    let cmds = module_commands();
+    let bytes = encode(&cmds);
+    assert_eq!(decode_all(&bytes).unwrap(), cmds);
+    if let ChannelCommand::ModuleLoad(l) = cmds[0] {
+        assert_eq!(l.entry_name(), "main");
+    }
+    let long = ModuleLoadCmd::new(1, 1, 0, 4, &"é".repeat(40));
+    assert_eq!(long.entry_name().len(), 30, "truncated at a char boundary");
+    let accesses: Vec<_> = cmds.iter().flat_map(|c| c.accesses()).collect();
+    assert_eq!(accesses.len(), 2, "the load's source and the bound range");
+    assert_eq!(
+        (accesses[1].resource, accesses[1].offset, accesses[1].len),
+        (4, 512, 4096)
+    );
+}
+
+#[test]
+fn module_commands_are_checked() {
+    let one = |c: ChannelCommand| first_err(&encode(&[c]));
+    let load = |f: &dyn Fn(&mut ModuleLoadCmd)| {
+        let mut l = ModuleLoadCmd::new(1, 2, 0, 64, "main");
+        f(&mut l);
+        one(ChannelCommand::ModuleLoad(l))
+    };
+    assert!(matches!(
+        load(&|l| l.module_id = 0),
+        ChannelError::BadField {
+            field: "module_id",
+            ..
+        }
+    ));
+    assert!(matches!(
+        load(&|l| l.size = 0),
+        ChannelError::BadField { field: "size", .. }
+    ));
+    assert!(matches!(
+        load(&|l| l.size = 6),
+        ChannelError::BadField { field: "size", .. }
+    ));
+    assert!(matches!(
+        load(&|l| l.size = MAX_MODULE_BYTES + 4),
+        ChannelError::BadField { field: "size", .. }
+    ));
+    assert!(matches!(
+        load(&|l| l.src_offset = 2),
+        ChannelError::Unaligned { .. }
+    ));
+    assert!(matches!(
+        load(&|l| l.src_offset = u64::MAX - 3),
+        ChannelError::RangeOverflow { .. }
+    ));
+    assert!(matches!(
+        load(&|l| l.entry = [0; ENTRY_NAME_LEN]),
+        ChannelError::BadField { field: "entry", .. }
+    ));
+    assert!(matches!(
+        load(&|l| l.entry = [b'a'; ENTRY_NAME_LEN]),
+        ChannelError::BadField { field: "entry", .. }
+    ));
+    assert!(matches!(
+        load(&|l| l.entry[6] = b'x'),
+        ChannelError::BadField { field: "entry", .. }
+    ));
+    assert!(matches!(
+        load(&|l| l.entry[0] = 0xff),
+        ChannelError::BadField { field: "entry", .. }
+    ));
+
+    let bind = |slot, res, offset, size| {
+        one(ChannelCommand::Bind(BindCmd {
+            slot,
+            res,
+            offset,
+            size,
+        }))
+    };
+    assert!(matches!(
+        bind(MAX_BINDINGS, 1, 0, 4),
+        ChannelError::BadField { field: "slot", .. }
+    ));
+    assert!(matches!(bind(0, 1, 4, 4), ChannelError::Unaligned { .. }));
+    assert!(matches!(
+        bind(0, 1, 0, 0),
+        ChannelError::BadField { field: "size", .. }
+    ));
+    assert!(matches!(
+        bind(0, 1, 0, 6),
+        ChannelError::BadField { field: "size", .. }
+    ));
+    assert!(matches!(bind(0, 0, 0, 4), ChannelError::BadField { .. }));
+    assert!(matches!(
+        bind(0, 1, u64::MAX - 255, 256),
+        ChannelError::RangeOverflow { .. }
+    ));
+
+    let mut push = encode(&[ChannelCommand::PushConstants(PushConstantsCmd::new(
+        124, &[0; 8],
+    ))]);
+    assert!(
+        matches!(first_err(&push), ChannelError::BadField { .. }),
+        "past 128 bytes"
+    );
+    push = encode(&[ChannelCommand::PushConstants(PushConstantsCmd::new(
+        2, &[0; 4],
+    ))]);
+    assert!(matches!(first_err(&push), ChannelError::Unaligned { .. }));
+    push = encode(&[ChannelCommand::PushConstants(PushConstantsCmd::new(
+        0, &[0; 8],
+    ))]);
+    put_u32(&mut push, 12, 12);
+    assert!(
+        matches!(first_err(&push), ChannelError::BadSize { .. }),
+        "size field and command size disagree"
+    );
+
+    let dispatch = |module_id, groups, reserved| {
+        one(ChannelCommand::Dispatch(DispatchCmd {
+            module_id,
+            reserved,
+            groups,
+            reserved2: 0,
+        }))
+    };
+    assert!(matches!(
+        dispatch(0, [1, 1, 1], 0),
+        ChannelError::BadField { .. }
+    ));
+    assert!(matches!(
+        dispatch(1, [1, 0, 1], 0),
+        ChannelError::BadField {
+            field: "groups",
+            ..
+        }
+    ));
+    assert!(matches!(
+        dispatch(1, [1, 1, 1], 5),
+        ChannelError::ReservedNonZero { .. }
+    ));
+    let unload = ChannelCommand::ModuleUnload(ModuleUnloadCmd {
+        module_id: 0,
+        reserved: 0,
+    });
+    assert!(matches!(one(unload), ChannelError::BadField { .. }));
 }
