@@ -347,8 +347,21 @@ pub struct StatsRecord {
     /// Why the last failed job failed ([`JobFailure`] value; protocol 1.2).
     pub last_failure: u32,
     /// Must be 0.
-    pub reserved: [u32; 13],
+    pub reserved1: u32,
+    /// SUBMIT_3D streams of this vGPU refused before anything ran (protocol 1.2): a guest's
+    /// driver does not pass the error response on, so this is how a guest program learns that,
+    /// for example, its module was refused.
+    pub submits_refused: u64,
+    /// The `VIRTIO_GPU_RESP_ERR_*` code of the last refused submit (protocol 1.2).
+    pub last_refusal_code: u32,
+    /// Must be 0.
+    pub reserved2: u32,
+    /// Why the last submit was refused, UTF-8, NUL padded, truncated (protocol 1.2).
+    pub last_refusal: [u8; REFUSAL_TEXT_LEN],
 }
+
+/// Bytes of [`StatsRecord::last_refusal`].
+pub const REFUSAL_TEXT_LEN: usize = 32;
 
 /// [`StatsRecord::last_failure`]: why a job failed.
 #[repr(u32)]
@@ -415,7 +428,11 @@ impl Default for StatsRecord {
             busy_ns: 0,
             jobs_failed: 0,
             last_failure: 0,
-            reserved: [0; 13],
+            reserved1: 0,
+            submits_refused: 0,
+            last_refusal_code: 0,
+            reserved2: 0,
+            last_refusal: [0; REFUSAL_TEXT_LEN],
         }
     }
 }
@@ -424,6 +441,21 @@ impl StatsRecord {
     /// A record with magic and version set and everything else zero.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Sets the refusal text (truncated to 31 bytes at a char boundary).
+    pub fn set_last_refusal(&mut self, text: &str) {
+        self.last_refusal = name_bytes(text);
+    }
+
+    /// The last refusal's text up to its first NUL.
+    pub fn last_refusal(&self) -> &str {
+        name_str(&self.last_refusal)
+    }
+
+    /// [`StatsRecord::last_failure`] as a [`JobFailure`].
+    pub fn failure(&self) -> JobFailure {
+        JobFailure::from_u32(self.last_failure)
     }
 
     /// The record's bytes, as QUERY_STATS writes them.
