@@ -515,7 +515,17 @@ mod tests {
         assert_eq!(offset_of!(StatsRecord, utilization_permille), 32);
         assert_eq!(offset_of!(StatsRecord, jobs_completed), 48);
         assert_eq!(offset_of!(StatsRecord, busy_ns), 56);
-        assert_eq!(offset_of!(StatsRecord, reserved), 64);
+        assert_eq!(offset_of!(StatsRecord, jobs_failed), 64);
+        assert_eq!(offset_of!(StatsRecord, last_failure), 72);
+        assert_eq!(offset_of!(StatsRecord, submits_refused), 80);
+        assert_eq!(offset_of!(StatsRecord, last_refusal_code), 88);
+        assert_eq!(offset_of!(StatsRecord, last_refusal), 96);
+        assert_eq!(offset_of!(VgpuCapset, module_flags), VGPU_CAPSET_V1_1_SIZE);
+        assert_eq!(offset_of!(VgpuCapset, max_workgroup_size), 280);
+        assert_eq!(offset_of!(VgpuCapset, max_modules), 296);
+        let mut r = StatsRecord::new();
+        r.set_last_refusal("capability Kernel is not allowed in a guest module");
+        assert_eq!(r.last_refusal(), "capability Kernel is not allowe");
         assert_eq!(&VGPU_CAPSET_MAGIC.to_le_bytes(), b"VGPU");
         assert_eq!(&VGPU_STATS_MAGIC.to_le_bytes(), b"VGST");
     }
