@@ -21,6 +21,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vgpu_protocol::capset::{STATS_RECORD_SIZE, VGPU_CAPSET_MAGIC, VGPU_CAPSET_SIZE};
@@ -205,21 +206,7 @@ impl VirtGpu {
     /// The ioctl only queues `RESOURCE_CREATE_3D`; a host-side failure (e.g. out of memory)
     /// shows up later, through QUERY_STATS or missing results.
     pub fn create_buffer(&self, width: u32, backing: u32) -> Result<Buffer<'_>> {
-        let mut rc = buffer_create_args(width, backing);
-        drm::resource_create(self.fd(), &mut rc).map_err(|e| {
-            Error::io(
-                format!("RESOURCE_CREATE (width {width}, backing {backing})"),
-                e,
-            )
-        })?;
-        Ok(Buffer {
-            gpu: self,
-            bo: rc.bo_handle,
-            res: rc.res_handle,
-            width,
-            backing: round_up_page(backing.max(1) as usize),
-            map: None,
-        })
+        BufferOf::create(self, width, backing)
     }
 
     /// Sends `stream` as one SUBMIT_3D; the submit's fence is attached to every BO in `bos`.
@@ -228,9 +215,9 @@ impl VirtGpu {
     }
 
     /// Runs QUERY_STATS into `scratch` at byte `offset` and reads the record back.
-    pub fn query_stats(
+    pub fn query_stats<G: GpuRef>(
         &self,
-        scratch: &mut Buffer<'_>,
+        scratch: &mut BufferOf<G>,
         offset: u32,
         stream: &mut Stream,
     ) -> Result<StatsRecord> {
@@ -338,10 +325,29 @@ impl Stream {
     }
 }
 
+/// How a [`BufferOf`] reaches its device: a borrow ([`Buffer`]) or a shared owner
+/// (`Arc<VirtGpu>`, as the guest library's buffers do).
+pub trait GpuRef {
+    /// The device.
+    fn gpu(&self) -> &VirtGpu;
+}
+
+impl GpuRef for &VirtGpu {
+    fn gpu(&self) -> &VirtGpu {
+        self
+    }
+}
+
+impl GpuRef for Arc<VirtGpu> {
+    fn gpu(&self) -> &VirtGpu {
+        self
+    }
+}
+
 /// A channel buffer: a GEM BO whose resource id the device knows. Unmapped and closed on drop.
 #[derive(Debug)]
-pub struct Buffer<'d> {
-    gpu: &'d VirtGpu,
+pub struct BufferOf<G: GpuRef> {
+    gpu: G,
     bo: u32,
     res: u32,
     width: u32,
@@ -349,7 +355,46 @@ pub struct Buffer<'d> {
     map: Option<NonNull<u8>>,
 }
 
-impl Buffer<'_> {
+/// A buffer that borrows its device.
+pub type Buffer<'d> = BufferOf<&'d VirtGpu>;
+
+// SAFETY: the mapping is owned by the buffer and only reachable through `&mut self`
+// ([`BufferOf::bytes`]); the ioctls it issues are safe from any thread.
+unsafe impl<G: GpuRef + Send> Send for BufferOf<G> {}
+// SAFETY: a shared reference gives no access to the mapping (see above).
+unsafe impl<G: GpuRef + Sync> Sync for BufferOf<G> {}
+
+impl<G: GpuRef> BufferOf<G> {
+    /// Creates a channel buffer of `width` device bytes with a guest backing of `backing` bytes
+    /// on the device `gpu` reaches (see [`VirtGpu::create_buffer`]).
+    pub fn create(gpu: G, width: u32, backing: u32) -> Result<Self> {
+        let mut rc = buffer_create_args(width, backing);
+        drm::resource_create(gpu.gpu().fd(), &mut rc).map_err(|e| {
+            Error::io(
+                format!("RESOURCE_CREATE (width {width}, backing {backing})"),
+                e,
+            )
+        })?;
+        Ok(BufferOf {
+            gpu,
+            bo: rc.bo_handle,
+            res: rc.res_handle,
+            width,
+            backing: round_up_page(backing.max(1) as usize),
+            map: None,
+        })
+    }
+
+    /// The device this buffer belongs to.
+    pub fn device(&self) -> &VirtGpu {
+        self.gpu.gpu()
+    }
+
+    /// How this buffer reaches its device.
+    pub fn handle(&self) -> &G {
+        &self.gpu
+    }
+
     /// The virtio-gpu resource id (what command streams name).
     pub fn res_id(&self) -> u32 {
         self.res
@@ -376,7 +421,7 @@ impl Buffer<'_> {
         let ptr = match self.map {
             Some(p) => p,
             None => {
-                let fd = self.gpu.fd();
+                let fd = self.gpu.gpu().fd();
                 let offset = drm::map_offset(fd, self.bo).map_err(|e| Error::io("MAP", e))?;
                 let off = libc::off_t::try_from(offset)
                     .map_err(|_| Error::Device(format!("MAP offset {offset:#x} out of range")))?;
@@ -429,7 +474,7 @@ impl Buffer<'_> {
         backing_offset: u32,
     ) -> Result<()> {
         let mut t = buffer_transfer_args(self.bo, res_offset, len, backing_offset);
-        drm::transfer(self.gpu.fd(), dir, &mut t).map_err(|e| {
+        drm::transfer(self.gpu.gpu().fd(), dir, &mut t).map_err(|e| {
             let name = match dir {
                 Direction::ToHost => "TRANSFER_TO_HOST",
                 Direction::FromHost => "TRANSFER_FROM_HOST",
@@ -452,10 +497,10 @@ impl Buffer<'_> {
     /// Waits for every fence on this BO, up to the device's fence timeout. The kernel's WAIT
     /// gives up after 15 s with EBUSY; a job still running then is waited for again.
     pub fn wait(&self, what: &str) -> Result<()> {
-        let timeout = self.gpu.fence_timeout;
+        let timeout = self.gpu.gpu().fence_timeout;
         let deadline = Instant::now() + timeout;
         loop {
-            match drm::wait(self.gpu.fd(), self.bo, false) {
+            match drm::wait(self.gpu.gpu().fd(), self.bo, false) {
                 Ok(()) => return Ok(()),
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
                     if Instant::now() >= deadline {
@@ -471,7 +516,7 @@ impl Buffer<'_> {
     }
 }
 
-impl Drop for Buffer<'_> {
+impl<G: GpuRef> Drop for BufferOf<G> {
     fn drop(&mut self) {
         if let Some(p) = self.map.take() {
             // SAFETY: `p` is the start of our own `backing`-byte mapping; no slice of it outlives
@@ -481,7 +526,7 @@ impl Drop for Buffer<'_> {
             }
         }
         // Nothing useful to do on failure: the kernel frees the handle with the file anyway.
-        let _ = drm::gem_close(self.gpu.fd(), self.bo);
+        let _ = drm::gem_close(self.gpu.gpu().fd(), self.bo);
     }
 }
 

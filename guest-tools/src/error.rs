@@ -16,6 +16,16 @@ pub const EXIT_PROTOCOL: i32 = 5;
 pub const EXIT_IO: i32 = 6;
 /// Exit code: the device did not answer as the protocol says (timeout, bad record).
 pub const EXIT_DEVICE: i32 = 7;
+/// Exit code: the host refused a submit (a module it does not accept, a bad binding).
+pub const EXIT_REFUSED: i32 = 8;
+/// Exit code: a guest kernel's launch ran out of its loop budget.
+pub const EXIT_LOOP_BUDGET: i32 = 9;
+/// Exit code: a job failed on the host for another reason (device lost, out of memory, ...).
+pub const EXIT_JOB_FAILED: i32 = 10;
+/// Exit code: the vGPU's engine does not run guest modules.
+pub const EXIT_UNSUPPORTED: i32 = 11;
+/// Exit code: an argument is out of range (also clap's usage errors).
+pub const EXIT_USAGE: i32 = 2;
 
 /// Everything that can go wrong talking to the vGPU.
 #[derive(Debug, Error)]
@@ -47,6 +57,33 @@ pub enum Error {
     /// Writing output failed.
     #[error("output: {0}")]
     Output(String),
+    /// The host refused a submit before anything of it ran (learnt from QUERY_STATS:
+    /// `submits_refused` grew).
+    #[error("the host refused {what}: {reason} (error {code:#06x})")]
+    Refused {
+        /// What was submitted (`module load`, `launch`).
+        what: String,
+        /// `VIRTIO_GPU_RESP_ERR_*` the host answered.
+        code: u32,
+        /// The host's reason (`StatsRecord::last_refusal`, at most 31 bytes).
+        reason: String,
+    },
+    /// A launch ran out of its loop budget: some invocation took more loop back edges than the
+    /// capset's `loop_budget`, so its loops were cut short and its results are incomplete.
+    #[error("launch failed: loop budget of {budget} back edges per invocation exceeded")]
+    LoopBudget {
+        /// The capset's `loop_budget`.
+        budget: u32,
+    },
+    /// A job failed on the host for another reason.
+    #[error("job failed on the host: {0}")]
+    JobFailed(String),
+    /// The engine behind this vGPU does not run guest modules (capset `module_flags` is 0).
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// An argument the caller gave is out of range.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
 }
 
 impl Error {
@@ -67,6 +104,11 @@ impl Error {
             Error::Io { .. } | Error::Output(_) => EXIT_IO,
             Error::Device(_) => EXIT_DEVICE,
             Error::Verify(_) => EXIT_VERIFY,
+            Error::Refused { .. } => EXIT_REFUSED,
+            Error::LoopBudget { .. } => EXIT_LOOP_BUDGET,
+            Error::JobFailed(_) => EXIT_JOB_FAILED,
+            Error::Unsupported(_) => EXIT_UNSUPPORTED,
+            Error::InvalidArgument(_) => EXIT_USAGE,
         }
     }
 }
@@ -87,6 +129,14 @@ mod tests {
             Error::io("x", io::Error::from_raw_os_error(libc::EIO)),
             Error::Device(String::new()),
             Error::Verify(String::new()),
+            Error::Refused {
+                what: String::new(),
+                code: 0,
+                reason: String::new(),
+            },
+            Error::LoopBudget { budget: 1 },
+            Error::JobFailed(String::new()),
+            Error::Unsupported(String::new()),
         ];
         let mut codes: Vec<i32> = errs.iter().map(Error::exit_code).collect();
         assert!(codes.iter().all(|&c| c != 0 && c != 2));

@@ -9,13 +9,23 @@
 //! - [`memtest`]: framebuffer limit, zero-fill and free checks.
 //! - [`reference`]: CPU references and the seeded input generator.
 //! - [`error`]: errors and exit codes.
+//! - [`compute`]: the guest library (`Device`, `Buffer`, `Module`, `Launch`), re-exported here.
 
 #![deny(missing_docs)]
 
 pub mod bench;
+pub mod capi;
+pub mod compute;
 pub mod device;
 pub mod drm;
 pub mod error;
+pub mod kbench;
+pub mod kernels;
 pub mod memtest;
 pub mod reference;
+pub mod run;
+pub mod runspec;
 pub mod smi;
+
+pub use compute::{Binding, Buffer, Caps, Device, Launch, Module, PendingLaunch};
+pub use error::{Error, Result};

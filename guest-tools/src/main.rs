@@ -6,10 +6,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use vgpu_guest_tools::bench::{self, BenchKernel, BenchOptions};
-use vgpu_guest_tools::device::VirtGpu;
-use vgpu_guest_tools::error::{Error, Result, EXIT_VERIFY};
-use vgpu_guest_tools::{memtest, smi};
+use vgpu::bench::{self, BenchKernel, BenchOptions};
+use vgpu::device::VirtGpu;
+use vgpu::error::{Error, Result, EXIT_VERIFY};
+use vgpu::kbench::{self, KbenchOptions};
+use vgpu::kernels::Example;
+use vgpu::run::{self as run_cmd, RunOptions};
+use vgpu::{memtest, runspec, smi, Device};
 
 /// Status of this VM's vGPU (like nvidia-smi), a verified kernel benchmark, and a memory test.
 #[derive(Debug, Parser)]
@@ -48,6 +51,57 @@ enum Cmd {
     },
     /// Fill the framebuffer budget until the host refuses; check the limit, zero-fill and free.
     Memtest,
+    /// Run your own SPIR-V compute kernel: load FILE, create and fill buffers, launch a grid,
+    /// print or check the buffers. A module the host refuses exits 8 with the host's reason; a
+    /// launch out of its loop budget exits 9.
+    Run {
+        /// The SPIR-V module (e.g. from `glslangValidator --target-env vulkan1.1 -o k.spv k.comp`).
+        file: PathBuf,
+        /// Entry point.
+        #[arg(long, default_value = "main")]
+        entry: String,
+        /// Workgroups: X[,Y[,Z]].
+        #[arg(long, value_parser = runspec::parse_grid)]
+        grid: [u32; 3],
+        /// A buffer: SLOT:SIZE[:OPT]... with SLOT a binding (or - for unbound), SIZE like 4096,
+        /// 64K, 1M, OPT one of zero, iota, pattern=0xHEX32, random=SEED, init=FILE, bind=OFF+LEN.
+        #[arg(long = "buf", value_name = "SLOT:SIZE[:OPT]", value_parser = runspec::parse_buf)]
+        bufs: Vec<runspec::BufSpec>,
+        /// Push constants: comma list of u32:V, i32:V, f32:V, hex:BYTES or a bare u32.
+        #[arg(long, value_parser = runspec::parse_push)]
+        push: Option<Vec<u8>>,
+        /// Push constants as u32s: A,B,... (shorthand for --push A,B,...).
+        #[arg(long, value_name = "A,B,...", conflicts_with = "push", value_parser = runspec::parse_push)]
+        push_u32: Option<Vec<u8>>,
+        /// Print a buffer after the launch: SLOT[:hex|u32|i32|f32[:OFF+LEN]].
+        #[arg(long = "dump", value_name = "SLOT[:FMT[:OFF+LEN]]", value_parser = runspec::parse_dump)]
+        dumps: Vec<runspec::DumpSpec>,
+        /// Check a range after the launch: SLOT:OFF+LEN=0xPATTERN (exit 1 if any word differs).
+        #[arg(long = "expect", value_name = "SLOT:OFF+LEN=0xPAT", value_parser = runspec::parse_expect)]
+        expects: Vec<runspec::ExpectSpec>,
+        /// Launch this many times (timed); dumps and checks see the last launch.
+        #[arg(long, default_value_t = 1)]
+        repeat: u32,
+        /// Send the module without the library's own size checks, to see what the host says.
+        #[arg(long)]
+        unchecked: bool,
+    },
+    /// Run the example kernels (reduce_sum, conv2d, softmax) at a few sizes, verify against CPU
+    /// references, report time and throughput.
+    Kbench {
+        /// Examples to run (default: all three).
+        #[arg(long = "kernel", value_enum)]
+        kernels: Vec<Example>,
+        /// Only the smallest size of each.
+        #[arg(long)]
+        quick: bool,
+        /// Timed runs per size.
+        #[arg(long, default_value_t = 5)]
+        launches: u32,
+        /// Seed of the random inputs.
+        #[arg(long, default_value_t = 0x5eed)]
+        seed: u64,
+    },
 }
 
 fn print(text: &str) -> Result<()> {
@@ -90,6 +144,58 @@ fn run(cli: &Cli) -> Result<bool> {
                 seed: *seed,
             };
             let r = bench::run(&gpu, &opts)?;
+            print(&if cli.json { r.to_json() } else { r.render() })?;
+            Ok(r.verified)
+        }
+        Some(Cmd::Run {
+            file,
+            entry,
+            grid,
+            bufs,
+            push,
+            push_u32,
+            dumps,
+            expects,
+            repeat,
+            unchecked,
+        }) => {
+            let dev = Device::from_gpu(gpu)?;
+            let opts = RunOptions {
+                file: file.clone(),
+                entry: entry.clone(),
+                grid: *grid,
+                bufs: bufs.clone(),
+                push: push
+                    .clone()
+                    .or_else(|| push_u32.clone())
+                    .unwrap_or_default(),
+                dumps: dumps.clone(),
+                expects: expects.clone(),
+                repeat: *repeat,
+                unchecked: *unchecked,
+            };
+            let r = run_cmd::run(&dev, &opts)?;
+            print(&if cli.json { r.to_json() } else { r.render() })?;
+            Ok(r.ok)
+        }
+        Some(Cmd::Kbench {
+            kernels,
+            quick,
+            launches,
+            seed,
+        }) => {
+            let dev = Device::from_gpu(gpu)?;
+            let opts = KbenchOptions {
+                examples: if kernels.is_empty() {
+                    Example::ALL.to_vec()
+                } else {
+                    kernels.clone()
+                },
+                quick: *quick,
+                launches: *launches,
+                seed: *seed,
+            };
+            let r = kbench::run(&dev, &opts)?;
             print(&if cli.json { r.to_json() } else { r.render() })?;
             Ok(r.verified)
         }
