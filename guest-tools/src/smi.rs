@@ -62,6 +62,18 @@ pub struct SmiReport {
     pub max_buffer_bytes: u64,
     /// Largest submit.
     pub max_submit_bytes: u32,
+    /// The engine runs guest SPIR-V modules (protocol 1.2).
+    pub guest_modules: bool,
+    /// Loop back edges one invocation of a guest kernel may take (0: no guest modules).
+    pub loop_budget: u32,
+    /// Jobs of this vGPU that failed (protocol 1.2).
+    pub jobs_failed: u64,
+    /// Why the last one failed (`none`, `loop budget exceeded`, ...).
+    pub last_failure: String,
+    /// Submits of this vGPU the host refused (protocol 1.2).
+    pub submits_refused: u64,
+    /// The host's reason for the last refusal (empty if none).
+    pub last_refusal: String,
 }
 
 /// The CLI name of a kernel.
@@ -117,6 +129,12 @@ impl SmiReport {
                 .collect(),
             max_buffer_bytes: c.max_buffer_bytes,
             max_submit_bytes: c.max_submit_bytes,
+            guest_modules: c.protocol_minor >= 2 && c.runs_modules(),
+            loop_budget: c.loop_budget,
+            jobs_failed: s.jobs_failed,
+            last_failure: s.failure().as_str().to_string(),
+            submits_refused: s.submits_refused,
+            last_refusal: s.last_refusal().to_string(),
         }
     }
 
@@ -127,7 +145,7 @@ impl SmiReport {
 
     /// The report as a boxed table.
     pub fn render_table(&self) -> String {
-        let rows: [(&str, String); 12] = [
+        let rows: [(&str, String); 14] = [
             ("vGPU type", self.type_name.clone()),
             ("Device", self.device.clone()),
             ("Protocol version", self.protocol_version.to_string()),
@@ -190,6 +208,28 @@ impl SmiReport {
                     "buffer {}, submit {} KiB",
                     mib(self.max_buffer_bytes),
                     self.max_submit_bytes / 1024
+                ),
+            ),
+            (
+                "Guest kernels",
+                if self.guest_modules {
+                    format!("SPIR-V, loop budget {}", self.loop_budget)
+                } else {
+                    "no (built-in kernels only)".to_string()
+                },
+            ),
+            (
+                "Failures",
+                format!(
+                    "{} jobs failed (last: {}), {} submits refused{}",
+                    self.jobs_failed,
+                    self.last_failure,
+                    self.submits_refused,
+                    if self.last_refusal.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (last: {})", self.last_refusal)
+                    }
                 ),
             ),
         ];
@@ -310,6 +350,14 @@ mod tests {
         assert!(t.contains("2 heads, max 5120x2880"));
         assert!(t.contains("| Engine"));
         assert!(t.contains("llvmpipe (LLVM 15.0.6, 256 bits) (llvmpipe)"));
+        assert!(
+            t.contains("| Guest kernels      | no (built-in kernels only)"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| 0 jobs failed (last: none), 0 submits refused "),
+            "{t}"
+        );
         // Every line has the same width.
         let widths: Vec<usize> = t.lines().map(|l| l.chars().count()).collect();
         assert!(widths.windows(2).all(|w| w[0] == w[1]), "{t}");
