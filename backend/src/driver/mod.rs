@@ -21,6 +21,7 @@ pub mod memory;
 pub mod partition;
 pub mod runlist;
 pub mod scheduler;
+pub mod spirv;
 pub mod stats;
 mod worker;
 
