@@ -18,6 +18,7 @@ pub mod engine;
 pub mod job;
 pub mod kernels;
 pub mod memory;
+pub mod module;
 pub mod partition;
 pub mod runlist;
 pub mod scheduler;
