@@ -4,7 +4,11 @@
 
 use std::mem::size_of;
 
-use vgpu_protocol::channel::{Kernel, MAX_COMMANDS_PER_SUBMIT, VGPU_CAPSET_ID};
+use vgpu_protocol::capset::MODULE_FLAG_SPIRV;
+use vgpu_protocol::channel::{
+    Kernel, BIND_OFFSET_ALIGN, MAX_BINDINGS, MAX_COMMANDS_PER_SUBMIT, MAX_MODULES_PER_CONTEXT,
+    MAX_MODULE_BYTES, VGPU_CAPSET_ID,
+};
 use vgpu_protocol::command::MAX_SUBMIT_SIZE;
 use vgpu_protocol::VgpuCapset;
 use vgpu_protocol::VGPU_PROTOCOL_VERSION;
@@ -58,5 +62,17 @@ pub fn capset(vgpu: Option<&Vgpu>, id: u32, version: u32) -> Result<VgpuCapset, 
     c.max_buffer_bytes = ty.framebuffer_bytes.min(u64::from(u32::MAX));
     c.max_submit_bytes = MAX_SUBMIT_SIZE;
     c.max_commands_per_submit = MAX_COMMANDS_PER_SUBMIT as u32;
+    if let Some(compiler) = vgpu.module_compiler() {
+        let limits = compiler.limits();
+        c.module_flags = MODULE_FLAG_SPIRV;
+        c.max_module_bytes = u32::try_from(MAX_MODULE_BYTES).unwrap_or(u32::MAX);
+        c.loop_budget = limits.loop_budget;
+        c.max_bindings = MAX_BINDINGS;
+        c.max_push_constant_bytes = limits.max_push_constant_bytes;
+        c.bind_offset_align = BIND_OFFSET_ALIGN as u32;
+        c.max_workgroup_size = limits.max_workgroup_size;
+        c.max_shared_bytes = limits.max_shared_bytes;
+        c.max_modules = MAX_MODULES_PER_CONTEXT as u32;
+    }
     Ok(c)
 }

@@ -22,6 +22,7 @@ use super::backing::Backing;
 use super::budget::{Charge, MemoryBudget};
 use super::buffer_resource::BufferResource;
 use super::error::GpuError;
+use super::launch::LaunchState;
 use super::resource::AttachedBacking;
 use super::submit::{self, JobNotifier};
 
@@ -34,6 +35,8 @@ pub const CONTEXT_CHARGE_BYTES: u64 = 64 << 10;
 pub struct Context {
     channel: Channel,
     attached: HashSet<u32>,
+    /// Guest modules, bindings and push constants (protocol 1.2).
+    launch: LaunchState,
     _charge: PartitionCharge,
 }
 
@@ -137,6 +140,7 @@ impl Gpu3d {
             Context {
                 channel,
                 attached: HashSet::new(),
+                launch: LaunchState::default(),
                 _charge: charge,
             },
         );
@@ -314,11 +318,6 @@ impl Gpu3d {
         token: u64,
         is_2d: impl Fn(u32) -> bool,
     ) -> Result<bool, GpuError> {
-        let ctx = self
-            .contexts
-            .get(&ctx_id)
-            .ok_or(GpuError::InvalidContext(ctx_id))?;
-        submit::check_stream(stream, ctx_id, &ctx.attached, &self.buffers, is_2d)?;
         let noop = match &self.noop {
             Some(b) => Arc::clone(b),
             None => {
@@ -327,7 +326,24 @@ impl Gpu3d {
                 b
             }
         };
-        let prepared = submit::prepare(stream, &self.buffers, &noop)?;
+        let ctx = self
+            .contexts
+            .get_mut(&ctx_id)
+            .ok_or(GpuError::InvalidContext(ctx_id))?;
+        submit::check_stream(stream, ctx_id, &ctx.attached, &self.buffers, is_2d)?;
+        // Guest-module commands change a copy, kept only if the whole stream is accepted.
+        let mut launch = submit::has_module_commands(stream).then(|| ctx.launch.clone());
+        let mut scratch = LaunchState::default();
+        let scope = submit::ModuleScope {
+            launch: launch.as_mut().unwrap_or(&mut scratch),
+            vgpu: &self.vgpu,
+            ctx_id,
+            attached: &ctx.attached,
+        };
+        let prepared = submit::prepare(stream, &self.buffers, &noop, scope)?;
+        if let Some(launch) = launch {
+            ctx.launch = launch;
+        }
         if prepared.is_empty() {
             return Ok(false);
         }

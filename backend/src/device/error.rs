@@ -6,6 +6,7 @@ use vgpu_protocol::virtio_gpu::Rect;
 use vgpu_protocol::ErrorCode;
 
 use super::budget::OutOfBudget;
+use super::launch::ModuleError;
 use crate::driver::{BufferError, JobError, SubmitError};
 use vgpu_protocol::ChannelError;
 
@@ -224,6 +225,9 @@ pub enum GpuError {
     /// Device memory: the vGPU's partition is full, or the buffer is unusable.
     #[error("{0}")]
     Buffer(#[from] BufferError),
+    /// A guest-module command was refused (bad module, unknown id, unbound slot...).
+    #[error("{0}")]
+    Module(#[from] ModuleError),
     /// The driver rejected the job built from a command stream.
     #[error("{0}")]
     Job(#[from] JobError),
@@ -262,6 +266,8 @@ impl GpuError {
             | GpuError::NotABuffer(_)
             | GpuError::NotAttached { .. } => ErrorCode::InvalidResourceId,
             GpuError::InvalidContext(_) => ErrorCode::InvalidContextId,
+            GpuError::Module(ModuleError::NotSupported(_)) => ErrorCode::Unspec,
+            GpuError::Module(_) => ErrorCode::InvalidParameter,
             GpuError::NoCapsetVersion { .. }
             | GpuError::ContextInit { .. }
             | GpuError::Channel(_)

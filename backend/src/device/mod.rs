@@ -17,6 +17,7 @@ pub mod display;
 pub mod edid;
 pub mod error;
 pub mod format;
+pub mod launch;
 pub use crate::log_limit;
 pub mod resource;
 pub mod scanout;
@@ -333,6 +334,9 @@ impl VirtioGpuDevice {
                     .warn(format_args!("command {:#x} failed: {e}", req.cmd.type_()));
                 if let Some(vgpu) = self.vgpu() {
                     vgpu.record_guest_error(e.code());
+                    if req.cmd.type_() == VIRTIO_GPU_CMD_SUBMIT_3D {
+                        vgpu.record_refusal(e.code(), &e.to_string());
+                    }
                 }
                 Response::Err(e.code())
             }

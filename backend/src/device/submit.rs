@@ -15,11 +15,14 @@ use vgpu_protocol::capset::StatsRecord;
 use vgpu_protocol::channel::{decode_stream, validate_stream, KernelLaunch};
 use vgpu_protocol::{ChannelCommand, SchedPolicy};
 
+use crate::driver::engine::EngineError;
 use crate::driver::job::MAX_OPS_PER_JOB;
-use crate::driver::{BufRef, Channel, DeviceBuffer, Job, JobResult, Op, Policy, Vgpu};
+use crate::driver::{BufRef, Channel, DeviceBuffer, Job, JobFailure, JobResult, Op, Policy, Vgpu};
+use vgpu_protocol::capset::JobFailure as WireJobFailure;
 
 use super::buffer_resource::BufferResource;
 use super::error::GpuError;
+use super::launch::LaunchState;
 
 /// Told when an asynchronous request finished. Called on the engine thread (or on the thread
 /// that cancels the job); must not block and must not take the device's lock.
@@ -67,7 +70,7 @@ pub fn stats_record(vgpu: &Vgpu) -> StatsRecord {
         Policy::EqualShare => SchedPolicy::EqualShare,
         Policy::FixedShare => SchedPolicy::FixedShare,
     };
-    StatsRecord {
+    let mut record = StatsRecord {
         policy: policy as u32,
         timeslice_us: s.timeslice_us,
         framebuffer_total_bytes: s.framebuffer_total,
@@ -77,7 +80,28 @@ pub fn stats_record(vgpu: &Vgpu) -> StatsRecord {
         active_vgpus: s.active_vgpus,
         jobs_completed: s.jobs_completed,
         busy_ns: s.busy_ns,
+        jobs_failed: s.jobs_failed,
         ..StatsRecord::new()
+    };
+    let outcomes = vgpu.guest_outcomes();
+    record.last_failure = outcomes.last_failure.map_or(0, |f| f as u32);
+    record.submits_refused = outcomes.submits_refused;
+    record.last_refusal_code = outcomes.last_refusal_code.map_or(0, |c| c as u32);
+    record.set_last_refusal(&outcomes.last_refusal);
+    record
+}
+
+/// What the stats record says about a failed job.
+fn wire_failure(failure: &JobFailure) -> WireJobFailure {
+    match failure {
+        JobFailure::Cancelled => WireJobFailure::Cancelled,
+        JobFailure::Engine(e) => match e {
+            EngineError::LoopBudget(_) => WireJobFailure::LoopBudget,
+            EngineError::DeviceLost => WireJobFailure::DeviceLost,
+            EngineError::Timeout(_) | EngineError::Stalled(_) => WireJobFailure::Timeout,
+            EngineError::OutOfDeviceMemory => WireJobFailure::OutOfMemory,
+            _ => WireJobFailure::Other,
+        },
     }
 }
 
@@ -169,14 +193,14 @@ fn translate(
             len: c.len,
             out: buf(buffers, c.out_res, c.out_offset)?,
         },
-        ChannelCommand::QueryStats(_) | ChannelCommand::Nop => return Ok(None),
-        ChannelCommand::ModuleLoad(_)
+        // QUERY_STATS, and the guest-module commands, are handled by `prepare`.
+        ChannelCommand::QueryStats(_)
+        | ChannelCommand::Nop
+        | ChannelCommand::ModuleLoad(_)
         | ChannelCommand::ModuleUnload(_)
         | ChannelCommand::Bind(_)
         | ChannelCommand::PushConstants(_)
-        | ChannelCommand::Dispatch(_) => {
-            return Err(GpuError::Unsupported(cmd.opcode() as u32));
-        }
+        | ChannelCommand::Dispatch(_) => return Ok(None),
     }))
 }
 
@@ -192,27 +216,83 @@ impl PreparedSubmit {
     }
 }
 
-/// Translates a stream already accepted by [`check_stream`] into jobs. `noop` is a zero-length
-/// buffer used for jobs that only write stats. Every job is validated by the driver here, before
-/// anything is submitted.
+/// True if the stream (already checked) holds a guest-module command.
+pub fn has_module_commands(stream: &[u8]) -> bool {
+    decode_stream(stream).flatten().any(|c| {
+        matches!(
+            c,
+            ChannelCommand::ModuleLoad(_)
+                | ChannelCommand::ModuleUnload(_)
+                | ChannelCommand::Bind(_)
+                | ChannelCommand::PushConstants(_)
+                | ChannelCommand::Dispatch(_)
+        )
+    })
+}
+
+/// What a stream's guest-module commands act on: the context's launch state (a copy the caller
+/// keeps only if the whole stream is accepted) and what a DISPATCH is checked against.
+pub struct ModuleScope<'a> {
+    /// The context's state, changed in stream order.
+    pub launch: &'a mut LaunchState,
+    /// The vGPU (its partition is charged for modules; its engine compiles them).
+    pub vgpu: &'a Vgpu,
+    /// The context.
+    pub ctx_id: u32,
+    /// Resources attached to the context.
+    pub attached: &'a HashSet<u32>,
+}
+
+/// Translates a stream already accepted by [`check_stream`] into jobs, applying its
+/// guest-module commands to `scope.launch` in order. `noop` is a zero-length buffer used for
+/// jobs that only write stats. Every job is validated by the driver here, before anything is
+/// submitted.
 pub fn prepare(
     stream: &[u8],
     buffers: &HashMap<u32, BufferResource>,
     noop: &Arc<DeviceBuffer>,
+    scope: ModuleScope<'_>,
 ) -> Result<PreparedSubmit, GpuError> {
     let mut segments: Vec<Segment> = Vec::new();
     let mut cur = Segment {
         ops: Vec::new(),
         stats: Vec::new(),
     };
+    let caps = scope.vgpu.engine_caps();
     for cmd in decode_stream(stream) {
         let cmd = cmd?;
-        if let ChannelCommand::QueryStats(q) = cmd {
-            cur.stats.push(buf(buffers, q.dst_res, q.dst_offset)?);
-            continue;
-        }
-        let Some(op) = translate(&cmd, buffers)? else {
-            continue;
+        let op = match &cmd {
+            ChannelCommand::QueryStats(q) => {
+                cur.stats.push(buf(buffers, q.dst_res, q.dst_offset)?);
+                continue;
+            }
+            ChannelCommand::ModuleLoad(c) => {
+                scope.launch.load(c, buffers, scope.vgpu)?;
+                continue;
+            }
+            ChannelCommand::ModuleUnload(c) => {
+                scope.launch.unload(c.module_id)?;
+                continue;
+            }
+            ChannelCommand::Bind(b) => {
+                scope.launch.bind(b, caps.max_storage_buffer_range)?;
+                continue;
+            }
+            ChannelCommand::PushConstants(p) => {
+                scope.launch.push_constants(p);
+                continue;
+            }
+            ChannelCommand::Dispatch(c) => scope.launch.dispatch(
+                c,
+                buffers,
+                scope.ctx_id,
+                scope.attached,
+                caps.max_workgroups,
+            )?,
+            _ => match translate(&cmd, buffers)? {
+                Some(op) => op,
+                None => continue,
+            },
         };
         if !cur.stats.is_empty() || cur.ops.len() >= MAX_OPS_PER_JOB {
             let next = Segment {
@@ -260,6 +340,11 @@ pub fn submit(
         let t = Arc::clone(&tracker);
         let weak: Weak<Vgpu> = Arc::downgrade(vgpu);
         let completion = move |result: JobResult| {
+            if let Err(failure) = &result {
+                if let Some(v) = weak.upgrade() {
+                    v.record_job_failure(wire_failure(failure));
+                }
+            }
             let mut ok = result.is_ok();
             if ok && !stats.is_empty() {
                 match weak.upgrade() {

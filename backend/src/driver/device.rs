@@ -8,6 +8,7 @@ use std::time::Instant;
 use thiserror::Error;
 use uuid::Uuid;
 use vgpu_mdev::{TypeTable, VgpuType, TIMESLICE_RANGE_US};
+use vgpu_protocol::capset::JobFailure as WireJobFailure;
 use vgpu_protocol::ErrorCode;
 
 use super::budget::Charge;
@@ -21,6 +22,7 @@ use super::engine::{
 };
 use super::job::Job;
 use super::memory::{DeviceFull, DeviceMemory};
+use super::module::ModuleCompiler;
 use super::partition::MemoryPartition;
 use super::runlist::QueuedJob;
 use super::scheduler::{Policy, SchedCore};
@@ -140,6 +142,8 @@ struct DeviceInner {
     caps: EngineCaps,
     /// The engine's memory, when buffers live there.
     engine_memory: Option<Arc<dyn EngineMemory>>,
+    /// The engine's compiler of guest modules, when it runs them.
+    module_compiler: Option<Arc<dyn ModuleCompiler>>,
 }
 
 #[derive(Default)]
@@ -188,6 +192,7 @@ impl Device {
             )));
         }
         let engine_memory = engine.memory();
+        let module_compiler = engine.module_compiler();
         if let Some(us) = config.timeslice_us {
             if !TIMESLICE_RANGE_US.contains(&us) {
                 return Err(DriverError::Config(format!(
@@ -223,6 +228,7 @@ impl Device {
                 engine: engine_name,
                 caps,
                 engine_memory,
+                module_compiler,
             }),
             thread: Mutex::new(Some(thread)),
         }))
@@ -390,6 +396,7 @@ impl Device {
             destroyed: AtomicBool::new(false),
             guest_errors: Default::default(),
             completion_failures: Arc::new(AtomicU64::new(0)),
+            outcomes: Mutex::new(GuestOutcomes::default()),
         }))
     }
 
@@ -455,6 +462,22 @@ pub struct Vgpu {
     guest_errors: [AtomicU64; GUEST_ERROR_CODES.len()],
     /// Completions of this vGPU's jobs that panicked.
     completion_failures: Arc<AtomicU64>,
+    /// What the guest learns about failed jobs and refused submits.
+    outcomes: Mutex<GuestOutcomes>,
+}
+
+/// What a guest learns about its failed jobs and refused submits (through QUERY_STATS: the
+/// Linux driver does not pass error responses on to programs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GuestOutcomes {
+    /// Why the last failed job failed.
+    pub last_failure: Option<WireJobFailure>,
+    /// Submits refused before anything ran.
+    pub submits_refused: u64,
+    /// The error code of the last refusal.
+    pub last_refusal_code: Option<ErrorCode>,
+    /// Why the last submit was refused.
+    pub last_refusal: String,
 }
 
 /// The error responses counted per vGPU, with their metric label.
@@ -468,6 +491,38 @@ pub const GUEST_ERROR_CODES: [(ErrorCode, &str); 6] = [
 ];
 
 impl Vgpu {
+    /// The engine's compiler of guest modules (`None`: the engine runs only built-in kernels).
+    pub fn module_compiler(&self) -> Option<&Arc<dyn ModuleCompiler>> {
+        self.device.module_compiler.as_ref()
+    }
+
+    fn outcomes(&self) -> std::sync::MutexGuard<'_, GuestOutcomes> {
+        self.outcomes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes why a job of this vGPU failed.
+    pub fn record_job_failure(&self, why: WireJobFailure) {
+        self.outcomes().last_failure = Some(why);
+    }
+
+    /// Notes a refused submit and why (`why` is kept to its first 200 bytes).
+    pub fn record_refusal(&self, code: ErrorCode, why: &str) {
+        let mut o = self.outcomes();
+        o.submits_refused += 1;
+        o.last_refusal_code = Some(code);
+        o.last_refusal.clear();
+        let mut end = why.len().min(200);
+        while !why.is_char_boundary(end) {
+            end -= 1;
+        }
+        o.last_refusal.push_str(why.get(..end).unwrap_or_default());
+    }
+
+    /// Failed-job and refused-submit outcomes so far.
+    pub fn guest_outcomes(&self) -> GuestOutcomes {
+        self.outcomes().clone()
+    }
+
     /// Counts an error response sent to the guest.
     pub fn record_guest_error(&self, code: ErrorCode) {
         if let Some(i) = GUEST_ERROR_CODES.iter().position(|&(c, _)| c == code) {

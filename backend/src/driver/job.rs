@@ -5,6 +5,7 @@ use std::sync::Arc;
 use thiserror::Error;
 
 use super::buffer::{BufferError, DeviceBuffer};
+use super::module::Dispatch;
 
 /// Most operations in one job.
 pub const MAX_OPS_PER_JOB: usize = 256;
@@ -101,6 +102,8 @@ pub enum Op {
         /// Output (4 bytes, not in the input's buffer).
         out: BufRef,
     },
+    /// Runs a guest module over a grid (boxed: it carries its bindings and push constants).
+    Dispatch(Box<Dispatch>),
 }
 
 /// Which kind of operation (for cost models and logs).
@@ -118,10 +121,15 @@ pub enum OpKind {
     Reduce,
     /// [`Op::Crc32c`].
     Crc32c,
+    /// [`Op::Dispatch`].
+    Dispatch,
 }
 
 impl OpKind {
-    /// Dense index 0..6.
+    /// Number of kinds.
+    pub const COUNT: usize = 7;
+
+    /// Dense index 0..[`OpKind::COUNT`].
     pub fn index(self) -> usize {
         self as usize
     }
@@ -154,6 +162,14 @@ pub enum JobError {
     /// A buffer belongs to another vGPU.
     #[error("operation {0}: buffer belongs to another vGPU")]
     ForeignBuffer(usize),
+    /// A launch leaves a slot its module uses unbound.
+    #[error("operation {op}: slot {slot} is used by the module but not bound")]
+    Unbound {
+        /// Index of the operation.
+        op: usize,
+        /// The slot.
+        slot: usize,
+    },
 }
 
 fn f32_bytes(op: usize, count: u64) -> Result<u64, JobError> {
@@ -179,16 +195,18 @@ impl Op {
             Op::AxpyF32 { .. } => OpKind::Axpy,
             Op::ReduceSumF32 { .. } => OpKind::Reduce,
             Op::Crc32c { .. } => OpKind::Crc32c,
+            Op::Dispatch(_) => OpKind::Dispatch,
         }
     }
 
     /// Work units the engine splits into chunks: bytes (copy, fill, crc32c), elements (axpy,
-    /// reduce) or output cells (gemm, each costing `k` multiply-adds).
+    /// reduce), output cells (gemm, each costing `k` multiply-adds) or workgroups (dispatch).
     pub fn units(&self) -> u64 {
         match self {
             Op::Copy { len, .. } | Op::Fill { len, .. } | Op::Crc32c { len, .. } => *len,
             Op::AxpyF32 { n, .. } | Op::ReduceSumF32 { n, .. } => *n,
             Op::GemmF32 { m, n, .. } => u64::from(*m) * u64::from(*n),
+            Op::Dispatch(d) => d.workgroups(),
         }
     }
 
@@ -201,8 +219,16 @@ impl Op {
             Op::AxpyF32 { x, y, .. } => [Some(x), Some(y), None],
             Op::ReduceSumF32 { x, out, .. } => [Some(x), Some(out), None],
             Op::Crc32c { src, out, .. } => [Some(src), Some(out), None],
+            Op::Dispatch(_) => [None, None, None],
         };
-        refs.into_iter().flatten().map(|r| &r.buffer)
+        let bound: &[_] = match self {
+            Op::Dispatch(d) => &d.bindings,
+            _ => &[],
+        };
+        refs.into_iter()
+            .flatten()
+            .chain(bound.iter().flatten().map(|b| &b.at))
+            .map(|r| &r.buffer)
     }
 
     /// Checks ranges, alignment, dimensions and aliasing. `index` names the op in errors.
@@ -253,6 +279,7 @@ impl Op {
                 }
                 Ok(())
             }
+            Op::Dispatch(d) => d.validate(index),
         }
     }
 }
@@ -295,7 +322,8 @@ impl Job {
     /// Checks that every buffer belongs to vGPU `vgpu_id`.
     pub fn check_owner(&self, vgpu_id: u32) -> Result<(), JobError> {
         for (i, op) in self.ops.iter().enumerate() {
-            if op.buffers().any(|b| b.vgpu_id() != vgpu_id) {
+            let foreign_module = matches!(op, Op::Dispatch(d) if d.module.vgpu_id() != vgpu_id);
+            if foreign_module || op.buffers().any(|b| b.vgpu_id() != vgpu_id) {
                 return Err(JobError::ForeignBuffer(i));
             }
         }

@@ -18,9 +18,11 @@ pub mod engine;
 pub mod job;
 pub mod kernels;
 pub mod memory;
+pub mod module;
 pub mod partition;
 pub mod runlist;
 pub mod scheduler;
+pub mod spirv;
 pub mod stats;
 mod worker;
 

@@ -39,13 +39,14 @@ use crate::driver::kernels::{self, GemmDims};
 const PACK_COST: f64 = 2.0;
 
 /// Pessimistic first guesses (ns per unit), indexed by [`OpKind::index`]; the model adapts.
-const INITIAL_NS_PER_UNIT: [f64; 6] = [
-    0.5, // copy: ns per byte
-    0.5, // fill: ns per byte
-    1.0, // gemm: ns per multiply-add
-    2.0, // axpy: ns per element
-    2.0, // reduce: ns per element
-    1.0, // crc32c: ns per byte
+const INITIAL_NS_PER_UNIT: [f64; OpKind::COUNT] = [
+    0.5,    // copy: ns per byte
+    0.5,    // fill: ns per byte
+    1.0,    // gemm: ns per multiply-add
+    2.0,    // axpy: ns per element
+    2.0,    // reduce: ns per element
+    1.0,    // crc32c: ns per byte
+    1000.0, // dispatch: never run here (guest modules need a Vulkan engine)
 ];
 /// Byte-wise operations are never split finer than this.
 const MIN_BYTES_PER_CHUNK: u64 = 256;
@@ -88,7 +89,7 @@ impl std::ops::DerefMut for CpuOpState {
 #[derive(Debug, Clone)]
 pub struct CpuEngine {
     target_ns: u64,
-    ns_per_unit: [f64; 6],
+    ns_per_unit: [f64; OpKind::COUNT],
     /// Packed-panel memory of the last finished GEMM, for the next one.
     spare_panels: Option<Box<gemm::GemmPanels>>,
 }
@@ -179,7 +180,9 @@ impl CpuEngine {
             Op::Copy { .. } | Op::Fill { .. } | Op::Crc32c { .. } => {
                 cost_units.max(MIN_BYTES_PER_CHUNK)
             }
-            Op::AxpyF32 { .. } | Op::ReduceSumF32 { .. } | Op::GemmF32 { .. } => cost_units,
+            Op::AxpyF32 { .. } | Op::ReduceSumF32 { .. } | Op::GemmF32 { .. } | Op::Dispatch(_) => {
+                cost_units
+            }
         };
         units.clamp(1, remaining.max(1)).min(remaining)
     }
@@ -223,8 +226,8 @@ impl CpuEngine {
                     *byte = pat[(phase + i) % 4];
                 }
             }
-            // Run by `gemm_chunk`.
-            Op::GemmF32 { .. } => {}
+            // Run by `gemm_chunk`; refused by `run_chunk`.
+            Op::GemmF32 { .. } | Op::Dispatch(_) => {}
             Op::AxpyF32 { alpha, x, y, .. } => {
                 let input = x.buffer.read_words()?;
                 let mut output = y.buffer.write_words()?;
@@ -414,8 +417,14 @@ impl Engine for CpuEngine {
         state: &mut CpuOpState,
         target_ns: u64,
     ) -> Result<Step, EngineError> {
-        if let Op::GemmF32 { .. } = op {
-            return self.gemm_chunk(op, state, target_ns);
+        match op {
+            Op::GemmF32 { .. } => return self.gemm_chunk(op, state, target_ns),
+            Op::Dispatch(_) => {
+                return Err(EngineError::Unsupported(
+                    "guest modules run on the Vulkan engine only".into(),
+                ))
+            }
+            _ => {}
         }
         let progress = &mut state.progress;
         let total = op.units();

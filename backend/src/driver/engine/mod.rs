@@ -32,6 +32,7 @@ use thiserror::Error;
 use super::buffer::BufferError;
 use super::job::Op;
 use super::kernels::KernelError;
+use super::module::ModuleCompiler;
 
 /// Default cost of one chunk while another vGPU may need the engine: the scheduler's
 /// preemption granularity.
@@ -96,6 +97,10 @@ pub enum EngineError {
     /// No device matches what was asked for (`--engine vulkan:…`, `--render-node`).
     #[error("{0}")]
     NoDevice(String),
+    /// A guest kernel's invocation took more loop back edges than its budget allows; its
+    /// loops were cut short, so the launch's results are not valid.
+    #[error("guest kernel exceeded its loop budget ({0} back edges per invocation)")]
+    LoopBudget(u32),
     /// The operation exceeds what the device can bind or dispatch.
     #[error("unsupported on this device: {0}")]
     Unsupported(String),
@@ -262,6 +267,10 @@ pub trait Engine: Send {
     fn max_in_flight(&self) -> usize {
         1
     }
+    /// Compiles guest modules for this engine (`None`: it runs only the built-in kernels).
+    fn module_compiler(&self) -> Option<Arc<dyn ModuleCompiler>> {
+        None
+    }
     /// Brings the engine back to a clean state after a failed or panicked chunk (for a device
     /// that was lost: re-creates what can be re-created).
     fn reset(&mut self) -> Result<(), EngineError> {
@@ -302,6 +311,8 @@ pub trait DynEngine: Send {
     ) -> Result<Option<u64>, EngineError>;
     /// [`Engine::max_in_flight`].
     fn max_in_flight(&self) -> usize;
+    /// [`Engine::module_compiler`].
+    fn module_compiler(&self) -> Option<Arc<dyn ModuleCompiler>>;
     /// [`Engine::reset`].
     fn reset(&mut self) -> Result<(), EngineError>;
     /// [`Engine::factory`].
@@ -363,6 +374,10 @@ impl<E: Engine> DynEngine for E {
 
     fn max_in_flight(&self) -> usize {
         Engine::max_in_flight(self)
+    }
+
+    fn module_compiler(&self) -> Option<Arc<dyn ModuleCompiler>> {
+        Engine::module_compiler(self)
     }
 
     fn reset(&mut self) -> Result<(), EngineError> {

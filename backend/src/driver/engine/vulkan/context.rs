@@ -12,6 +12,8 @@ use ash::vk;
 
 use super::super::EngineError;
 use super::select::{self, compute_family, driver_text, DeviceSelector, PhysicalDeviceInfo};
+use crate::driver::spirv::{ShaderFeatures, CONTROL_BINDING};
+use vgpu_protocol::channel::MAX_PUSH_CONSTANT_BYTES;
 
 /// Vulkan validation messages of severity ERROR seen by this process (tests assert zero).
 static VALIDATION_ERRORS: AtomicU64 = AtomicU64::new(0);
@@ -199,6 +201,10 @@ pub(crate) struct Ctx {
     pub heap_bytes: u64,
     /// Pool and fence for one-shot submissions from any thread.
     one_shot: Mutex<(vk::CommandPool, vk::Fence)>,
+    /// What guest modules may use on this device.
+    pub guest: GuestSupport,
+    /// The layout every guest pipeline uses.
+    pub guest_layout: GuestLayout,
     /// How long any fence wait may take.
     pub fence_timeout: Duration,
     /// The device reported `VK_ERROR_DEVICE_LOST`, or a fence wait ran out (a hung device is
@@ -274,17 +280,38 @@ impl Ctx {
         let queues = [vk::DeviceQueueCreateInfo::default()
             .queue_family_index(queue_family)
             .queue_priorities(&priorities)];
+        let on = |f: vk::Bool32| f == vk::TRUE;
         let enabled = vk::PhysicalDeviceFeatures::default()
-            .robust_buffer_access(features.robust_buffer_access == vk::TRUE);
-        if features.robust_buffer_access != vk::TRUE {
+            .robust_buffer_access(on(features.robust_buffer_access))
+            .shader_int64(on(features.shader_int64))
+            .shader_float64(on(features.shader_float64))
+            .shader_int16(on(features.shader_int16));
+        if !on(features.robust_buffer_access) {
             log::warn!("{}: robustBufferAccess not supported", info.name);
         }
-        let create = vk::DeviceCreateInfo::default()
+        let guest = guest_support(vi, pd, &features);
+        let mut robustness2 =
+            vk::PhysicalDeviceRobustness2FeaturesEXT::default().robust_buffer_access2(true);
+        let extensions = [ROBUSTNESS2.as_ptr()];
+        let mut create = vk::DeviceCreateInfo::default()
             .queue_create_infos(&queues)
             .enabled_features(&enabled);
+        if guest.robust_access2 {
+            create = create
+                .enabled_extension_names(&extensions)
+                .push_next(&mut robustness2);
+        }
         // SAFETY: valid create info; destroyed in Drop.
         let device = unsafe { vi.create_device(pd, &create, None) }
             .map_err(|e| vk_err("vkCreateDevice", e))?;
+        let guest_layout = match GuestLayout::new(&device) {
+            Ok(l) => l,
+            Err(e) => {
+                // SAFETY: nothing else was created from the device.
+                unsafe { device.destroy_device(None) };
+                return Err(e);
+            }
+        };
         // SAFETY: family and index 0 were requested above.
         let queue = unsafe { device.get_device_queue(queue_family, 0) };
 
@@ -305,6 +332,7 @@ impl Ctx {
                     req.memory_type_bits
                 }
                 Err(e) => {
+                    guest_layout.destroy(&device);
                     device.destroy_device(None);
                     return Err(e);
                 }
@@ -322,7 +350,10 @@ impl Ctx {
             (_, None, Some(t)) => (t, !force_staging),
             _ => {
                 // SAFETY: nothing else was created from the device.
-                unsafe { device.destroy_device(None) };
+                unsafe {
+                    guest_layout.destroy(&device);
+                    device.destroy_device(None);
+                }
                 return Err(EngineError::Unsupported(
                     "no memory type for buffers".into(),
                 ));
@@ -332,7 +363,10 @@ impl Ctx {
             Some(t) => t,
             None => {
                 // SAFETY: nothing else was created from the device.
-                unsafe { device.destroy_device(None) };
+                unsafe {
+                    guest_layout.destroy(&device);
+                    device.destroy_device(None);
+                }
                 return Err(EngineError::Unsupported("no host-visible memory".into()));
             }
         };
@@ -357,6 +391,7 @@ impl Ctx {
                     if let Ok(f) = f {
                         device.destroy_fence(f, None);
                     }
+                    guest_layout.destroy(&device);
                     device.destroy_device(None);
                     return Err(EngineError::OutOfDeviceMemory);
                 }
@@ -389,6 +424,8 @@ impl Ctx {
             host_type,
             heap_bytes,
             one_shot: Mutex::new(one_shot),
+            guest,
+            guest_layout,
             fence_timeout,
             lost: AtomicBool::new(false),
             lost_why: Mutex::new(None),
@@ -551,6 +588,7 @@ impl Drop for Ctx {
             let _ = self.device.device_wait_idle();
             self.device.destroy_command_pool(pool, None);
             self.device.destroy_fence(fence, None);
+            self.guest_layout.destroy(&self.device);
             self.device.destroy_device(None);
         }
         if self.is_lost() {
@@ -636,4 +674,127 @@ pub(crate) fn host_barrier(device: &ash::Device, cb: vk::CommandBuffer) {
         vk::AccessFlags::HOST_READ | vk::AccessFlags::HOST_WRITE,
     );
     memory_barrier(device, cb, DEVICE_WRITES, host_access);
+}
+
+/// `VK_EXT_robustness2`: out-of-range accesses of guest pipelines are discarded or read zero
+/// even within the descriptor's buffer alignment slack.
+const ROBUSTNESS2: &CStr = c"VK_EXT_robustness2";
+
+/// What guest modules may use on a device.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GuestSupport {
+    /// Optional shader features enabled on the device.
+    pub features: ShaderFeatures,
+    /// `robustBufferAccess2` is enabled.
+    pub robust_access2: bool,
+}
+
+/// Which optional guest features `pd` has (and so the device enables).
+fn guest_support(
+    vi: &ash::Instance,
+    pd: vk::PhysicalDevice,
+    features: &vk::PhysicalDeviceFeatures,
+) -> GuestSupport {
+    // SAFETY: `pd` comes from `vi`.
+    let extensions = unsafe { vi.enumerate_device_extension_properties(pd) }.unwrap_or_default();
+    let has_robustness2 = extensions
+        .iter()
+        .any(|e| e.extension_name_as_c_str() == Ok(ROBUSTNESS2));
+    let mut robustness2 = vk::PhysicalDeviceRobustness2FeaturesEXT::default();
+    let mut subgroup = vk::PhysicalDeviceSubgroupProperties::default();
+    // SAFETY: `pd` comes from `vi`, an instance of Vulkan 1.1; the chains are valid.
+    unsafe {
+        if has_robustness2 {
+            let mut f2 = vk::PhysicalDeviceFeatures2::default().push_next(&mut robustness2);
+            vi.get_physical_device_features2(pd, &mut f2);
+        }
+        let mut p2 = vk::PhysicalDeviceProperties2::default().push_next(&mut subgroup);
+        vi.get_physical_device_properties2(pd, &mut p2);
+    }
+    let all_ops = vk::SubgroupFeatureFlags::BASIC
+        | vk::SubgroupFeatureFlags::VOTE
+        | vk::SubgroupFeatureFlags::ARITHMETIC
+        | vk::SubgroupFeatureFlags::BALLOT
+        | vk::SubgroupFeatureFlags::SHUFFLE
+        | vk::SubgroupFeatureFlags::SHUFFLE_RELATIVE
+        | vk::SubgroupFeatureFlags::CLUSTERED
+        | vk::SubgroupFeatureFlags::QUAD;
+    let on = |f: vk::Bool32| f == vk::TRUE;
+    GuestSupport {
+        features: ShaderFeatures {
+            int64: on(features.shader_int64),
+            float64: on(features.shader_float64),
+            int16: on(features.shader_int16),
+            subgroups: subgroup
+                .supported_stages
+                .contains(vk::ShaderStageFlags::COMPUTE)
+                && subgroup.supported_operations.contains(all_ops),
+            ..ShaderFeatures::default()
+        },
+        robust_access2: has_robustness2 && on(robustness2.robust_buffer_access2),
+    }
+}
+
+/// The descriptor-set and pipeline layout of every guest pipeline: storage buffers at set 0,
+/// bindings `0..MAX_BINDINGS` for the guest and [`CONTROL_BINDING`] for the engine's control
+/// block, and 128 bytes of push constants.
+pub(crate) struct GuestLayout {
+    pub set_layout: vk::DescriptorSetLayout,
+    pub pipeline_layout: vk::PipelineLayout,
+}
+
+impl GuestLayout {
+    fn new(d: &ash::Device) -> Result<Self, EngineError> {
+        let bindings: Vec<_> = (0..=CONTROL_BINDING)
+            .map(|i| {
+                vk::DescriptorSetLayoutBinding::default()
+                    .binding(i)
+                    .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
+                    .descriptor_count(1)
+                    .stage_flags(vk::ShaderStageFlags::COMPUTE)
+            })
+            .collect();
+        let push = [vk::PushConstantRange::default()
+            .stage_flags(vk::ShaderStageFlags::COMPUTE)
+            .offset(0)
+            .size(MAX_PUSH_CONSTANT_BYTES)];
+        // SAFETY: valid create infos on a live device; destroyed by `destroy`.
+        unsafe {
+            let set_layout = d
+                .create_descriptor_set_layout(
+                    &vk::DescriptorSetLayoutCreateInfo::default().bindings(&bindings),
+                    None,
+                )
+                .map_err(|e| vk_err("vkCreateDescriptorSetLayout", e))?;
+            let layouts = [set_layout];
+            let pipeline_layout = match d.create_pipeline_layout(
+                &vk::PipelineLayoutCreateInfo::default()
+                    .set_layouts(&layouts)
+                    .push_constant_ranges(&push),
+                None,
+            ) {
+                Ok(l) => l,
+                Err(e) => {
+                    d.destroy_descriptor_set_layout(set_layout, None);
+                    return Err(vk_err("vkCreatePipelineLayout", e));
+                }
+            };
+            Ok(Self {
+                set_layout,
+                pipeline_layout,
+            })
+        }
+    }
+
+    /// Destroys the layouts.
+    ///
+    /// # Safety
+    /// `d` made them, and no pipeline built with them is in use.
+    unsafe fn destroy(&self, d: &ash::Device) {
+        // SAFETY: per the caller.
+        unsafe {
+            d.destroy_pipeline_layout(self.pipeline_layout, None);
+            d.destroy_descriptor_set_layout(self.set_layout, None);
+        }
+    }
 }

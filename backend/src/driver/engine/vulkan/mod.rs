@@ -40,6 +40,7 @@
 
 mod context;
 mod gpu;
+mod guest;
 mod memory;
 mod pipeline;
 mod ring;
@@ -56,9 +57,11 @@ use super::{
 };
 use crate::driver::buffer::{BufferError, DeviceBuffer};
 use crate::driver::job::{BufRef, Op, OpKind};
+use crate::driver::module::ModuleCompiler;
 use context::{inner_barrier, vk_err, Ctx};
 pub use context::{list_devices, validation_errors, Validation, VALIDATION_ENV};
 use gpu::{DriverThread, Gpu};
+pub use guest::DEFAULT_LOOP_BUDGET;
 use memory::{VkMemory, VkStorage};
 use ring::Ring;
 pub use ring::MAX_PIPELINE_DEPTH;
@@ -101,6 +104,8 @@ pub struct VulkanOptions {
     /// Pieces of an operation in flight at once (1..=[`MAX_PIPELINE_DEPTH`]; 1: submit and
     /// wait).
     pub pipeline_depth: usize,
+    /// Loop back edges one invocation of a guest module may take ([`DEFAULT_LOOP_BUDGET`]).
+    pub loop_budget: u32,
 }
 
 /// Default pieces in flight: the next piece is queued while the host reads back the last one.
@@ -115,6 +120,7 @@ impl Default for VulkanOptions {
             force_staging: false,
             validation: Validation::FromEnv,
             pipeline_depth: DEFAULT_PIPELINE_DEPTH,
+            loop_budget: DEFAULT_LOOP_BUDGET,
         }
     }
 }
@@ -135,6 +141,8 @@ pub struct VkOpState {
     submitted: u64,
     sum: f64,
     crc: u32,
+    /// A completed piece of a guest launch ran out of its loop budget.
+    budget_hit: bool,
 }
 
 /// Tags of operations ([`VkOpState::id`]); 0 means "not started".
@@ -212,10 +220,15 @@ pub struct VulkanEngine {
     /// (the host time until the next call is part of the per-piece host cost).
     returned: Option<(u64, Instant)>,
     /// ns per unit by [`OpKind::index`], learned from timestamps.
-    ns_per_unit: [f64; 6],
+    ns_per_unit: [f64; OpKind::COUNT],
     /// Fewest GEMM tiles (workgroups) per piece: a CPU device (lavapipe) runs one workgroup per
     /// thread, so a piece smaller than its threads leaves some idle; a GPU runs whole tile rows.
     min_gemm_tiles: u64,
+    /// Workgroups of the first piece of a guest launch (before its cost is measured): one per
+    /// device thread on a CPU device, 16 otherwise.
+    min_guest_groups: u64,
+    /// Loop back edges one invocation of a guest module may take.
+    loop_budget: u32,
     last_device_ns: Option<u64>,
     /// Host cost of one piece (recording, submitting, reading back, and the device thread's
     /// work between two calls; not the time blocked on a fence), ns, exponential average:
@@ -231,7 +244,7 @@ const OVERHEAD_FACTOR: f64 = 2.0;
 // SAFETY: the raw pointers are mappings owned by this engine, used only by its thread.
 unsafe impl Send for VulkanEngine {}
 
-const INITIAL_NS_PER_UNIT: [f64; 6] = [0.5, 0.5, 1.0, 2.0, 2.0, 2.0];
+const INITIAL_NS_PER_UNIT: [f64; OpKind::COUNT] = [0.5, 0.5, 1.0, 2.0, 2.0, 2.0, 1000.0];
 
 fn create_scratch(ctx: &Ctx, size: u64, type_index: u32) -> Result<Scratch, EngineError> {
     let d = &ctx.device;
@@ -284,19 +297,30 @@ impl VulkanEngine {
         let ctx = driver
             .run(move || Ctx::open(&selector, validation, force_staging, fence_timeout))??;
         let gpu = Arc::new(Gpu::new(Arc::new(ctx), driver));
-        Self::on_gpu(gpu, options.chunk_target_ns, options.pipeline_depth)
+        Self::on_gpu(
+            gpu,
+            options.chunk_target_ns,
+            options.pipeline_depth,
+            options.loop_budget,
+        )
     }
 
     /// An engine on the shared device's current generation (a replacement shares the device
     /// and so every partition); built on the driver thread.
-    fn on_gpu(gpu: Arc<Gpu>, chunk_target_ns: u64, depth: usize) -> Result<Self, EngineError> {
+    fn on_gpu(
+        gpu: Arc<Gpu>,
+        chunk_target_ns: u64,
+        depth: usize,
+        loop_budget: u32,
+    ) -> Result<Self, EngineError> {
         let (ctx, generation) = {
             let device = gpu.live()?;
             (Arc::clone(device.ctx()), device.generation())
         };
         let shared = Arc::clone(&gpu);
-        gpu.driver
-            .run(move || Self::on_ctx(shared, ctx, generation, chunk_target_ns, depth))?
+        gpu.driver.run(move || {
+            Self::on_ctx(shared, ctx, generation, chunk_target_ns, depth, loop_budget)
+        })?
     }
 
     /// Device losses and recoveries so far.
@@ -309,7 +333,12 @@ impl VulkanEngine {
     fn follow_device(&mut self) -> Result<(), EngineError> {
         let generation = self.gpu.live()?.generation();
         if generation != self.generation {
-            let fresh = Self::on_gpu(Arc::clone(&self.gpu), self.target_ns, self.ring.depth())?;
+            let fresh = Self::on_gpu(
+                Arc::clone(&self.gpu),
+                self.target_ns,
+                self.ring.depth(),
+                self.loop_budget,
+            )?;
             // Dropping the old engine destroys its objects on the old device.
             *self = fresh;
         }
@@ -328,6 +357,7 @@ impl VulkanEngine {
         generation: u64,
         chunk_target_ns: u64,
         depth: usize,
+        loop_budget: u32,
     ) -> Result<Self, EngineError> {
         let d = &ctx.device;
         // Every object is destroyed by Drop; a failure part-way leaks the few made before it
@@ -404,6 +434,8 @@ impl VulkanEngine {
                 returned: None,
                 ns_per_unit: INITIAL_NS_PER_UNIT,
                 min_gemm_tiles: min_gemm_tiles(&ctx.info.device_type),
+                min_guest_groups: (min_gemm_tiles(&ctx.info.device_type) / 2).max(1),
+                loop_budget,
                 last_device_ns: None,
                 overhead_ns: 0.0,
             }
@@ -548,7 +580,8 @@ impl VulkanEngine {
         }
     }
 
-    /// Binds `windows` (padded with the partials buffer) and records one dispatch.
+    /// Binds `windows` (padded with the partials buffer) and records one dispatch of built-in
+    /// kernel `pipeline`.
     fn dispatch(
         &self,
         pipeline: usize,
@@ -557,8 +590,36 @@ impl VulkanEngine {
         base: [u32; 3],
         groups: [u32; 3],
     ) -> Result<(), EngineError> {
+        let pad = Self::scratch_window(&self.ring.slot(self.cur).partials);
+        let infos: [vk::DescriptorBufferInfo; 4] =
+            std::array::from_fn(|i| windows.get(i).unwrap_or(&pad).info);
+        self.bind_and_dispatch(
+            self.pipelines[pipeline],
+            self.set_layout,
+            self.pipeline_layout,
+            &infos,
+            bytemuck::bytes_of(params),
+            base,
+            groups,
+        )
+    }
+
+    /// Allocates a descriptor set of `set_layout` (binding i = `infos[i]`, storage buffers)
+    /// from the current slot's pool, binds it with `pipeline`, pushes `push` and records one
+    /// `vkCmdDispatchBase`.
+    #[allow(clippy::too_many_arguments)]
+    fn bind_and_dispatch(
+        &self,
+        pipeline: vk::Pipeline,
+        set_layout: vk::DescriptorSetLayout,
+        pipeline_layout: vk::PipelineLayout,
+        infos: &[vk::DescriptorBufferInfo],
+        push: &[u8],
+        base: [u32; 3],
+        groups: [u32; 3],
+    ) -> Result<(), EngineError> {
         let d = &self.ctx.device;
-        let layouts = [self.set_layout];
+        let layouts = [set_layout];
         // SAFETY: the pool was reset before this chunk (the previous one completed); the set is
         // written before use; all handles are live.
         unsafe {
@@ -572,10 +633,6 @@ impl VulkanEngine {
                 .first()
                 .copied()
                 .ok_or(EngineError::OutOfDeviceMemory)?;
-            let pad = Self::scratch_window(&self.ring.slot(self.cur).partials);
-            let infos: Vec<[vk::DescriptorBufferInfo; 1]> = (0..4)
-                .map(|i| [windows.get(i).unwrap_or(&pad).info])
-                .collect();
             let writes: Vec<_> = infos
                 .iter()
                 .enumerate()
@@ -584,29 +641,25 @@ impl VulkanEngine {
                         .dst_set(set)
                         .dst_binding(i as u32)
                         .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
-                        .buffer_info(info)
+                        .buffer_info(std::slice::from_ref(info))
                 })
                 .collect();
             d.update_descriptor_sets(&writes, &[]);
-            d.cmd_bind_pipeline(
-                self.cb(),
-                vk::PipelineBindPoint::COMPUTE,
-                self.pipelines[pipeline],
-            );
+            d.cmd_bind_pipeline(self.cb(), vk::PipelineBindPoint::COMPUTE, pipeline);
             d.cmd_bind_descriptor_sets(
                 self.cb(),
                 vk::PipelineBindPoint::COMPUTE,
-                self.pipeline_layout,
+                pipeline_layout,
                 0,
                 &[set],
                 &[],
             );
             d.cmd_push_constants(
                 self.cb(),
-                self.pipeline_layout,
+                pipeline_layout,
                 vk::ShaderStageFlags::COMPUTE,
                 0,
-                bytemuck::bytes_of(params),
+                push,
             );
             d.cmd_dispatch_base(
                 self.cb(),
@@ -639,6 +692,7 @@ impl VulkanEngine {
         let remaining = total.saturating_sub(state.submitted);
         let at = state.submitted;
         match op {
+            Op::Dispatch(dispatch) => self.record_dispatch(dispatch, at, target_ns),
             Op::Copy { src, dst, .. } => {
                 let units = self
                     .units_for(OpKind::Copy, target_ns)
@@ -995,11 +1049,21 @@ impl Engine for VulkanEngine {
         let gpu = Arc::clone(&self.gpu);
         let target = self.target_ns;
         let depth = self.ring.depth();
+        let budget = self.loop_budget;
         Some(Arc::new(move || {
-            Ok(
-                Box::new(VulkanEngine::on_gpu(Arc::clone(&gpu), target, depth)?)
-                    as Box<dyn super::DynEngine>,
-            )
+            Ok(Box::new(VulkanEngine::on_gpu(
+                Arc::clone(&gpu),
+                target,
+                depth,
+                budget,
+            )?) as Box<dyn super::DynEngine>)
+        }))
+    }
+
+    fn module_compiler(&self) -> Option<Arc<dyn ModuleCompiler>> {
+        Some(Arc::new(guest::VkModuleCompiler {
+            gpu: Arc::clone(&self.gpu),
+            loop_budget: self.loop_budget,
         }))
     }
 
@@ -1064,6 +1128,21 @@ fn op_buffers(op: &Op) -> (Vec<&Arc<DeviceBuffer>>, Vec<&Arc<DeviceBuffer>>) {
         Op::AxpyF32 { x, y, .. } => (vec![&x.buffer], vec![&y.buffer]),
         Op::ReduceSumF32 { x, .. } => (vec![&x.buffer], vec![]),
         Op::Crc32c { src, .. } => (vec![&src.buffer], vec![]),
+        Op::Dispatch(d) => {
+            let (mut reads, mut writes) = (Vec::new(), Vec::<&Arc<DeviceBuffer>>::new());
+            for (slot, bound) in d.bindings.iter().enumerate() {
+                let Some(b) = bound else { continue };
+                let list = if d.writes(slot) {
+                    &mut writes
+                } else {
+                    &mut reads
+                };
+                if !list.iter().any(|o| Arc::ptr_eq(o, &b.at.buffer)) {
+                    list.push(&b.at.buffer);
+                }
+            }
+            (reads, writes)
+        }
     }
 }
 

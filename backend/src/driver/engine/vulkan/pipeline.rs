@@ -127,7 +127,11 @@ impl VulkanEngine {
             .chain(writes.into_iter().map(|b| DevicePin::new(b, true)))
             .collect();
         let units = planned.units;
-        self.ring.submit(slot, state.id, planned, pins)?;
+        let keep = match op {
+            Op::Dispatch(d) => Some(Arc::clone(d.module.compiled())),
+            _ => None,
+        };
+        self.ring.submit(slot, state.id, planned, pins, keep)?;
         state.submitted += units;
         Ok(())
     }
@@ -155,6 +159,12 @@ impl VulkanEngine {
                     let len = left.min(CRC_BLOCK);
                     state.crc = crc32c::crc32c_combine(state.crc, w, len as usize);
                     left -= len;
+                }
+            }
+            Op::Dispatch(d) => {
+                state.budget_hit |= self.guest_status(piece.slot);
+                if let Ok(module) = super::guest::vk_module(d) {
+                    module.observe(piece.planned.units, ns);
                 }
             }
             _ => {}
@@ -237,6 +247,11 @@ impl VulkanEngine {
                 return Err(e);
             }
         };
+        if state.budget_hit {
+            // The launch failed: the rest of it is not worth running.
+            self.ring.wait_all()?;
+            return Err(EngineError::LoopBudget(self.loop_budget));
+        }
         let host = nanos(entered.elapsed()).saturating_sub(waited) + gap;
         let sample = (host as f64).min(MAX_OVERHEAD_NS);
         self.overhead_ns = self.overhead_ns * 0.75 + sample * 0.25;
@@ -300,6 +315,9 @@ impl VulkanEngine {
                 Some(done) => ns += self.complete_piece(op, state, done),
                 None => break,
             }
+        }
+        if state.budget_hit {
+            return Err(EngineError::LoopBudget(self.loop_budget));
         }
         Ok((self.ctx.timestamp_bits > 0).then_some(ns))
     }

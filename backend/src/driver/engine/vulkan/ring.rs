@@ -21,6 +21,7 @@ use super::context::{vk_err, Ctx};
 use super::{create_scratch, Planned, Scratch, MAX_PARTIALS};
 use crate::driver::buffer::DevicePin;
 use crate::driver::engine::EngineError;
+use crate::driver::module::CompiledModule;
 
 /// Most pieces one operation may have in flight.
 pub const MAX_PIPELINE_DEPTH: usize = 4;
@@ -44,6 +45,8 @@ pub(super) struct InFlight {
     /// Buffers the piece touches, kept alive (and host access that would race with it held
     /// off) until it completed.
     pins: Vec<DevicePin>,
+    /// The guest pipeline the piece runs, kept alive until it completed.
+    keep: Option<Arc<dyn CompiledModule>>,
 }
 
 /// A completed piece, with its device time (from timestamps; `None` without them).
@@ -198,6 +201,7 @@ impl Ring {
         op: u64,
         planned: Planned,
         pins: Vec<DevicePin>,
+        keep: Option<Arc<dyn CompiledModule>>,
     ) -> Result<(), EngineError> {
         let cbs = [self.slots[slot].cb];
         let submit = [vk::SubmitInfo::default().command_buffers(&cbs)];
@@ -213,6 +217,7 @@ impl Ring {
             planned,
             submitted_at: Instant::now(),
             pins,
+            keep,
         });
         self.max_seen = self.max_seen.max(self.queue.len());
         Ok(())
@@ -308,6 +313,7 @@ impl Drop for Ring {
             );
             for piece in self.queue.drain(..) {
                 std::mem::forget(piece.pins);
+                std::mem::forget(piece.keep);
             }
             return;
         }
