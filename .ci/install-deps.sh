@@ -47,3 +47,11 @@ if ! dpkg -s mesa-vulkan-drivers $vulkan_pkgs >/dev/null 2>&1; then
     # shellcheck disable=SC2086
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $vulkan_pkgs
 fi
+
+# ---- Guest kernels (issue 10 §5): a C compiler and glibc's static libraries for the static C
+# example (guest-tools/examples/c), python3 for the ctypes wrapper's test; the shader tools above
+# rebuild the example and test modules.
+if ! command -v cc >/dev/null || ! command -v python3 >/dev/null || [ ! -f /usr/lib/x86_64-linux-gnu/libc.a ]; then
+    apt-get update -qq || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends gcc libc6-dev python3
+fi

@@ -36,6 +36,13 @@ backend/shaders/build.sh
 git diff --exit-code -- backend/shaders/
 export VGPU_REQUIRE_VULKAN=1 VGPU_VULKAN_VALIDATION=required
 
+# ---- Guest kernels (issue 10 §5): the committed example and test modules must match their GLSL /
+# SPIR-V assembly (and pass spirv-val); the C example must build against the static library.
+step "guest kernels: regenerate the example and test modules, diff, build the C example"
+guest-tools/kernels/build.sh --check
+tests/guest/kernels/build.sh --check
+guest-tools/examples/c/build.sh
+
 step "cargo test"
 unset VGPU_SKIP_GUEST VGPU_TEST_BACKEND VGPUD
 # The one "required" switch: every test dependency (vgpud, QEMU's vhost-user-gpu, QEMU and the
