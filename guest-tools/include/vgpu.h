@@ -108,7 +108,7 @@ typedef struct vgpu_binding {
   const struct vgpu_buffer *buffer;
   // First byte, a multiple of `bind_offset_align`.
   uint64_t offset;
-  // Bytes; 0 means from `offset` to the end of the buffer (rounded down to 4).
+  // Bytes; 0 means from `offset` to the end of the buffer (its size rounded up to 4).
   uint64_t size;
 } vgpu_binding;
 

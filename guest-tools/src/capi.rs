@@ -98,7 +98,7 @@ pub struct VgpuBinding {
     pub buffer: *const VgpuBuffer,
     /// First byte, a multiple of `bind_offset_align`.
     pub offset: u64,
-    /// Bytes; 0 means from `offset` to the end of the buffer (rounded down to 4).
+    /// Bytes; 0 means from `offset` to the end of the buffer (its size rounded up to 4).
     pub size: u64,
 }
 
@@ -428,7 +428,7 @@ pub unsafe extern "C" fn vgpu_module_launch(
             let offset = usize::try_from(b.offset)
                 .map_err(|_| Error::InvalidArgument("binding offset".into()))?;
             let size = if b.size == 0 {
-                buf.0.size().saturating_sub(offset) & !3
+                buf.0.device_size().saturating_sub(offset)
             } else {
                 usize::try_from(b.size)
                     .map_err(|_| Error::InvalidArgument("binding size".into()))?

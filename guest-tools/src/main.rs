@@ -65,14 +65,14 @@ enum Cmd {
         grid: [u32; 3],
         /// A buffer: SLOT:SIZE[:OPT]... with SLOT a binding (or - for unbound), SIZE like 4096,
         /// 64K, 1M, OPT one of zero, iota, pattern=0xHEX32, random=SEED, init=FILE, bind=OFF+LEN.
-        #[arg(long = "buf", value_name = "SLOT:SIZE[:OPT]", value_parser = runspec::parse_buf)]
+        #[arg(long = "buf", value_name = "SLOT:SIZE[:OPT]", allow_hyphen_values = true, value_parser = runspec::parse_buf)]
         bufs: Vec<runspec::BufSpec>,
         /// Push constants: comma list of u32:V, i32:V, f32:V, hex:BYTES or a bare u32.
-        #[arg(long, value_parser = runspec::parse_push)]
-        push: Option<Vec<u8>>,
+        #[arg(long, value_parser = runspec::parse_push_arg)]
+        push: Option<runspec::PushBytes>,
         /// Push constants as u32s: A,B,... (shorthand for --push A,B,...).
-        #[arg(long, value_name = "A,B,...", conflicts_with = "push", value_parser = runspec::parse_push)]
-        push_u32: Option<Vec<u8>>,
+        #[arg(long, value_name = "A,B,...", conflicts_with = "push", value_parser = runspec::parse_push_arg)]
+        push_u32: Option<runspec::PushBytes>,
         /// Print a buffer after the launch: SLOT[:hex|u32|i32|f32[:OFF+LEN]].
         #[arg(long = "dump", value_name = "SLOT[:FMT[:OFF+LEN]]", value_parser = runspec::parse_dump)]
         dumps: Vec<runspec::DumpSpec>,
@@ -168,6 +168,7 @@ fn run(cli: &Cli) -> Result<bool> {
                 push: push
                     .clone()
                     .or_else(|| push_u32.clone())
+                    .map(|p| p.0)
                     .unwrap_or_default(),
                 dumps: dumps.clone(),
                 expects: expects.clone(),
@@ -216,5 +217,81 @@ fn main() -> ExitCode {
             eprintln!("vgpu-smi: {e}");
             ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definitions() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "vgpu-smi",
+            "run",
+            "k.spv",
+            "--grid",
+            "4,2",
+            "--buf",
+            "0:1M:pattern=0xcafef00d:bind=0+1024",
+            "--buf",
+            "-:4K",
+            "--push-u32",
+            "16384,15",
+            "--dump",
+            "0:u32:0+16",
+            "--expect",
+            "0:0+1024=0x600df00d",
+            "--repeat",
+            "2",
+        ])
+        .unwrap();
+        match cli.cmd {
+            Some(Cmd::Run {
+                grid,
+                bufs,
+                push,
+                push_u32,
+                dumps,
+                expects,
+                repeat,
+                ..
+            }) => {
+                assert_eq!(grid, [4, 2, 1]);
+                assert_eq!(bufs.len(), 2);
+                assert!(push.is_none());
+                assert_eq!(push_u32.unwrap().0, [0, 0x40, 0, 0, 15, 0, 0, 0]);
+                assert_eq!((dumps.len(), expects.len(), repeat), (1, 1, 2));
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from([
+            "vgpu-smi",
+            "run",
+            "k.spv",
+            "--grid",
+            "1",
+            "--push",
+            "1,f32:0.5",
+        ])
+        .unwrap();
+        assert!(matches!(cli.cmd, Some(Cmd::Run { push: Some(_), .. })));
+        assert!(Cli::try_parse_from([
+            "vgpu-smi",
+            "run",
+            "k.spv",
+            "--grid",
+            "1",
+            "--push",
+            "1",
+            "--push-u32",
+            "2"
+        ])
+        .is_err());
+        let cli =
+            Cli::try_parse_from(["vgpu-smi", "kbench", "--kernel", "softmax", "--quick"]).unwrap();
+        assert!(matches!(cli.cmd, Some(Cmd::Kbench { quick: true, .. })));
     }
 }

@@ -180,6 +180,15 @@ pub fn parse_buf(s: &str) -> Result<BufSpec> {
     Ok(spec)
 }
 
+/// Push-constant bytes (one command-line value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushBytes(pub Vec<u8>);
+
+/// A `--push` value.
+pub fn parse_push_arg(s: &str) -> Result<PushBytes> {
+    parse_push(s).map(PushBytes)
+}
+
 /// A `--push` list to bytes.
 pub fn parse_push(s: &str) -> Result<Vec<u8>> {
     let mut out = Vec::new();

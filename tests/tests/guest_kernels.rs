@@ -342,7 +342,7 @@ fn guest_kernels_in_a_real_guest() {
 
     // Hostile modules: refused (exit 8) with the host's reason in the guest.
     let hostile = [
-        ("kernel", "kernel_capability", &["Kernel"][..]),
+        ("kernel", "kernel_capability", &["Kernel", "Addresses"][..]),
         (
             "pointer",
             "physical_pointer",

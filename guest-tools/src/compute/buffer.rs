@@ -3,7 +3,10 @@
 
 use std::sync::Arc;
 
-use crate::device::{BufferOf, VirtGpu};
+use vgpu_protocol::channel::FillCmd;
+use vgpu_protocol::ChannelCommand;
+
+use crate::device::{BufferOf, Stream, VirtGpu};
 use crate::error::{Error, Result};
 
 use super::Device;
@@ -16,47 +19,59 @@ pub struct Buffer {
 }
 
 impl Buffer {
-    /// Creates `size` bytes on `dev`'s vGPU and checks with QUERY_STATS that the host charged
-    /// them (Linux queues RESOURCE_CREATE_3D and never reports its failure).
+    /// Creates `size` bytes on `dev`'s vGPU (the device size rounded up to a multiple of 4) and
+    /// checks that the host has it: Linux queues RESOURCE_CREATE_3D and never reports its
+    /// failure, so a 4-byte FILL of the new buffer (zeros, as it already is) follows, and a
+    /// refusal of that submit (QUERY_STATS) means the buffer does not exist.
     pub(super) fn create(dev: &Device, size: usize) -> Result<Self> {
         let caps = dev.caps();
         let max = caps.max_buffer_bytes();
-        let width = u32::try_from(size)
-            .ok()
-            .filter(|&w| w > 0 && (max == 0 || u64::from(w) <= max))
+        let width = size
+            .checked_next_multiple_of(4)
+            .and_then(|w| u32::try_from(w).ok())
+            .filter(|&w| size > 0 && (max == 0 || u64::from(w) <= max))
             .ok_or_else(|| {
                 Error::InvalidArgument(format!(
                     "buffer size {size}: must be 1 to {} bytes",
                     if max == 0 { u64::from(u32::MAX) } else { max }
                 ))
             })?;
-        let before = dev.stats()?;
-        let free = before
+        let now = dev.stats()?;
+        let free = now
             .framebuffer_total_bytes
-            .saturating_sub(before.framebuffer_used_bytes);
+            .saturating_sub(now.framebuffer_used_bytes);
         if u64::from(width) > free {
             return Err(Error::Device(format!(
                 "out of vGPU memory: a {size}-byte buffer does not fit in the {free} bytes free"
             )));
         }
         let buf = BufferOf::create(Arc::clone(&dev.gpu), width, width)?;
-        buf.wait("RESOURCE_CREATE of a buffer")?;
-        let after = dev.stats()?;
-        let grew = after
-            .framebuffer_used_bytes
-            .saturating_sub(before.framebuffer_used_bytes);
-        if grew < u64::from(width) {
-            return Err(Error::Device(format!(
-                "the host did not create a {size}-byte buffer (vGPU memory in use grew by \
-                 {grew} bytes; is it full?)"
-            )));
+        let mut stream = Stream::new();
+        stream.push(&ChannelCommand::Fill(FillCmd {
+            dst_res: buf.res_id(),
+            pattern: 0,
+            offset: 0,
+            size: 4,
+        }));
+        dev.submit(stream.bytes(), &[buf.bo_handle()])?;
+        match dev.settle("creating a buffer") {
+            Ok(_) => Ok(Buffer { buf, size }),
+            Err(Error::Refused { reason, .. }) => Err(Error::Device(format!(
+                "the host did not create a {size}-byte buffer (is the vGPU's memory full?): {reason}"
+            ))),
+            Err(e) => Err(e),
         }
-        Ok(Buffer { buf, size })
     }
 
     /// Size in bytes.
     pub fn size(&self) -> usize {
         self.size
+    }
+
+    /// Size on the device: [`Buffer::size`] rounded up to a multiple of 4 (what a binding may
+    /// cover).
+    pub fn device_size(&self) -> usize {
+        self.buf.width() as usize
     }
 
     /// The virtio-gpu resource id (what the host calls this buffer).

@@ -39,13 +39,13 @@ pub struct Binding<'b> {
 }
 
 impl<'b> Binding<'b> {
-    /// The whole buffer at `slot` (its size rounded down to a multiple of 4).
+    /// The whole buffer at `slot` ([`Buffer::device_size`] bytes).
     pub fn whole(slot: u32, buffer: &'b Buffer) -> Self {
         Binding {
             slot,
             buffer,
             offset: 0,
-            size: buffer.size() & !3,
+            size: buffer.device_size(),
         }
     }
 

@@ -142,9 +142,9 @@ while host_sync cmd "waiting" 300; do
         *) fail cmd "unknown command $what" ;;
     esac
 done
-# Refused submits are logged by the driver as `response 0x1203 (command 0x207)` (SUBMIT_3D): they are
+# Refused submits are logged by the driver as `response 0x12NN (command 0x207)` (SUBMIT_3D): they are
 # what the refuse steps provoke, so they are counted, not failed.
-refused=$(dmesg | grep -c 'response 0x1203 (command 0x207)')
-errs=$(dmesg | grep -E 'virtio_gpu.*\*ERROR\*|virtio-gpu.*(timeout|timed out)' | grep -v -E 'response 0x1203 \(command 0x207\)' | head -n 5 | tr '\n' ';')
+refused=$(dmesg | grep -c -E 'response 0x12[0-9a-f]{2} \(command 0x207\)')
+errs=$(dmesg | grep -E 'virtio_gpu.*\*ERROR\*|virtio-gpu.*(timeout|timed out)' | grep -v -E 'response 0x12[0-9a-f]{2} \(command 0x207\)' | head -n 5 | tr '\n' ';')
 if [ -z "$errs" ]; then pass drm-errors "refused_submits_logged=$refused"; else fail drm-errors "$errs"; fi
 exit $FAILED
