@@ -64,7 +64,7 @@ enum Cmd {
         #[arg(long, value_parser = runspec::parse_grid)]
         grid: [u32; 3],
         /// A buffer: SLOT:SIZE[:OPT]... with SLOT a binding (or - for unbound), SIZE like 4096,
-        /// 64K, 1M, OPT one of zero, iota, pattern=0xHEX32, random=SEED, init=FILE, bind=OFF+LEN.
+        /// 64K, 1M, OPT one of zero, iota, pattern=0xHEX32, f32=V, random=SEED, init=FILE, bind=OFF+LEN.
         #[arg(long = "buf", value_name = "SLOT:SIZE[:OPT]", allow_hyphen_values = true, value_parser = runspec::parse_buf)]
         bufs: Vec<runspec::BufSpec>,
         /// Push constants: comma list of u32:V, i32:V, f32:V, hex:BYTES or a bare u32.

@@ -102,6 +102,11 @@ fn fill(spec: &BufSpec) -> Result<Vec<u8>> {
                 w.copy_from_slice(p.to_le_bytes().get(..w.len()).unwrap_or_default());
             }
         }
+        Init::F32(v) => {
+            for w in bytes.chunks_mut(4) {
+                w.copy_from_slice(v.to_le_bytes().get(..w.len()).unwrap_or_default());
+            }
+        }
         Init::Iota => {
             for (i, w) in bytes.chunks_mut(4).enumerate() {
                 w.copy_from_slice((i as u32).to_le_bytes().get(..w.len()).unwrap_or_default());

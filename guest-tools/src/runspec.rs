@@ -27,6 +27,8 @@ pub enum Init {
     Random(u64),
     /// u32 0, 1, 2, ...
     Iota,
+    /// One f32 repeated.
+    F32(f32),
     /// A file's bytes (the rest zero).
     File(PathBuf),
 }
@@ -166,15 +168,20 @@ pub fn parse_buf(s: &str) -> Result<BufSpec> {
             "iota" => spec.init = Init::Iota,
             "pattern" => spec.init = Init::Pattern(parse_u32(value)?),
             "random" => spec.init = Init::Random(parse_u64(value)?),
+            "f32" => {
+                spec.init = Init::F32(
+                    value
+                        .parse()
+                        .map_err(|_| bad("--buf f32", value, "not a number"))?,
+                )
+            }
             "init" | "file" => spec.init = Init::File(PathBuf::from(value)),
             "bind" => spec.bind = Some(parse_range(value)?),
-            _ => {
-                return Err(bad(
-                    "--buf option",
-                    opt,
-                    "expected zero, iota, pattern=HEX, random=SEED, init=FILE or bind=OFF+LEN",
-                ))
-            }
+            _ => return Err(bad(
+                "--buf option",
+                opt,
+                "expected zero, iota, pattern=HEX, f32=V, random=SEED, init=FILE or bind=OFF+LEN",
+            )),
         }
     }
     Ok(spec)
@@ -305,6 +312,8 @@ mod tests {
         );
         assert_eq!(parse_buf("-:4K").unwrap().slot, None);
         assert_eq!(parse_buf("0:4K:random=7").unwrap().init, Init::Random(7));
+        assert_eq!(parse_buf("0:4K:f32=1.5").unwrap().init, Init::F32(1.5));
+        assert!(parse_buf("0:4K:f32=x").is_err());
         assert_eq!(
             parse_buf("0:4K:init=/tmp/x").unwrap().init,
             Init::File("/tmp/x".into())
