@@ -160,7 +160,15 @@ fn guest_modules_load_bind_launch_and_are_bounded() {
 }
 
 fn guest_modules_on(engine: &str) {
-    let Some(backend) = Backend::vgpud_or_skip(&["--type", "vgpu-64m", "--engine", engine]) else {
+    let args = [
+        "--type",
+        "vgpu-64m",
+        "--engine",
+        engine,
+        "--loop-budget",
+        "4096",
+    ];
+    let Some(backend) = Backend::vgpud_or_skip(&args) else {
         return;
     };
     let cfg = FrontendConfig {
@@ -229,6 +237,17 @@ fn guest_modules_on(engine: &str) {
             .collect();
         assert_eq!(w, vec![5, 3, 2 + 100, i as u32], "workgroup {i}");
     }
+
+    // Loading the same words again shares the context's compiled pipeline and its charge.
+    let used = stats(&mut c, st, g_st, next()).framebuffer_used_bytes;
+    let r = submit(&mut c, &[load(12, src, GRID.len(), "main")], next());
+    assert!(matches!(r, DecodedResponse::OkNoData), "{r:?}");
+    assert_eq!(stats(&mut c, st, g_st, next()).framebuffer_used_bytes, used);
+    let r = submit(&mut c, &[load(12, src, GRID.len(), "main")], next());
+    assert!(
+        matches!(r, DecodedResponse::Err(ErrorCode::InvalidParameter)),
+        "id in use: {r:?}"
+    );
 
     // The binding and push constants persist across submits; rebinding a shorter range keeps
     // writes past it out of the buffer (robust access): the canary after 256 bytes survives.
