@@ -251,3 +251,94 @@ fn guest_modules_on(engine: &str) {
     drop(c);
     engines::assert_no_validation_errors(&backend.log());
 }
+
+const REDUCE: &[u8] = include_bytes!("../../backend/src/driver/spirv/testdata/reduce.spv");
+
+/// One vGPU's share of the two-vGPU test: loads the reduction module and runs `rounds` launches
+/// over its own data, checking every result; returns the vGPU's jobs completed and busy time.
+fn reduce_rounds(path: std::path::PathBuf, seed: u32, rounds: usize) -> (u64, u64) {
+    let cfg = FrontendConfig {
+        device_features: FrontendConfig::default().device_features | (1 << VIRTIO_GPU_F_VIRGL),
+        ..Default::default()
+    };
+    let client = GpuClient::connect(&path, &cfg).expect("connect");
+    let mut c = ChannelSession::new(client, 1).unwrap();
+    let n = 1u32 << 16;
+    let (src, x, sums, st) = (1, 2, 3, 4);
+    let g_src = c.buffer(src, 64 << 10).unwrap();
+    let g_x = c.buffer(x, n * 4).unwrap();
+    let g_sums = c.buffer(sums, 4096).unwrap();
+    let g_st = c.buffer(st, 4096).unwrap();
+    c.upload(src, g_src, REDUCE).unwrap();
+    // Small integers: the sum is exact in f32 whatever the order.
+    let data: Vec<f32> = (0..n).map(|i| ((i * seed) % 7) as f32).collect();
+    let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    c.upload(x, g_x, &bytes).unwrap();
+    let want: f32 = data.iter().sum();
+    let groups = 16u32;
+    let setup = [
+        load(1, src, REDUCE.len(), "main"),
+        bind(0, x, 0, u64::from(n) * 4),
+        bind(1, sums, 0, u64::from(groups) * 4),
+        ChannelCommand::PushConstants(PushConstantsCmd::new(0, &n.to_le_bytes())),
+    ];
+    assert!(matches!(
+        c.submit(&setup).unwrap(),
+        DecodedResponse::OkNoData
+    ));
+    for round in 0..rounds {
+        let r = c.submit(&[dispatch(1, [groups, 1, 1])]).unwrap();
+        assert!(
+            matches!(r, DecodedResponse::OkNoData),
+            "round {round}: {r:?}"
+        );
+        let got = c.download(sums, g_sums, groups as usize * 4).unwrap();
+        let total: f32 = got
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .sum();
+        assert_eq!(total, want, "vGPU seed {seed}, round {round}");
+    }
+    let s = c.stats(st, g_st).unwrap();
+    (s.jobs_completed, s.busy_ns)
+}
+
+#[test]
+fn two_vgpus_run_their_own_kernels_under_equal_share() {
+    if !engines::engines().contains(&"vulkan") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sock_b = dir.path().join("b.sock");
+    let spec = format!("socket={},type=vgpu-64m", sock_b.display());
+    let args = [
+        "--engine",
+        "vulkan",
+        "--policy",
+        "equal-share",
+        "--type",
+        "vgpu-64m",
+        "--vgpu",
+        &spec,
+    ];
+    let Some(backend) = Backend::vgpud_or_skip(&args) else {
+        return;
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !sock_b.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "second socket never appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let a = backend.socket().to_path_buf();
+    let t1 = std::thread::spawn(move || reduce_rounds(a, 3, 20));
+    let t2 = std::thread::spawn(move || reduce_rounds(sock_b, 5, 20));
+    let (jobs1, busy1) = t1.join().expect("vGPU 0");
+    let (jobs2, busy2) = t2.join().expect("vGPU 1");
+    // Both ran all their launches (and checked every result); both were charged device time.
+    assert!(jobs1 >= 21 && jobs2 >= 21, "{jobs1} {jobs2}");
+    assert!(busy1 > 0 && busy2 > 0, "{busy1} {busy2}");
+    engines::assert_no_validation_errors(&backend.log());
+}
