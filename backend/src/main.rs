@@ -414,17 +414,19 @@ mod engines {
         if let Some(note) = note {
             log::warn!("{note}");
         }
-        let engine = choice.open(DEFAULT_CHUNK_TARGET_NS).map_err(|e| Failure {
-            code: 3,
-            message: format!(
-                "engine {}: {e} (see `vgpud --list-engines`)",
-                match &choice {
-                    EngineChoice::Cpu => "cpu".to_string(),
-                    EngineChoice::Vulkan(DeviceSelector::RenderNode { .. }) => "vulkan".into(),
-                    EngineChoice::Vulkan(s) => format!("vulkan ({s})"),
-                }
-            ),
-        })?;
+        let engine = choice
+            .open(DEFAULT_CHUNK_TARGET_NS, opts.loop_budget)
+            .map_err(|e| Failure {
+                code: 3,
+                message: format!(
+                    "engine {}: {e} (see `vgpud --list-engines`)",
+                    match &choice {
+                        EngineChoice::Cpu => "cpu".to_string(),
+                        EngineChoice::Vulkan(DeviceSelector::RenderNode { .. }) => "vulkan".into(),
+                        EngineChoice::Vulkan(s) => format!("vulkan ({s})"),
+                    }
+                ),
+            })?;
         let caps = engine.caps();
         opts.engine_memory_default_mib = default_device_memory(&caps).map(|b| b / MIB);
         log::info!(

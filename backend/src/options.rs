@@ -12,8 +12,9 @@ use clap::Parser;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::driver::engine::vulkan::{DeviceSelector, DrmNode};
+use crate::driver::engine::vulkan::{DeviceSelector, DrmNode, DEFAULT_LOOP_BUDGET};
 use crate::driver::engine::EngineChoice;
+use crate::driver::spirv::MAX_LOOP_BUDGET;
 use crate::driver::Policy;
 use crate::vhost::socket_access::{parse_group, parse_mode};
 
@@ -342,6 +343,13 @@ pub struct Options {
     /// With a Vulkan engine, `--device-memory` defaults to the device heap minus a reserve.
     #[arg(long, value_name = "ENGINE", value_parser = parse_engine)]
     pub engine: Option<EngineChoice>,
+
+    /// Loop back edges one invocation of a guest kernel may take, all its loops together, before
+    /// its loops are cut short and its launch fails (1..=1073741824; guest modules run on the
+    /// Vulkan engine). Bounds how long one piece of a hostile kernel holds the device.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_LOOP_BUDGET,
+          value_parser = clap::value_parser!(u32).range(1..=(MAX_LOOP_BUDGET as i64)))]
+    pub loop_budget: u32,
 
     /// List the CPU engine and every Vulkan device (index, name, type, driver, heaps) and exit.
     #[arg(long, group = "listing")]

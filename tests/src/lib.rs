@@ -24,6 +24,7 @@
 #![deny(missing_docs)]
 
 pub mod backend;
+pub mod channel;
 pub mod client;
 pub mod conformance;
 pub mod connection;

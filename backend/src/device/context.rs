@@ -331,27 +331,28 @@ impl Gpu3d {
             .get_mut(&ctx_id)
             .ok_or(GpuError::InvalidContext(ctx_id))?;
         submit::check_stream(stream, ctx_id, &ctx.attached, &self.buffers, is_2d)?;
-        // Guest-module commands change a copy, kept only if the whole stream is accepted.
-        let mut launch = submit::has_module_commands(stream).then(|| ctx.launch.clone());
-        let mut scratch = LaunchState::default();
         let scope = submit::ModuleScope {
-            launch: launch.as_mut().unwrap_or(&mut scratch),
+            launch: &ctx.launch,
             vgpu: &self.vgpu,
             ctx_id,
             attached: &ctx.attached,
         };
-        let prepared = submit::prepare(stream, &self.buffers, &noop, scope)?;
+        let mut prepared = submit::prepare(stream, &self.buffers, &noop, scope)?;
+        // Guest-module state changes only once the whole stream is accepted.
+        let launch = prepared.launch.take();
+        let submitted = if prepared.is_empty() {
+            false
+        } else {
+            let notifier = self
+                .notifier
+                .clone()
+                .ok_or(GpuError::Unsupported(VIRTIO_GPU_CMD_SUBMIT_3D))?;
+            submit::submit(prepared, &ctx.channel, &self.vgpu, token, notifier)?;
+            true
+        };
         if let Some(launch) = launch {
             ctx.launch = launch;
         }
-        if prepared.is_empty() {
-            return Ok(false);
-        }
-        let notifier = self
-            .notifier
-            .clone()
-            .ok_or(GpuError::Unsupported(VIRTIO_GPU_CMD_SUBMIT_3D))?;
-        submit::submit(prepared, &ctx.channel, &self.vgpu, token, notifier)?;
-        Ok(true)
+        Ok(submitted)
     }
 }

@@ -207,6 +207,9 @@ fn translate(
 /// A stream turned into validated jobs, ready to submit.
 pub struct PreparedSubmit {
     jobs: Vec<(Job, Vec<BufRef>)>,
+    /// The context's launch state after the stream's guest-module commands (`None`: the stream
+    /// had none); the caller keeps it once the stream is accepted.
+    pub launch: Option<LaunchState>,
 }
 
 impl PreparedSubmit {
@@ -216,25 +219,11 @@ impl PreparedSubmit {
     }
 }
 
-/// True if the stream (already checked) holds a guest-module command.
-pub fn has_module_commands(stream: &[u8]) -> bool {
-    decode_stream(stream).flatten().any(|c| {
-        matches!(
-            c,
-            ChannelCommand::ModuleLoad(_)
-                | ChannelCommand::ModuleUnload(_)
-                | ChannelCommand::Bind(_)
-                | ChannelCommand::PushConstants(_)
-                | ChannelCommand::Dispatch(_)
-        )
-    })
-}
-
-/// What a stream's guest-module commands act on: the context's launch state (a copy the caller
-/// keeps only if the whole stream is accepted) and what a DISPATCH is checked against.
+/// What a stream's guest-module commands act on: the context's launch state and what a DISPATCH
+/// is checked against.
 pub struct ModuleScope<'a> {
-    /// The context's state, changed in stream order.
-    pub launch: &'a mut LaunchState,
+    /// The context's state (changes go to a copy, [`PreparedSubmit::launch`]).
+    pub launch: &'a LaunchState,
     /// The vGPU (its partition is charged for modules; its engine compiles them).
     pub vgpu: &'a Vgpu,
     /// The context.
@@ -259,6 +248,8 @@ pub fn prepare(
         stats: Vec::new(),
     };
     let caps = scope.vgpu.engine_caps();
+    // Guest-module commands change a copy, made at the first of them.
+    let mut staged: Option<LaunchState> = None;
     for cmd in decode_stream(stream) {
         let cmd = cmd?;
         let op = match &cmd {
@@ -267,22 +258,26 @@ pub fn prepare(
                 continue;
             }
             ChannelCommand::ModuleLoad(c) => {
-                scope.launch.load(c, buffers, scope.vgpu)?;
+                let launch = staged.get_or_insert_with(|| scope.launch.clone());
+                launch.load(c, buffers, scope.vgpu)?;
                 continue;
             }
             ChannelCommand::ModuleUnload(c) => {
-                scope.launch.unload(c.module_id)?;
+                let launch = staged.get_or_insert_with(|| scope.launch.clone());
+                launch.unload(c.module_id)?;
                 continue;
             }
             ChannelCommand::Bind(b) => {
-                scope.launch.bind(b, caps.max_storage_buffer_range)?;
+                let launch = staged.get_or_insert_with(|| scope.launch.clone());
+                launch.bind(b, caps.max_storage_buffer_range)?;
                 continue;
             }
             ChannelCommand::PushConstants(p) => {
-                scope.launch.push_constants(p);
+                let launch = staged.get_or_insert_with(|| scope.launch.clone());
+                launch.push_constants(p);
                 continue;
             }
-            ChannelCommand::Dispatch(c) => scope.launch.dispatch(
+            ChannelCommand::Dispatch(c) => staged.as_ref().unwrap_or(scope.launch).dispatch(
                 c,
                 buffers,
                 scope.ctx_id,
@@ -317,7 +312,10 @@ pub fn prepare(
         }
         jobs.push((Job::new(seg.ops)?, seg.stats));
     }
-    Ok(PreparedSubmit { jobs })
+    Ok(PreparedSubmit {
+        jobs,
+        launch: staged,
+    })
 }
 
 /// Submits `prepared` on `channel`. Returns an error (and notifies nothing) only if the first

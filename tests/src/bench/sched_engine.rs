@@ -29,7 +29,10 @@ pub(super) fn name() -> String {
 pub(super) fn open(chunk_ns: u64) -> Result<Box<dyn DynEngine>, String> {
     let choice = ENGINE.get().map(|(_, c)| c.clone()).unwrap_or_default();
     choice
-        .open(chunk_ns)
+        .open(
+            chunk_ns,
+            vgpu_backend::driver::engine::vulkan::DEFAULT_LOOP_BUDGET,
+        )
         .map_err(|e| format!("engine {}: {e}", name()))
 }
 

@@ -434,14 +434,20 @@ impl std::str::FromStr for EngineChoice {
 }
 
 impl EngineChoice {
-    /// Opens the engine, chunks aiming at `chunk_target_ns` while other vGPUs have work.
-    pub fn open(&self, chunk_target_ns: u64) -> Result<Box<dyn DynEngine>, EngineError> {
+    /// Opens the engine, chunks aiming at `chunk_target_ns` while other vGPUs have work, guest
+    /// modules (an engine that runs them) cut off after `loop_budget` back edges per invocation.
+    pub fn open(
+        &self,
+        chunk_target_ns: u64,
+        loop_budget: u32,
+    ) -> Result<Box<dyn DynEngine>, EngineError> {
         Ok(match self {
             EngineChoice::Cpu => Box::new(cpu::CpuEngine::new(chunk_target_ns)),
             EngineChoice::Vulkan(selector) => {
                 Box::new(vulkan::VulkanEngine::new(&vulkan::VulkanOptions {
                     selector: selector.clone(),
                     chunk_target_ns,
+                    loop_budget,
                     ..vulkan::VulkanOptions::default()
                 })?)
             }

@@ -341,3 +341,79 @@ fn a_fence_timeout_recreates_the_device_too() {
     TestEngine::Vulkan.assert_no_validation_errors();
     dev.shutdown();
 }
+
+/// A guest module launch: `grid.spv` writes, per workgroup, the grid it sees and its index.
+fn grid_launch(vgpu: &Arc<Vgpu>, out: &Arc<DeviceBuffer>, groups: [u32; 3]) -> Op {
+    use crate::driver::module::{BoundRange, Dispatch, GuestModule, ModuleShape};
+    use crate::driver::spirv;
+    const GRID: &[u8] = include_bytes!("../../spirv/testdata/grid.spv");
+    let words: Vec<u32> = GRID
+        .chunks_exact(4)
+        .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+        .collect();
+    let compiler = vgpu
+        .module_compiler()
+        .expect("the Vulkan engine compiles modules");
+    let prepared = spirv::prepare(&words, "main", &compiler.limits()).unwrap();
+    let compiled = compiler.compile(&prepared).unwrap();
+    let charge = vgpu.partition().charge_guard(4096).unwrap();
+    let module = Arc::new(GuestModule::new(
+        ModuleShape::of(&prepared),
+        compiled,
+        vgpu.id(),
+        charge,
+    ));
+    let mut bindings: [Option<BoundRange>; 8] = Default::default();
+    bindings[0] = Some(BoundRange {
+        at: BufRef::new(out, 0),
+        len: out.size(),
+    });
+    Op::Dispatch(Box::new(Dispatch {
+        module,
+        groups,
+        bindings,
+        push: [0; 128],
+    }))
+}
+
+fn grid_checked(out: &Arc<DeviceBuffer>, groups: [u32; 3]) {
+    let cells = groups.iter().product::<u32>() as usize;
+    let mut words = vec![0u8; cells * 16];
+    out.read(0, &mut words).unwrap();
+    for (i, cell) in words.chunks_exact(16).enumerate() {
+        let w: Vec<u32> = cell
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        assert_eq!(
+            w,
+            [groups[0], groups[1], groups[2], i as u32],
+            "workgroup {i}"
+        );
+    }
+}
+
+#[test]
+fn a_guest_module_compiled_before_a_loss_runs_after_it() {
+    let Some((dev, gpu)) = vulkan_device() else {
+        return;
+    };
+    let a = dev.create_vgpu("vgpu-64m", Uuid::from_u128(1)).unwrap();
+    let out = a.alloc_buffer(64 << 10).unwrap();
+    let groups = [6, 4, 3];
+    let op = grid_launch(&a, &out, groups);
+    try_run(&a, vec![op.clone()]).expect("launch before the loss");
+    grid_checked(&out, groups);
+    gpu.inject_device_lost();
+    let failed = try_run(&a, vec![op.clone()]);
+    assert_eq!(
+        failed.map(|_| ()),
+        Err(JobFailure::Engine(EngineError::DeviceLost))
+    );
+    assert_eq!(gpu.health().recoveries, 1);
+    // The same module (compiled on the lost device) is rebuilt on the new one and runs.
+    try_run(&a, vec![op]).expect("launch after the loss");
+    grid_checked(&out, groups);
+    TestEngine::Vulkan.assert_no_validation_errors();
+    dev.shutdown();
+}

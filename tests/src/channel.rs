@@ -1,0 +1,164 @@
+//! A context on a vGPU's compute channel through the test frontend: buffers with guest backing,
+//! transfers, fenced SUBMIT_3D streams and QUERY_STATS, as a guest driver would send them.
+
+use vgpu_protocol::capset::StatsRecord;
+use vgpu_protocol::channel::{QueryStatsCmd, PIPE_BUFFER, VGPU_CAPSET_ID};
+use vgpu_protocol::virtio_gpu::*;
+use vgpu_protocol::{ChannelCommand, DecodedResponse, GpuCommand, VgpuCapset};
+
+use crate::client::GpuClient;
+use crate::error::{FrontendError as Error, Result};
+
+/// One context of a connected client.
+pub struct ChannelSession {
+    /// The client (its guest memory holds the backings).
+    pub client: GpuClient,
+    ctx: u32,
+    fence: u64,
+}
+
+fn expect_ok(r: DecodedResponse, what: &str) -> Result<()> {
+    match r {
+        DecodedResponse::OkNoData => Ok(()),
+        other => Err(Error::Protocol(format!("{what}: {other:?}"))),
+    }
+}
+
+impl ChannelSession {
+    /// Creates context `ctx` on `client`.
+    pub fn new(mut client: GpuClient, ctx: u32) -> Result<Self> {
+        let hdr = CtrlHeader {
+            ctx_id: ctx,
+            ..Default::default()
+        };
+        let r = client.send_ctrl(&GpuCommand::CtxCreate(CtxCreate::default()), hdr)?;
+        expect_ok(r.1, "ctx create")?;
+        Ok(Self {
+            client,
+            ctx,
+            fence: 0,
+        })
+    }
+
+    fn hdr(&mut self, fenced: bool) -> CtrlHeader {
+        if fenced {
+            self.fence += 1;
+        }
+        CtrlHeader {
+            flags: if fenced { VIRTIO_GPU_FLAG_FENCE } else { 0 },
+            fence_id: if fenced { self.fence } else { 0 },
+            ctx_id: self.ctx,
+            ..Default::default()
+        }
+    }
+
+    /// Sends `cmd` on the context and returns the response.
+    pub fn send(&mut self, cmd: &GpuCommand<'_>) -> Result<DecodedResponse> {
+        let hdr = self.hdr(false);
+        Ok(self.client.send_ctrl(cmd, hdr)?.1)
+    }
+
+    /// The vGPU's capset.
+    pub fn capset(&mut self) -> Result<VgpuCapset> {
+        let get = GpuCommand::GetCapset(GetCapset {
+            capset_id: VGPU_CAPSET_ID,
+            capset_version: 1,
+        });
+        match self.client.ctrl(&get)? {
+            DecodedResponse::OkCapset(b) => {
+                VgpuCapset::parse(&b).map_err(|e| Error::Protocol(format!("capset: {e}")))
+            }
+            other => Err(Error::Protocol(format!("GET_CAPSET: {other:?}"))),
+        }
+    }
+
+    /// A buffer `id` of `size` bytes with guest backing, attached to the context; returns the
+    /// backing's guest address.
+    pub fn buffer(&mut self, id: u32, size: u32) -> Result<u64> {
+        let create = GpuCommand::ResourceCreate3d(ResourceCreate3d {
+            resource_id: id,
+            target: PIPE_BUFFER,
+            width: size,
+            height: 1,
+            depth: 1,
+            array_size: 1,
+            ..Default::default()
+        });
+        let r = self.send(&create)?;
+        expect_ok(r, "create")?;
+        let gpa = self.client.guest_buffer(&vec![0u8; size as usize])?;
+        expect_ok(
+            self.client.attach_backing(id, &[(gpa, size)])?,
+            "attach backing",
+        )?;
+        let attach = GpuCommand::CtxAttachResource(CtxResource {
+            resource_id: id,
+            padding: 0,
+        });
+        let r = self.send(&attach)?;
+        expect_ok(r, "ctx attach")?;
+        Ok(gpa)
+    }
+
+    fn transfer(&mut self, id: u32, len: usize, to_host: bool) -> Result<()> {
+        let t = Transfer3d {
+            box_: Box3d {
+                w: u32::try_from(len).map_err(|_| Error::Protocol("transfer too long".into()))?,
+                h: 1,
+                d: 1,
+                ..Default::default()
+            },
+            resource_id: id,
+            ..Default::default()
+        };
+        let cmd = if to_host {
+            GpuCommand::TransferToHost3d(t)
+        } else {
+            GpuCommand::TransferFromHost3d(t)
+        };
+        let r = self.send(&cmd)?;
+        expect_ok(r, "transfer")
+    }
+
+    /// Writes `data` to the backing at `gpa` and transfers it to buffer `id` (offset 0).
+    pub fn upload(&mut self, id: u32, gpa: u64, data: &[u8]) -> Result<()> {
+        self.client.conn.mem.write(gpa, data)?;
+        self.transfer(id, data.len(), true)
+    }
+
+    /// Transfers `len` bytes of buffer `id` to its backing at `gpa` and reads them.
+    pub fn download(&mut self, id: u32, gpa: u64, len: usize) -> Result<Vec<u8>> {
+        self.transfer(id, len, false)?;
+        self.client.conn.mem.read_vec(gpa, len)
+    }
+
+    /// Submits `cmds` as one fenced SUBMIT_3D and returns the response (sent when the work
+    /// completed).
+    pub fn submit(&mut self, cmds: &[ChannelCommand]) -> Result<DecodedResponse> {
+        let mut s = Vec::new();
+        for cmd in cmds {
+            cmd.encode(&mut s);
+        }
+        let cmd = GpuCommand::Submit3d(
+            Submit3d {
+                size: u32::try_from(s.len()).map_err(|_| Error::Protocol("stream".into()))?,
+                padding: 0,
+            },
+            &s,
+        );
+        let hdr = self.hdr(true);
+        Ok(self.client.send_ctrl(&cmd, hdr)?.1)
+    }
+
+    /// QUERY_STATS into buffer `res` (backing at `gpa`, ≥ 128 bytes), read back.
+    pub fn stats(&mut self, res: u32, gpa: u64) -> Result<StatsRecord> {
+        let q = ChannelCommand::QueryStats(QueryStatsCmd {
+            dst_res: res,
+            reserved: 0,
+            dst_offset: 0,
+        });
+        expect_ok(self.submit(&[q])?, "query stats")?;
+        let b = self.download(res, gpa, 128)?;
+        StatsRecord::parse(&b).map_err(|e| Error::Protocol(format!("stats: {e}")))
+    }
+}
