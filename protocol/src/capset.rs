@@ -346,22 +346,18 @@ pub struct StatsRecord {
     pub jobs_failed: u64,
     /// Why the last failed job failed ([`JobFailure`] value; protocol 1.2).
     pub last_failure: u32,
-    /// Must be 0.
-    pub reserved1: u32,
+    /// The `VIRTIO_GPU_RESP_ERR_*` code of the last refused submit (protocol 1.2).
+    pub last_refusal_code: u32,
     /// SUBMIT_3D streams of this vGPU refused before anything ran (protocol 1.2): a guest's
     /// driver does not pass the error response on, so this is how a guest program learns that,
     /// for example, its module was refused.
     pub submits_refused: u64,
-    /// The `VIRTIO_GPU_RESP_ERR_*` code of the last refused submit (protocol 1.2).
-    pub last_refusal_code: u32,
-    /// Must be 0.
-    pub reserved2: u32,
     /// Why the last submit was refused, UTF-8, NUL padded, truncated (protocol 1.2).
     pub last_refusal: [u8; REFUSAL_TEXT_LEN],
 }
 
 /// Bytes of [`StatsRecord::last_refusal`].
-pub const REFUSAL_TEXT_LEN: usize = 32;
+pub const REFUSAL_TEXT_LEN: usize = 40;
 
 /// [`StatsRecord::last_failure`]: why a job failed.
 #[repr(u32)]
@@ -428,10 +424,8 @@ impl Default for StatsRecord {
             busy_ns: 0,
             jobs_failed: 0,
             last_failure: 0,
-            reserved1: 0,
-            submits_refused: 0,
             last_refusal_code: 0,
-            reserved2: 0,
+            submits_refused: 0,
             last_refusal: [0; REFUSAL_TEXT_LEN],
         }
     }
@@ -443,7 +437,7 @@ impl StatsRecord {
         Self::default()
     }
 
-    /// Sets the refusal text (truncated to 31 bytes at a char boundary).
+    /// Sets the refusal text (truncated to 39 bytes at a char boundary).
     pub fn set_last_refusal(&mut self, text: &str) {
         self.last_refusal = name_bytes(text);
     }
@@ -517,15 +511,15 @@ mod tests {
         assert_eq!(offset_of!(StatsRecord, busy_ns), 56);
         assert_eq!(offset_of!(StatsRecord, jobs_failed), 64);
         assert_eq!(offset_of!(StatsRecord, last_failure), 72);
+        assert_eq!(offset_of!(StatsRecord, last_refusal_code), 76);
         assert_eq!(offset_of!(StatsRecord, submits_refused), 80);
-        assert_eq!(offset_of!(StatsRecord, last_refusal_code), 88);
-        assert_eq!(offset_of!(StatsRecord, last_refusal), 96);
+        assert_eq!(offset_of!(StatsRecord, last_refusal), 88);
         assert_eq!(offset_of!(VgpuCapset, module_flags), VGPU_CAPSET_V1_1_SIZE);
         assert_eq!(offset_of!(VgpuCapset, max_workgroup_size), 280);
         assert_eq!(offset_of!(VgpuCapset, max_modules), 296);
         let mut r = StatsRecord::new();
         r.set_last_refusal("capability Kernel is not allowed in a guest module");
-        assert_eq!(r.last_refusal(), "capability Kernel is not allowe");
+        assert_eq!(r.last_refusal(), "capability Kernel is not allowed in a g");
         assert_eq!(&VGPU_CAPSET_MAGIC.to_le_bytes(), b"VGPU");
         assert_eq!(&VGPU_STATS_MAGIC.to_le_bytes(), b"VGST");
     }

@@ -81,7 +81,7 @@ fn guest_modules_on(engine: &str) {
         );
         let s = c.stats(st, g_st).unwrap();
         assert_eq!(s.submits_refused, 1);
-        assert_eq!(s.last_refusal(), "the cpu engine runs no guest mo");
+        assert_eq!(s.last_refusal(), "the cpu engine runs no guest modules");
         return;
     }
     assert_eq!(cap.module_flags & MODULE_FLAG_SPIRV, MODULE_FLAG_SPIRV);

@@ -335,7 +335,14 @@ impl VirtioGpuDevice {
                 if let Some(vgpu) = self.vgpu() {
                     vgpu.record_guest_error(e.code());
                     if req.cmd.type_() == VIRTIO_GPU_CMD_SUBMIT_3D {
-                        vgpu.record_refusal(e.code(), &e.to_string());
+                        // The guest sees 39 bytes: drop the stream offset a decode error starts
+                        // with ("command at 16: ...").
+                        let text = e.to_string();
+                        let reason = match text.strip_prefix("command at ") {
+                            Some(rest) => rest.split_once(": ").map_or(rest, |(_, r)| r),
+                            None => &text,
+                        };
+                        vgpu.record_refusal(e.code(), reason);
                     }
                 }
                 Response::Err(e.code())

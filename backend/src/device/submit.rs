@@ -86,7 +86,7 @@ pub fn stats_record(vgpu: &Vgpu) -> StatsRecord {
     let outcomes = vgpu.guest_outcomes();
     record.last_failure = outcomes.last_failure.map_or(0, |f| f as u32);
     record.submits_refused = outcomes.submits_refused;
-    record.last_refusal_code = outcomes.last_refusal_code.map_or(0, |c| c as u32);
+    record.last_refusal_code = outcomes.last_refusal_code.map_or(0, |c| c.type_());
     record.set_last_refusal(&outcomes.last_refusal);
     record
 }

@@ -115,7 +115,7 @@ mod tests {
     fn delta(refused: u64, failed: u64, failure: JobFailure) -> Delta {
         let mut now = StatsRecord::new();
         now.last_failure = failure as u32;
-        now.last_refusal_code = 0x1203;
+        now.last_refusal_code = 0x1205;
         now.set_last_refusal("capability Kernel is not allowed");
         Delta {
             refused,
@@ -134,7 +134,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             e.to_string(),
-            "the host refused module load: capability Kernel is not allowe (error 0x1203)"
+            "the host refused module load: capability Kernel is not allowed (error 0x1205)"
         );
         let e = delta(0, 1, JobFailure::LoopBudget)
             .into_result("launch", 65536)
