@@ -40,6 +40,18 @@ impl ChannelSession {
         })
     }
 
+    /// Creates context `ctx` on the same client and sends later commands on it.
+    pub fn open_context(&mut self, ctx: u32) -> Result<()> {
+        self.ctx = ctx;
+        let r = self.send(&GpuCommand::CtxCreate(CtxCreate::default()))?;
+        expect_ok(r, "ctx create")
+    }
+
+    /// Sends later commands on context `ctx` (created already).
+    pub fn use_context(&mut self, ctx: u32) {
+        self.ctx = ctx;
+    }
+
     fn hdr(&mut self, fenced: bool) -> CtrlHeader {
         if fenced {
             self.fence += 1;

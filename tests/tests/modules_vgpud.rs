@@ -202,6 +202,20 @@ fn guest_modules_on(engine: &str) {
         "{r:?}"
     );
 
+    // Another context of the same VM reaches neither the first one's buffers nor its modules.
+    c.open_context(2).unwrap();
+    let r = c.submit(&[bind(0, out, 0, 256)]).unwrap();
+    assert!(
+        matches!(r, DecodedResponse::Err(ErrorCode::InvalidResourceId)),
+        "a buffer not attached to the context: {r:?}"
+    );
+    let r = c.submit(&[dispatch(7, [1, 1, 1])]).unwrap();
+    assert!(
+        matches!(r, DecodedResponse::Err(ErrorCode::InvalidParameter)),
+        "another context's module: {r:?}"
+    );
+    c.use_context(1);
+
     // A kernel that loops forever: its launch fails with the loop-budget status, in bounded
     // time, and the vGPU keeps serving.
     c.upload(src, g_src, FOREVER).unwrap();
