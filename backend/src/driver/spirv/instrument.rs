@@ -7,6 +7,8 @@
 //!   block) and the call graph is acyclic: the invocation ends.
 //! - Before each `OpReturn` of the entry point: `if (counter > budget) control.status = 1`.
 //! - Loads of the `NumWorkgroups` input read `control.grid` instead.
+//! - Dynamic indices into memory robust buffer access does not cover are clamped
+//!   ([`super::bounds`]).
 //!
 //! The control block is a new StorageBuffer `Block { u32 status; (pad) uvec3 grid @16 }` at
 //! set 0 / [`CONTROL_BINDING`].
@@ -22,10 +24,11 @@ use super::facts::{Facts, Ty};
 use super::{SpirvError, CONTROL_BINDING, CONTROL_GRID_OFFSET, CONTROL_STATUS_OFFSET};
 
 /// Hands out fresh ids above the module's bound.
-struct Ids(u32);
+pub(super) struct Ids(u32);
 
 impl Ids {
-    fn next(&mut self) -> Result<u32, SpirvError> {
+    /// A fresh id.
+    pub(super) fn next(&mut self) -> Result<u32, SpirvError> {
         let id = self.0;
         if id >= super::MAX_ID_BOUND {
             return Err(SpirvError::IdBound(id));
@@ -272,6 +275,7 @@ pub(super) fn rewrite(
     let bound = module.header.as_ref().map_or(0, |h| h.bound);
     let mut ids = Ids(bound);
     let g = add_globals(&mut module, facts, &mut ids, budget)?;
+    super::bounds::clamp_indices(&mut module, facts, g.boolean, &mut ids)?;
 
     // SPIR-V before 1.3 needs the extension for the StorageBuffer storage class.
     if facts.version < (1, 3)

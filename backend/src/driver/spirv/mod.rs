@@ -9,11 +9,14 @@
 //!   leaves through its merge block, and the entry point stores 1 into the control block's
 //!   `status` before it returns;
 //! - loads of the `NumWorkgroups` built-in read the control block's `grid` instead, because the
-//!   engine runs a launch in pieces with `vkCmdDispatchBase`.
+//!   engine runs a launch in pieces with `vkCmdDispatchBase`;
+//! - dynamic indices into shared, private, function, push-constant and input memory are
+//!   clamped ([`bounds`]): robust buffer access covers storage buffers only.
 //!
 //! The module is pure: no Vulkan, no engine. Every step is linear in the module's size, uses no
 //! recursion and never panics on any input (the `spirv` fuzz target checks that).
 
+mod bounds;
 mod cfg;
 mod facts;
 mod instrument;

@@ -147,6 +147,15 @@ fn glslang_kernels_pass_and_their_instrumented_form_validates() {
             back_edges: 0,
         },
         Expect {
+            name: "bounds",
+            env: "vulkan1.1",
+            size: [4, 1, 1],
+            used: 0b1,
+            written: 0b1,
+            push: 16,
+            back_edges: 0,
+        },
+        Expect {
             name: "forever",
             env: "vulkan1.1",
             size: [4, 1, 1],
@@ -229,6 +238,16 @@ fn instrumentation_rewrites_what_it_says() {
         .filter(|i| validate::used_ids(i).any(|id| id == nwg))
         .count();
     assert_eq!(uses, 0, "{}", disassemble(&p.words));
+}
+
+#[test]
+fn dynamic_indices_outside_storage_buffers_are_clamped() {
+    let text = disassemble(&prepared("bounds").words);
+    // local[k] three times (glslang makes one chain for each side of `+=`), sh[i], sh[k],
+    // p.table[k]; not idx[i] or outv[..] (storage buffers, bounded by robust buffer access) nor
+    // gl_LocalInvocationID.x (a constant index in range).
+    assert_eq!(text.matches("OpSelect ").count(), 6, "{text}");
+    assert_eq!(text.matches("OpULessThan ").count(), 6, "{text}");
 }
 
 #[test]

@@ -583,3 +583,33 @@ fn num_workgroups_is_the_whole_grid_in_dispatch_base_pieces() {
     assert_eq!(status(&gpu, ctrl), 0);
     no_validation_errors();
 }
+
+#[test]
+fn out_of_range_indices_outside_storage_buffers_read_element_zero() {
+    let mut gpu = Gpu::open();
+    let p = prepare_main("bounds", 1 << 20);
+    // Per invocation: an index in range, a huge one, a negative one, the last in range.
+    let idx: [i32; 4] = [2, 1_000_000, -5, 3];
+    let mut data: Vec<u8> = bytemuck::cast_slice(&idx).to_vec();
+    data.extend_from_slice(&[0; 12 * 4]);
+    let b = gpu.buffer(&data);
+    let ctrl = gpu.buffer(&control([1, 1, 1]));
+    let table: [u32; 4] = [1000, 1001, 1002, 1003];
+    gpu.run(
+        &p,
+        &[(0, b), (CONTROL_BINDING, ctrl)],
+        bytemuck::cast_slice(&table),
+        &[([0, 0, 0], [1, 1, 1])],
+    );
+    let got = gpu.bufs[b].u32s();
+    // (local[k] after += 100, sh[k], table[k]); clamped indices address element 0.
+    let want: [u32; 12] = [
+        112, 22, 1002, //
+        110, 20, 1000, //
+        110, 20, 1000, //
+        113, 23, 1003,
+    ];
+    assert_eq!(&got[4..16], &want);
+    assert_eq!(status(&gpu, ctrl), 0);
+    no_validation_errors();
+}
