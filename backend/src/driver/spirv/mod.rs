@@ -13,6 +13,10 @@
 //! - dynamic indices into shared, private, function, push-constant and input memory are
 //!   clamped ([`bounds`]): robust buffer access covers storage buffers only.
 //!
+//! Both the guest's module and the instrumented one must also pass the Khronos validator
+//! ([`khronos`], SPIRV-Tools linked in: what `spirv-val` runs) for the Vulkan version their
+//! SPIR-V version needs.
+//!
 //! The module is pure: no Vulkan, no engine. Every step is linear in the module's size, uses no
 //! recursion and never panics on any input (the `spirv` fuzz target checks that).
 
@@ -20,6 +24,7 @@ mod bounds;
 mod cfg;
 mod facts;
 mod instrument;
+mod khronos;
 mod parse;
 mod validate;
 
@@ -250,6 +255,12 @@ pub enum SpirvError {
     /// The call graph, inlined, is too large (drivers inline every call).
     #[error("functions inline to more than {0} instructions")]
     InlinedSize(u64),
+    /// The Khronos validator (what `spirv-val` runs) refused the module.
+    #[error("invalid SPIR-V: {0}")]
+    Invalid(String),
+    /// The instrumented module failed the Khronos validator (a bug of the instrumentation).
+    #[error("instrumented module failed validation: {0}")]
+    Instrumented(String),
     /// A use of the `NumWorkgroups` built-in other than a load.
     #[error("NumWorkgroups is used by Op{0}; only loads are allowed")]
     NumWorkgroupsUse(String),
@@ -270,8 +281,12 @@ pub fn prepare(
     }
     let module = parse::load(words)?;
     let facts = validate::check(&module, entry, limits)?;
+    khronos::validate(words, facts.version.1).map_err(SpirvError::Invalid)?;
     let budget = limits.loop_budget.clamp(1, MAX_LOOP_BUDGET);
     let (words, back_edges) = instrument::rewrite(module, &facts, budget)?;
+    // A safety net: the rewrite is tested to keep modules valid; if it ever did not, the module
+    // is refused rather than handed to the driver.
+    khronos::validate(&words, facts.version.1).map_err(SpirvError::Instrumented)?;
     Ok(PreparedModule {
         words,
         entry: entry.to_owned(),

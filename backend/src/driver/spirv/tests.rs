@@ -323,6 +323,9 @@ fn hostile_modules_are_refused_with_the_reason() {
         "a switch may not branch backward",
     );
     assert_err(refused("int64"), "capability Int64 is not allowed");
+    // Within the allowlist but not valid SPIR-V: the Khronos validator refuses it.
+    assert_err(refused("bad_invalid"), "invalid SPIR-V: ");
+    assert_err(refused("bad_invalid"), "Result Type");
     assert_eq!(
         refused("vertex"),
         SpirvError::EntryPointModel {
