@@ -156,6 +156,15 @@ fn glslang_kernels_pass_and_their_instrumented_form_validates() {
             back_edges: 0,
         },
         Expect {
+            name: "ssa_loops",
+            env: "vulkan1.1",
+            size: [1, 1, 1],
+            used: 0b1,
+            written: 0b1,
+            push: 0,
+            back_edges: 2,
+        },
+        Expect {
             name: "forever",
             env: "vulkan1.1",
             size: [4, 1, 1],
@@ -238,6 +247,27 @@ fn instrumentation_rewrites_what_it_says() {
         .filter(|i| validate::used_ids(i).any(|id| id == nwg))
         .count();
     assert_eq!(uses, 0, "{}", disassemble(&p.words));
+}
+
+#[test]
+fn ssa_loops_get_undefined_phi_inputs_and_an_or_for_a_false_back_edge() {
+    let text = disassemble(&prepared("ssa_loops").words);
+    // m1's phi gains (undef, cont1): `%r = OpPhi %uint %i %h1 %undef %cont1`.
+    let undefs: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("= OpUndef"))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(undefs.len(), 1, "{text}");
+    let phis_with_undef = text
+        .lines()
+        .filter(|l| l.contains("OpPhi"))
+        .filter(|l| l.split_whitespace().nth(6) == Some(undefs[0]))
+        .count();
+    assert_eq!(phis_with_undef, 1, "{text}");
+    // The do-while loops on its false edge: `done || spent`.
+    assert_eq!(text.matches("OpLogicalOr").count(), 1, "{text}");
+    assert_eq!(text.matches("OpLogicalNot").count(), 1, "{text}");
 }
 
 #[test]

@@ -613,3 +613,31 @@ fn out_of_range_indices_outside_storage_buffers_read_element_zero() {
     assert_eq!(status(&gpu, ctrl), 0);
     no_validation_errors();
 }
+
+#[test]
+fn ssa_loops_run_to_their_result_or_leave_at_the_budget() {
+    let mut gpu = Gpu::open();
+    let p = prepare_main("ssa_loops", 1 << 20);
+    let b = gpu.buffer(&[0; 16]);
+    let ctrl = gpu.buffer(&control([1, 1, 1]));
+    gpu.run(
+        &p,
+        &[(0, b), (CONTROL_BINDING, ctrl)],
+        &[],
+        &[([0, 0, 0], [1, 1, 1])],
+    );
+    assert_eq!(gpu.bufs[b].u32s()[0], 11);
+    assert_eq!(status(&gpu, ctrl), 0);
+    // Ten back edges are needed; with five the first loop leaves early (its merge phi gets an
+    // undefined value) and the launch says so.
+    let p = prepare_main("ssa_loops", 5);
+    let ctrl = gpu.buffer(&control([1, 1, 1]));
+    gpu.run(
+        &p,
+        &[(0, b), (CONTROL_BINDING, ctrl)],
+        &[],
+        &[([0, 0, 0], [1, 1, 1])],
+    );
+    assert_eq!(status(&gpu, ctrl), 1);
+    no_validation_errors();
+}
