@@ -26,6 +26,7 @@ mod facts;
 mod instrument;
 mod khronos;
 mod parse;
+mod sanitize;
 mod validate;
 
 #[cfg(test)]

@@ -165,6 +165,15 @@ fn glslang_kernels_pass_and_their_instrumented_form_validates() {
             back_edges: 2,
         },
         Expect {
+            name: "unreachable_merge",
+            env: "vulkan1.1",
+            size: [1, 1, 1],
+            used: 0b1,
+            written: 0b1,
+            push: 0,
+            back_edges: 1,
+        },
+        Expect {
             name: "forever",
             env: "vulkan1.1",
             size: [4, 1, 1],
@@ -250,12 +259,12 @@ fn instrumentation_rewrites_what_it_says() {
 }
 
 #[test]
-fn ssa_loops_get_undefined_phi_inputs_and_an_or_for_a_false_back_edge() {
+fn ssa_loops_get_zero_phi_inputs_and_an_or_for_a_false_back_edge() {
     let text = disassemble(&prepared("ssa_loops").words);
-    // m1's phi gains (undef, cont1): `%r = OpPhi %uint %i %h1 %undef %cont1`.
+    // m1's phi gains (null, cont1): `%r = OpPhi %uint %i %h1 %null %cont1`.
     let undefs: Vec<&str> = text
         .lines()
-        .filter(|l| l.contains("= OpUndef"))
+        .filter(|l| l.contains("= OpConstantNull"))
         .filter_map(|l| l.split_whitespace().next())
         .collect();
     assert_eq!(undefs.len(), 1, "{text}");
@@ -268,6 +277,14 @@ fn ssa_loops_get_undefined_phi_inputs_and_an_or_for_a_false_back_edge() {
     // The do-while loops on its false edge: `done || spent`.
     assert_eq!(text.matches("OpLogicalOr").count(), 1, "{text}");
     assert_eq!(text.matches("OpLogicalNot").count(), 1, "{text}");
+}
+
+#[test]
+fn undefined_values_become_zeros_and_a_newly_reached_merge_returns() {
+    let text = disassemble(&prepared("unreachable_merge").words);
+    assert!(!text.contains("OpUndef"), "{text}");
+    assert!(!text.contains("OpUnreachable"), "{text}");
+    assert!(text.contains("OpConstantNull"), "{text}");
 }
 
 #[test]

@@ -628,8 +628,8 @@ fn ssa_loops_run_to_their_result_or_leave_at_the_budget() {
     );
     assert_eq!(gpu.bufs[b].u32s()[0], 11);
     assert_eq!(status(&gpu, ctrl), 0);
-    // Ten back edges are needed; with five the first loop leaves early (its merge phi gets an
-    // undefined value) and the launch says so.
+    // Ten back edges are needed; with five the first loop leaves early (its merge phi gets a
+    // zero) and the launch says so.
     let p = prepare_main("ssa_loops", 5);
     let ctrl = gpu.buffer(&control([1, 1, 1]));
     gpu.run(
@@ -638,6 +638,23 @@ fn ssa_loops_run_to_their_result_or_leave_at_the_budget() {
         &[],
         &[([0, 0, 0], [1, 1, 1])],
     );
+    assert_eq!(status(&gpu, ctrl), 1);
+    no_validation_errors();
+}
+
+#[test]
+fn an_endless_loop_with_an_unreachable_merge_returns_and_undefined_values_are_zero() {
+    let mut gpu = Gpu::open();
+    let p = prepare_main("unreachable_merge", 100);
+    let b = gpu.buffer(&[0xff; 16]);
+    let ctrl = gpu.buffer(&control([1, 1, 1]));
+    gpu.run(
+        &p,
+        &[(0, b), (CONTROL_BINDING, ctrl)],
+        &[],
+        &[([0, 0, 0], [1, 1, 1])],
+    );
+    assert_eq!(&gpu.bufs[b].u32s()[..3], &[1, 0, u32::MAX]);
     assert_eq!(status(&gpu, ctrl), 1);
     no_validation_errors();
 }
