@@ -11,7 +11,7 @@ use vm_memory::ByteValued;
 use crate::device::{op, COMMANDS};
 
 /// The committed test modules of `vgpu_backend::driver::spirv` used as `spirv` seeds.
-const SPIRV_SEEDS: [(&str, &[u8]); 10] = [
+const SPIRV_SEEDS: [(&str, &[u8]); 13] = [
     (
         "reduce",
         include_bytes!("../../backend/src/driver/spirv/testdata/reduce.spv"),
@@ -43,6 +43,18 @@ const SPIRV_SEEDS: [(&str, &[u8]); 10] = [
     (
         "int64",
         include_bytes!("../../backend/src/driver/spirv/testdata/int64.spv"),
+    ),
+    (
+        "ssa_loops",
+        include_bytes!("../../backend/src/driver/spirv/testdata/ssa_loops.spv"),
+    ),
+    (
+        "unreachable_merge",
+        include_bytes!("../../backend/src/driver/spirv/testdata/unreachable_merge.spv"),
+    ),
+    (
+        "bounds",
+        include_bytes!("../../backend/src/driver/spirv/testdata/bounds.spv"),
     ),
     (
         "bad_unstructured",
@@ -517,8 +529,8 @@ pub fn all() -> Vec<Seed> {
         seeds.push(("control", name.into(), line.as_bytes().to_vec()));
     }
 
-    // spirv: the glslang kernels of the validator's tests (SPIR-V 1.0, 1.3, 1.6) and two
-    // hand-written refusals.
+    // spirv: the validator's test modules: glslang kernels (SPIR-V 1.0, 1.3, 1.6), SSA-form
+    // loops, and two hand-written refusals.
     for (name, words) in SPIRV_SEEDS {
         seeds.push(("spirv", format!("{name}.spv"), words.to_vec()));
     }

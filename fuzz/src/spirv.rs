@@ -1,7 +1,7 @@
 //! The guest-kernel validator and instrumentation, [`vgpu_backend::driver::spirv::prepare`]:
 //! whatever words a guest sends as a compute module.
 
-use vgpu_backend::driver::spirv::{prepare, ModuleLimits, ShaderFeatures};
+use vgpu_backend::driver::spirv::{prepare, ModuleLimits, ShaderFeatures, SpirvError};
 
 /// Limits with every optional feature on (more code reachable) and a small word limit.
 fn limits() -> ModuleLimits {
@@ -24,17 +24,20 @@ fn limits() -> ModuleLimits {
 
 /// Feeds `data` (little-endian words; a trailing partial word is dropped) to `prepare`.
 ///
-/// Oracle: `prepare` never panics and is deterministic; what it accepts is a module that
-/// `prepare` itself refuses (its control binding is the engine's), that is longer than the
-/// input, and whose reflection fits the limits.
+/// Oracle: `prepare` never panics and is deterministic; a module that passes validation is
+/// never turned into one the Khronos validator refuses (`SpirvError::Instrumented`); what it
+/// accepts is a module that `prepare` itself refuses (its control binding is the engine's), that
+/// is longer than the input, and whose reflection fits the limits.
 pub fn run(data: &[u8]) {
     let words: Vec<u32> = data
         .chunks_exact(4)
         .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
     let l = limits();
-    let Ok(p) = prepare(&words, "main", &l) else {
-        return;
+    let p = match prepare(&words, "main", &l) {
+        Ok(p) => p,
+        Err(SpirvError::Instrumented(e)) => panic!("the instrumentation broke a valid module: {e}"),
+        Err(_) => return,
     };
     let again = prepare(&words, "main", &l).expect("prepare is deterministic");
     assert_eq!(again.words, p.words, "prepare is not deterministic");
