@@ -322,6 +322,14 @@ fn assert_err(e: SpirvError, want: &str) {
 #[test]
 fn hostile_modules_are_refused_with_the_reason() {
     assert_err(refused("bad_kernel"), "capability Kernel is not allowed");
+    assert_err(
+        refused("bad_addresses"),
+        "capability Addresses is not allowed",
+    );
+    assert_err(
+        refused("bad_uniform_constant"),
+        "storage class UniformConstant is not allowed",
+    );
     assert_err(refused("bad_physical"), "capability Int64 is not allowed");
     let with_int64 = ModuleLimits {
         features: ShaderFeatures {
