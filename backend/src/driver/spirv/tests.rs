@@ -497,3 +497,41 @@ fn garbage_is_refused_without_panicking() {
     }
     assert!(accepted < good.len());
 }
+
+#[test]
+fn committed_modules_are_built_from_their_sources() {
+    // glslangValidator and spirv-as must be installed (glslang-tools, spirv-tools).
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(testdata("build.sh"))
+        .arg(dir.path())
+        .output()
+        .expect("testdata/build.sh runs");
+    assert!(
+        out.status.success(),
+        "build.sh failed (glslangValidator and spirv-as needed): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut n = 0;
+    for e in std::fs::read_dir(dir.path()).unwrap() {
+        let path = e.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let committed = std::fs::read(testdata(&name))
+            .unwrap_or_else(|e| panic!("{name} is built but not committed: {e}"));
+        assert!(
+            committed == std::fs::read(&path).unwrap(),
+            "{name} differs from its source (run testdata/build.sh)"
+        );
+        n += 1;
+    }
+    let committed = std::fs::read_dir(testdata(""))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "spv")
+        })
+        .count();
+    assert_eq!(n, committed, "a committed .spv has no source");
+}
