@@ -127,6 +127,9 @@ pub struct PreparedModule {
     pub push_constant_bytes: u32,
     /// Back edges instrumented.
     pub back_edges: u32,
+    /// SPIR-V version (major, minor) of the module. The device must consume it: 1.0–1.3 need
+    /// Vulkan 1.1, 1.4 Vulkan 1.2 (or 1.1 with `VK_KHR_spirv_1_4`), 1.5 Vulkan 1.2, 1.6 Vulkan 1.3.
+    pub spirv_version: (u8, u8),
 }
 
 /// Why a module was refused. The text names the reason precisely (it is logged).
@@ -296,5 +299,6 @@ pub fn prepare(
         bindings_written: facts.bindings_written,
         push_constant_bytes: facts.push_constant_bytes,
         back_edges,
+        spirv_version: facts.version,
     })
 }

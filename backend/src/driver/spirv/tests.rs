@@ -202,6 +202,12 @@ fn glslang_kernels_pass_and_their_instrumented_form_validates() {
         assert_eq!(p.bindings_written, c.written, "{}", c.name);
         assert_eq!(p.push_constant_bytes, c.push, "{}", c.name);
         assert_eq!(p.back_edges, c.back_edges, "{}", c.name);
+        let minor = match c.env {
+            "vulkan1.0" => 0,
+            "vulkan1.3" => 6,
+            _ => 3,
+        };
+        assert_eq!(p.spirv_version, (1, minor), "{}", c.name);
         assert!(p.words.len() > input.len(), "{}: nothing added", c.name);
         spirv_val(&p.words, c.env);
         // The control binding is the engine's: a guest module declaring it is refused, so the
