@@ -96,6 +96,7 @@ case "${1:-smoke}" in
     decoder | channel | control | device | spirv)
         t=$1
         shift
+        mkdir -p "$OUT"
         exec cargo afl fuzz -i "fuzz/corpus/$t" -o "$OUT/manual-$t" -t 10000 "$@" "$BIN/fuzz_$t"
         ;;
     *)
