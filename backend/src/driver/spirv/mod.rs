@@ -48,6 +48,12 @@ pub const CONTROL_GRID_OFFSET: u64 = 16;
 pub const CONTROL_BYTES: u64 = 32;
 /// Largest id bound accepted: the SPIR-V specification's universal limit (4,194,303 ids).
 pub const MAX_ID_BOUND: u32 = 4_194_304;
+/// Most blocks in one function. The Khronos validator's structured-control-flow checks take
+/// time quadratic in a function's blocks (dominator chains); this bounds them (a few hundred
+/// milliseconds at the limit). Real kernels have tens to hundreds.
+pub const MAX_FUNCTION_BLOCKS: usize = 1024;
+/// Most blocks in the whole module.
+pub const MAX_MODULE_BLOCKS: usize = 4096;
 /// Largest loop budget honoured; larger budgets are lowered to it (the counter must not wrap).
 pub const MAX_LOOP_BUDGET: u32 = 1 << 30;
 
@@ -252,6 +258,17 @@ pub enum SpirvError {
         to: u32,
         /// Why it is refused.
         reason: &'static str,
+    },
+    /// A function, or the module, has more blocks than [`MAX_FUNCTION_BLOCKS`] or
+    /// [`MAX_MODULE_BLOCKS`].
+    #[error("{what} has {blocks} blocks, more than the limit of {limit}")]
+    Blocks {
+        /// "function %N" or "the module".
+        what: String,
+        /// Blocks found.
+        blocks: usize,
+        /// The limit.
+        limit: usize,
     },
     /// The call graph has a cycle.
     #[error("recursion: function %{0} can call itself")]

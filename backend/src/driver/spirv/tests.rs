@@ -541,3 +541,72 @@ fn committed_modules_are_built_from_their_sources() {
         .count();
     assert_eq!(n, committed, "a committed .spv has no source");
 }
+
+/// A compute module whose entry point calls `functions` functions, each a chain of `blocks`
+/// blocks (the entry point too).
+fn chains_of_blocks(functions: usize, blocks: usize) -> Vec<u32> {
+    use rspirv::binary::Assemble;
+    use rspirv::spirv::{
+        AddressingModel, Capability, ExecutionMode, ExecutionModel, FunctionControl, MemoryModel,
+    };
+    let mut b = rspirv::dr::Builder::new();
+    b.set_version(1, 3);
+    b.capability(Capability::Shader);
+    b.memory_model(AddressingModel::Logical, MemoryModel::GLSL450);
+    let void = b.type_void();
+    let fn_ty = b.type_function(void, vec![]);
+    let mut ids = Vec::new();
+    for i in 0..=functions {
+        let f = b
+            .begin_function(void, None, FunctionControl::NONE, fn_ty)
+            .unwrap();
+        b.begin_block(None).unwrap();
+        if i == functions {
+            for &callee in &ids {
+                b.function_call(void, None, callee, vec![]).unwrap();
+            }
+        }
+        for _ in 1..blocks {
+            let next = b.id();
+            b.branch(next).unwrap();
+            b.begin_block(Some(next)).unwrap();
+        }
+        b.ret().unwrap();
+        b.end_function().unwrap();
+        ids.push(f);
+    }
+    let main = *ids.last().unwrap();
+    b.entry_point(ExecutionModel::GLCompute, main, "main", vec![]);
+    b.execution_mode(main, ExecutionMode::LocalSize, vec![1, 1, 1]);
+    b.module().assemble()
+}
+
+#[test]
+fn functions_and_modules_with_too_many_blocks_are_refused() {
+    // The Khronos validator's structured checks are quadratic in a function's blocks.
+    let p = prepare(&chains_of_blocks(0, MAX_FUNCTION_BLOCKS), "main", &limits()).unwrap();
+    spirv_val(&p.words, "vulkan1.1");
+    assert_eq!(
+        prepare(
+            &chains_of_blocks(0, MAX_FUNCTION_BLOCKS + 1),
+            "main",
+            &limits()
+        )
+        .unwrap_err(),
+        SpirvError::Blocks {
+            what: "function %3".into(),
+            blocks: MAX_FUNCTION_BLOCKS + 1,
+            limit: MAX_FUNCTION_BLOCKS
+        }
+    );
+    let per = MAX_MODULE_BLOCKS / 4;
+    prepare(&chains_of_blocks(3, per), "main", &limits()).unwrap();
+    assert_eq!(
+        prepare(&chains_of_blocks(4, per), "main", &limits()).unwrap_err(),
+        SpirvError::Blocks {
+            what: "the module".into(),
+            blocks: 5 * per,
+            limit: MAX_MODULE_BLOCKS
+        }
+    );
+}
