@@ -445,6 +445,26 @@ fn garbage_is_refused_without_panicking() {
             "prefix {n} accepted"
         );
     }
+    // OpSpecConstantOp computing OpConstant, OpSwitch or OpSpecConstantOp (rspirv 0.13 panics
+    // parsing those; found by the fuzzer).
+    for inner in [43u32, 251, 52] {
+        let words = [
+            0x0723_0203,
+            0x0001_0300,
+            0,
+            100,
+            0,
+            (5 << 16) | 52,
+            1,
+            2,
+            inner,
+            7,
+        ];
+        assert_err(
+            prepare(&words, "main", &limits()).unwrap_err(),
+            &format!("OpSpecConstantOp of opcode {inner}"),
+        );
+    }
     // SPIR-V 1.7 and a huge id bound.
     let mut v = good.clone();
     v[1] = 0x0001_0700;
