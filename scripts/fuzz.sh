@@ -5,7 +5,7 @@
 #   scripts/fuzz.sh long [EXECS [TARGET...]]
 #                                         every target (or the ones named) until EXECS executions
 #                                         (default 10000000), in parallel at nice 19
-#   scripts/fuzz.sh TARGET [AFL ARGS...]  one target (decoder, channel, device, control) by hand
+#   scripts/fuzz.sh TARGET [AFL ARGS...]  one target (decoder, channel, device, control, spirv) by hand
 #
 # Installs cargo-afl (and with it AFL++) when missing. Targets are built with instrumentation into
 # target/afl. Output goes to target/afl/out/<mode>-<target>; the script prints executions, crashes,
@@ -16,7 +16,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
 
-TARGETS=(decoder channel control device)
+TARGETS=(decoder channel control device spirv)
 AFL_VERSION=0.18.2
 export AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_NO_UI=1 AFL_NO_AFFINITY=1
 
@@ -93,9 +93,10 @@ case "${1:-smoke}" in
         for p in "${pids[@]}"; do wait "$p"; done
         report long
         ;;
-    decoder | channel | control | device)
+    decoder | channel | control | device | spirv)
         t=$1
         shift
+        mkdir -p "$OUT"
         exec cargo afl fuzz -i "fuzz/corpus/$t" -o "$OUT/manual-$t" -t 10000 "$@" "$BIN/fuzz_$t"
         ;;
     *)

@@ -10,6 +10,8 @@
 //! - [`device`]: the per-VM device state machine driven by decoded command sequences over fake
 //!   guest memory; checks responses, sink calls and that partition bytes return to zero.
 //! - [`control`]: the control-socket request parser (`vgpu_mdev::proto::parse_request`).
+//! - [`spirv`]: the guest-kernel validator and instrumentation
+//!   (`vgpu_backend::driver::spirv::prepare`), with an idempotence oracle.
 
 #![deny(missing_docs)]
 
@@ -19,6 +21,7 @@ pub mod decoder;
 pub mod device;
 mod reader;
 pub mod seeds;
+pub mod spirv;
 
 pub use reader::Reader;
 
@@ -26,9 +29,10 @@ pub use reader::Reader;
 pub type Target = fn(&[u8]);
 
 /// The fuzz targets, by name (the corpus folder and the binary suffix).
-pub const TARGETS: [(&str, Target); 4] = [
+pub const TARGETS: [(&str, Target); 5] = [
     ("decoder", decoder::run),
     ("channel", channel::run),
     ("device", device::run),
     ("control", control::run),
+    ("spirv", spirv::run),
 ];

@@ -10,6 +10,62 @@ use vm_memory::ByteValued;
 
 use crate::device::{op, COMMANDS};
 
+/// The committed test modules of `vgpu_backend::driver::spirv` used as `spirv` seeds.
+const SPIRV_SEEDS: [(&str, &[u8]); 13] = [
+    (
+        "reduce",
+        include_bytes!("../../backend/src/driver/spirv/testdata/reduce.spv"),
+    ),
+    (
+        "reduce_v10",
+        include_bytes!("../../backend/src/driver/spirv/testdata/reduce_v10.spv"),
+    ),
+    (
+        "conv2d",
+        include_bytes!("../../backend/src/driver/spirv/testdata/conv2d.spv"),
+    ),
+    (
+        "conv2d_v16",
+        include_bytes!("../../backend/src/driver/spirv/testdata/conv2d_v16.spv"),
+    ),
+    (
+        "softmax",
+        include_bytes!("../../backend/src/driver/spirv/testdata/softmax.spv"),
+    ),
+    (
+        "grid",
+        include_bytes!("../../backend/src/driver/spirv/testdata/grid.spv"),
+    ),
+    (
+        "spin",
+        include_bytes!("../../backend/src/driver/spirv/testdata/spin.spv"),
+    ),
+    (
+        "int64",
+        include_bytes!("../../backend/src/driver/spirv/testdata/int64.spv"),
+    ),
+    (
+        "ssa_loops",
+        include_bytes!("../../backend/src/driver/spirv/testdata/ssa_loops.spv"),
+    ),
+    (
+        "unreachable_merge",
+        include_bytes!("../../backend/src/driver/spirv/testdata/unreachable_merge.spv"),
+    ),
+    (
+        "bounds",
+        include_bytes!("../../backend/src/driver/spirv/testdata/bounds.spv"),
+    ),
+    (
+        "bad_unstructured",
+        include_bytes!("../../backend/src/driver/spirv/testdata/bad_unstructured.spv"),
+    ),
+    (
+        "bad_switch_back",
+        include_bytes!("../../backend/src/driver/spirv/testdata/bad_switch_back.spv"),
+    ),
+];
+
 /// One seed: its target, file name and bytes.
 pub type Seed = (&'static str, String, Vec<u8>);
 
@@ -471,6 +527,12 @@ pub fn all() -> Vec<Seed> {
         ("not-json", "list"),
     ] {
         seeds.push(("control", name.into(), line.as_bytes().to_vec()));
+    }
+
+    // spirv: the validator's test modules: glslang kernels (SPIR-V 1.0, 1.3, 1.6), SSA-form
+    // loops, and two hand-written refusals.
+    for (name, words) in SPIRV_SEEDS {
+        seeds.push(("spirv", format!("{name}.spv"), words.to_vec()));
     }
     seeds
 }

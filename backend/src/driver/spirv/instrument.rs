@@ -7,6 +7,8 @@
 //!   block) and the call graph is acyclic: the invocation ends.
 //! - Before each `OpReturn` of the entry point: `if (counter > budget) control.status = 1`.
 //! - Loads of the `NumWorkgroups` input read `control.grid` instead.
+//! - Dynamic indices into memory robust buffer access does not cover are clamped
+//!   ([`super::bounds`]); undefined values become zeros ([`super::sanitize`]).
 //!
 //! The control block is a new StorageBuffer `Block { u32 status; (pad) uvec3 grid @16 }` at
 //! set 0 / [`CONTROL_BINDING`].
@@ -22,10 +24,11 @@ use super::facts::{Facts, Ty};
 use super::{SpirvError, CONTROL_BINDING, CONTROL_GRID_OFFSET, CONTROL_STATUS_OFFSET};
 
 /// Hands out fresh ids above the module's bound.
-struct Ids(u32);
+pub(super) struct Ids(u32);
 
 impl Ids {
-    fn next(&mut self) -> Result<u32, SpirvError> {
+    /// A fresh id.
+    pub(super) fn next(&mut self) -> Result<u32, SpirvError> {
         let id = self.0;
         if id >= super::MAX_ID_BOUND {
             return Err(SpirvError::IdBound(id));
@@ -272,6 +275,8 @@ pub(super) fn rewrite(
     let bound = module.header.as_ref().map_or(0, |h| h.bound);
     let mut ids = Ids(bound);
     let g = add_globals(&mut module, facts, &mut ids, budget)?;
+    let mut nulls = super::sanitize::zero_undefs(&mut module, &mut ids)?;
+    super::bounds::clamp_indices(&mut module, facts, g.boolean, &mut ids)?;
 
     // SPIR-V before 1.3 needs the extension for the StorageBuffer storage class.
     if facts.version < (1, 3)
@@ -297,11 +302,17 @@ pub(super) fn rewrite(
         }
     }
 
-    let mut undefs: HashMap<u32, u32> = HashMap::new();
     let mut count = 0u32;
     let mut functions = std::mem::take(&mut module.functions);
     for (fi, f) in functions.iter_mut().enumerate() {
         let edges = facts.back_edges.get(fi).map_or(&[][..], |e| &e[..]);
+        let returns_void = f
+            .def
+            .as_ref()
+            .and_then(|d| d.result_type)
+            .and_then(|t| facts.types.ty.get(&t))
+            == Some(&Ty::Void);
+        let return_type = f.def.as_ref().and_then(|d| d.result_type).unwrap_or(0);
         let labels: HashMap<u32, usize> = f
             .blocks
             .iter()
@@ -403,7 +414,8 @@ pub(super) fn rewrite(
                 }
             }
             block.instructions.splice(at..at, code);
-            // B is a new predecessor of M: its phis get an undefined value from B.
+            // B is a new predecessor of M: its phis get a zero from B, and if M was unreachable
+            // (it ends in OpUnreachable), it now returns.
             if e.kind == EdgeKind::Branch {
                 let Some(m) = labels.get(&e.merge).and_then(|&m| f.blocks.get_mut(m)) else {
                     continue;
@@ -414,23 +426,19 @@ pub(super) fn rewrite(
                     .take_while(|i| matches!(i.class.opcode, Op::Phi | Op::Line | Op::NoLine))
                     .filter(|i| i.class.opcode == Op::Phi)
                 {
-                    let ty = phi.result_type.unwrap_or(0);
-                    let undef = match undefs.get(&ty) {
-                        Some(u) => *u,
-                        None => {
-                            let u = ids.next()?;
-                            module.types_global_values.push(inst(
-                                Op::Undef,
-                                Some(ty),
-                                Some(u),
-                                vec![],
-                            ));
-                            undefs.insert(ty, u);
-                            u
-                        }
-                    };
-                    phi.operands.push(Operand::IdRef(undef));
+                    let zero = nulls.get(phi.result_type.unwrap_or(0), &mut ids)?;
+                    phi.operands.push(Operand::IdRef(zero));
                     phi.operands.push(Operand::IdRef(b_label));
+                }
+                if let Some(t) = m.instructions.last_mut() {
+                    if t.class.opcode == Op::Unreachable {
+                        *t = if returns_void {
+                            inst(Op::Return, None, None, vec![])
+                        } else {
+                            let zero = nulls.get(return_type, &mut ids)?;
+                            inst(Op::ReturnValue, None, None, vec![Operand::IdRef(zero)])
+                        };
+                    }
                 }
             }
         }
@@ -444,6 +452,7 @@ pub(super) fn rewrite(
         }
     }
     module.functions = functions;
+    nulls.finish(&mut module);
     if let Some(h) = module.header.as_mut() {
         h.bound = ids.0;
     }

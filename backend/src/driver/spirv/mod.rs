@@ -9,15 +9,24 @@
 //!   leaves through its merge block, and the entry point stores 1 into the control block's
 //!   `status` before it returns;
 //! - loads of the `NumWorkgroups` built-in read the control block's `grid` instead, because the
-//!   engine runs a launch in pieces with `vkCmdDispatchBase`.
+//!   engine runs a launch in pieces with `vkCmdDispatchBase`;
+//! - dynamic indices into shared, private, function, push-constant and input memory are
+//!   clamped ([`bounds`]): robust buffer access covers storage buffers only.
+//!
+//! Both the guest's module and the instrumented one must also pass the Khronos validator
+//! ([`khronos`], SPIRV-Tools linked in: what `spirv-val` runs) for the Vulkan version their
+//! SPIR-V version needs.
 //!
 //! The module is pure: no Vulkan, no engine. Every step is linear in the module's size, uses no
 //! recursion and never panics on any input (the `spirv` fuzz target checks that).
 
+mod bounds;
 mod cfg;
 mod facts;
 mod instrument;
+mod khronos;
 mod parse;
+mod sanitize;
 mod validate;
 
 #[cfg(test)]
@@ -39,6 +48,12 @@ pub const CONTROL_GRID_OFFSET: u64 = 16;
 pub const CONTROL_BYTES: u64 = 32;
 /// Largest id bound accepted: the SPIR-V specification's universal limit (4,194,303 ids).
 pub const MAX_ID_BOUND: u32 = 4_194_304;
+/// Most blocks in one function. The Khronos validator's structured-control-flow checks take
+/// time quadratic in a function's blocks (dominator chains); this bounds them (a few hundred
+/// milliseconds at the limit). Real kernels have tens to hundreds.
+pub const MAX_FUNCTION_BLOCKS: usize = 1024;
+/// Most blocks in the whole module.
+pub const MAX_MODULE_BLOCKS: usize = 4096;
 /// Largest loop budget honoured; larger budgets are lowered to it (the counter must not wrap).
 pub const MAX_LOOP_BUDGET: u32 = 1 << 30;
 
@@ -118,6 +133,9 @@ pub struct PreparedModule {
     pub push_constant_bytes: u32,
     /// Back edges instrumented.
     pub back_edges: u32,
+    /// SPIR-V version (major, minor) of the module. The device must consume it: 1.0–1.3 need
+    /// Vulkan 1.1, 1.4 Vulkan 1.2 (or 1.1 with `VK_KHR_spirv_1_4`), 1.5 Vulkan 1.2, 1.6 Vulkan 1.3.
+    pub spirv_version: (u8, u8),
 }
 
 /// Why a module was refused. The text names the reason precisely (it is logged).
@@ -241,12 +259,29 @@ pub enum SpirvError {
         /// Why it is refused.
         reason: &'static str,
     },
+    /// A function, or the module, has more blocks than [`MAX_FUNCTION_BLOCKS`] or
+    /// [`MAX_MODULE_BLOCKS`].
+    #[error("{what} has {blocks} blocks, more than the limit of {limit}")]
+    Blocks {
+        /// "function %N" or "the module".
+        what: String,
+        /// Blocks found.
+        blocks: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// The call graph has a cycle.
     #[error("recursion: function %{0} can call itself")]
     Recursion(u32),
     /// The call graph, inlined, is too large (drivers inline every call).
     #[error("functions inline to more than {0} instructions")]
     InlinedSize(u64),
+    /// The Khronos validator (what `spirv-val` runs) refused the module.
+    #[error("invalid SPIR-V: {0}")]
+    Invalid(String),
+    /// The instrumented module failed the Khronos validator (a bug of the instrumentation).
+    #[error("instrumented module failed validation: {0}")]
+    Instrumented(String),
     /// A use of the `NumWorkgroups` built-in other than a load.
     #[error("NumWorkgroups is used by Op{0}; only loads are allowed")]
     NumWorkgroupsUse(String),
@@ -267,8 +302,12 @@ pub fn prepare(
     }
     let module = parse::load(words)?;
     let facts = validate::check(&module, entry, limits)?;
+    khronos::validate(words, facts.version.1).map_err(SpirvError::Invalid)?;
     let budget = limits.loop_budget.clamp(1, MAX_LOOP_BUDGET);
     let (words, back_edges) = instrument::rewrite(module, &facts, budget)?;
+    // A safety net: the rewrite is tested to keep modules valid; if it ever did not, the module
+    // is refused rather than handed to the driver.
+    khronos::validate(&words, facts.version.1).map_err(SpirvError::Instrumented)?;
     Ok(PreparedModule {
         words,
         entry: entry.to_owned(),
@@ -277,5 +316,6 @@ pub fn prepare(
         bindings_written: facts.bindings_written,
         push_constant_bytes: facts.push_constant_bytes,
         back_edges,
+        spirv_version: facts.version,
     })
 }

@@ -3,6 +3,9 @@
 //! - The word stream's framing (every instruction's word count is at least 1 and ends within
 //!   the stream) is checked first: rspirv 0.13 slices past the end of the stream, and panics,
 //!   on a string operand of an instruction whose word count runs past it.
+//! - rspirv 0.13 panics on an `OpSpecConstantOp` whose inner opcode has a context-dependent
+//!   operand (`OpConstant`, `OpSwitch`, `OpSpecConstantOp`, …); the inner opcode must be one the
+//!   specification allows there for shaders, checked before rspirv parses.
 //! - rspirv's loader does not know `OpExecutionModeId` (which glslang emits for SPIR-V 1.6,
 //!   `LocalSizeId`); this consumer puts it with the execution modes.
 
@@ -15,7 +18,51 @@ use super::SpirvError;
 /// Words in the module header.
 const HEADER_WORDS: usize = 5;
 
-/// Checks that `words` is a header followed by whole instructions.
+/// The opcodes `OpSpecConstantOp` may compute in a shader (SPIR-V specification, 3.52.7).
+const SPEC_CONSTANT_OPS: &[Op] = &[
+    Op::SConvert,
+    Op::UConvert,
+    Op::FConvert,
+    Op::SNegate,
+    Op::Not,
+    Op::IAdd,
+    Op::ISub,
+    Op::IMul,
+    Op::UDiv,
+    Op::SDiv,
+    Op::UMod,
+    Op::SRem,
+    Op::SMod,
+    Op::ShiftRightLogical,
+    Op::ShiftRightArithmetic,
+    Op::ShiftLeftLogical,
+    Op::BitwiseOr,
+    Op::BitwiseXor,
+    Op::BitwiseAnd,
+    Op::VectorShuffle,
+    Op::CompositeExtract,
+    Op::CompositeInsert,
+    Op::LogicalOr,
+    Op::LogicalAnd,
+    Op::LogicalNot,
+    Op::LogicalEqual,
+    Op::LogicalNotEqual,
+    Op::Select,
+    Op::IEqual,
+    Op::INotEqual,
+    Op::ULessThan,
+    Op::SLessThan,
+    Op::UGreaterThan,
+    Op::SGreaterThan,
+    Op::ULessThanEqual,
+    Op::SLessThanEqual,
+    Op::UGreaterThanEqual,
+    Op::SGreaterThanEqual,
+    Op::QuantizeToF16,
+];
+
+/// Checks that `words` is a header followed by whole instructions, and that every
+/// `OpSpecConstantOp` computes an allowed opcode.
 fn check_framing(words: &[u32]) -> Result<(), SpirvError> {
     if words.len() < HEADER_WORDS {
         return Err(SpirvError::Parse(format!(
@@ -33,6 +80,14 @@ fn check_framing(words: &[u32]) -> Result<(), SpirvError> {
             return Err(SpirvError::Parse(format!(
                 "instruction at word {at} ({count} words) runs past the end"
             )));
+        }
+        if w & 0xffff == Op::SpecConstantOp as u32 && count >= 4 {
+            let inner = words.get(at + 3).copied().unwrap_or(0);
+            if !SPEC_CONSTANT_OPS.iter().any(|op| *op as u32 == inner) {
+                return Err(SpirvError::Parse(format!(
+                    "OpSpecConstantOp of opcode {inner} at word {at}"
+                )));
+            }
         }
         at += count;
     }

@@ -147,6 +147,33 @@ fn glslang_kernels_pass_and_their_instrumented_form_validates() {
             back_edges: 0,
         },
         Expect {
+            name: "bounds",
+            env: "vulkan1.1",
+            size: [4, 1, 1],
+            used: 0b1,
+            written: 0b1,
+            push: 16,
+            back_edges: 0,
+        },
+        Expect {
+            name: "ssa_loops",
+            env: "vulkan1.1",
+            size: [1, 1, 1],
+            used: 0b1,
+            written: 0b1,
+            push: 0,
+            back_edges: 2,
+        },
+        Expect {
+            name: "unreachable_merge",
+            env: "vulkan1.1",
+            size: [1, 1, 1],
+            used: 0b1,
+            written: 0b1,
+            push: 0,
+            back_edges: 1,
+        },
+        Expect {
             name: "forever",
             env: "vulkan1.1",
             size: [4, 1, 1],
@@ -175,6 +202,12 @@ fn glslang_kernels_pass_and_their_instrumented_form_validates() {
         assert_eq!(p.bindings_written, c.written, "{}", c.name);
         assert_eq!(p.push_constant_bytes, c.push, "{}", c.name);
         assert_eq!(p.back_edges, c.back_edges, "{}", c.name);
+        let minor = match c.env {
+            "vulkan1.0" => 0,
+            "vulkan1.3" => 6,
+            _ => 3,
+        };
+        assert_eq!(p.spirv_version, (1, minor), "{}", c.name);
         assert!(p.words.len() > input.len(), "{}: nothing added", c.name);
         spirv_val(&p.words, c.env);
         // The control binding is the engine's: a guest module declaring it is refused, so the
@@ -232,6 +265,45 @@ fn instrumentation_rewrites_what_it_says() {
 }
 
 #[test]
+fn ssa_loops_get_zero_phi_inputs_and_an_or_for_a_false_back_edge() {
+    let text = disassemble(&prepared("ssa_loops").words);
+    // m1's phi gains (null, cont1): `%r = OpPhi %uint %i %h1 %null %cont1`.
+    let undefs: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("= OpConstantNull"))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(undefs.len(), 1, "{text}");
+    let phis_with_undef = text
+        .lines()
+        .filter(|l| l.contains("OpPhi"))
+        .filter(|l| l.split_whitespace().nth(6) == Some(undefs[0]))
+        .count();
+    assert_eq!(phis_with_undef, 1, "{text}");
+    // The do-while loops on its false edge: `done || spent`.
+    assert_eq!(text.matches("OpLogicalOr").count(), 1, "{text}");
+    assert_eq!(text.matches("OpLogicalNot").count(), 1, "{text}");
+}
+
+#[test]
+fn undefined_values_become_zeros_and_a_newly_reached_merge_returns() {
+    let text = disassemble(&prepared("unreachable_merge").words);
+    assert!(!text.contains("OpUndef"), "{text}");
+    assert!(!text.contains("OpUnreachable"), "{text}");
+    assert!(text.contains("OpConstantNull"), "{text}");
+}
+
+#[test]
+fn dynamic_indices_outside_storage_buffers_are_clamped() {
+    let text = disassemble(&prepared("bounds").words);
+    // local[k] three times (glslang makes one chain for each side of `+=`), sh[i], sh[k],
+    // p.table[k]; not idx[i] or outv[..] (storage buffers, bounded by robust buffer access) nor
+    // gl_LocalInvocationID.x (a constant index in range).
+    assert_eq!(text.matches("OpSelect ").count(), 6, "{text}");
+    assert_eq!(text.matches("OpULessThan ").count(), 6, "{text}");
+}
+
+#[test]
 fn budget_is_a_constant_of_the_module() {
     let l = ModuleLimits {
         loop_budget: 12345,
@@ -256,6 +328,14 @@ fn assert_err(e: SpirvError, want: &str) {
 #[test]
 fn hostile_modules_are_refused_with_the_reason() {
     assert_err(refused("bad_kernel"), "capability Kernel is not allowed");
+    assert_err(
+        refused("bad_addresses"),
+        "capability Addresses is not allowed",
+    );
+    assert_err(
+        refused("bad_uniform_constant"),
+        "storage class UniformConstant is not allowed",
+    );
     assert_err(refused("bad_physical"), "capability Int64 is not allowed");
     let with_int64 = ModuleLimits {
         features: ShaderFeatures {
@@ -304,6 +384,9 @@ fn hostile_modules_are_refused_with_the_reason() {
         "a switch may not branch backward",
     );
     assert_err(refused("int64"), "capability Int64 is not allowed");
+    // Within the allowlist but not valid SPIR-V: the Khronos validator refuses it.
+    assert_err(refused("bad_invalid"), "invalid SPIR-V: ");
+    assert_err(refused("bad_invalid"), "Result Type");
     assert_eq!(
         refused("vertex"),
         SpirvError::EntryPointModel {
@@ -362,6 +445,26 @@ fn garbage_is_refused_without_panicking() {
             "prefix {n} accepted"
         );
     }
+    // OpSpecConstantOp computing OpConstant, OpSwitch or OpSpecConstantOp (rspirv 0.13 panics
+    // parsing those; found by the fuzzer).
+    for inner in [43u32, 251, 52] {
+        let words = [
+            0x0723_0203,
+            0x0001_0300,
+            0,
+            100,
+            0,
+            (5 << 16) | 52,
+            1,
+            2,
+            inner,
+            7,
+        ];
+        assert_err(
+            prepare(&words, "main", &limits()).unwrap_err(),
+            &format!("OpSpecConstantOp of opcode {inner}"),
+        );
+    }
     // SPIR-V 1.7 and a huge id bound.
     let mut v = good.clone();
     v[1] = 0x0001_0700;
@@ -398,9 +501,9 @@ fn garbage_is_refused_without_panicking() {
         prepare(&huge, "main", &ModuleLimits::default()),
         Err(SpirvError::TooLarge { .. })
     ));
-    // Bit flips in every word (deterministic): never a panic, and whatever passes still
-    // validates with spirv-val is not required (a flipped constant is still a valid module),
-    // but it must re-parse.
+    // A bit flip in every word (deterministic): never a panic; a flipped module that passes
+    // validation (a flipped constant is still a valid module) is instrumented into one that
+    // passes the Khronos validator and re-parses.
     let mut x = 0x9e37_79b9_u32;
     let mut accepted = 0;
     for i in 5..good.len() {
@@ -409,10 +512,121 @@ fn garbage_is_refused_without_panicking() {
         x ^= x << 5;
         let mut v = good.clone();
         v[i] ^= 1 << (x % 32);
-        if let Ok(p) = prepare(&v, "main", &limits()) {
-            accepted += 1;
-            rspirv::dr::load_words(&p.words).expect("output re-parses");
+        match prepare(&v, "main", &limits()) {
+            Ok(p) => {
+                accepted += 1;
+                rspirv::dr::load_words(&p.words).expect("output re-parses");
+            }
+            Err(SpirvError::Instrumented(e)) => panic!("word {i}: instrumentation broke it: {e}"),
+            Err(_) => {}
         }
     }
     assert!(accepted < good.len());
+}
+
+#[test]
+fn committed_modules_are_built_from_their_sources() {
+    // glslangValidator and spirv-as must be installed (glslang-tools, spirv-tools).
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(testdata("build.sh"))
+        .arg(dir.path())
+        .output()
+        .expect("testdata/build.sh runs");
+    assert!(
+        out.status.success(),
+        "build.sh failed (glslangValidator and spirv-as needed): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut n = 0;
+    for e in std::fs::read_dir(dir.path()).unwrap() {
+        let path = e.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let committed = std::fs::read(testdata(&name))
+            .unwrap_or_else(|e| panic!("{name} is built but not committed: {e}"));
+        assert!(
+            committed == std::fs::read(&path).unwrap(),
+            "{name} differs from its source (run testdata/build.sh)"
+        );
+        n += 1;
+    }
+    let committed = std::fs::read_dir(testdata(""))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "spv")
+        })
+        .count();
+    assert_eq!(n, committed, "a committed .spv has no source");
+}
+
+/// A compute module whose entry point calls `functions` functions, each a chain of `blocks`
+/// blocks (the entry point too).
+fn chains_of_blocks(functions: usize, blocks: usize) -> Vec<u32> {
+    use rspirv::binary::Assemble;
+    use rspirv::spirv::{
+        AddressingModel, Capability, ExecutionMode, ExecutionModel, FunctionControl, MemoryModel,
+    };
+    let mut b = rspirv::dr::Builder::new();
+    b.set_version(1, 3);
+    b.capability(Capability::Shader);
+    b.memory_model(AddressingModel::Logical, MemoryModel::GLSL450);
+    let void = b.type_void();
+    let fn_ty = b.type_function(void, vec![]);
+    let mut ids = Vec::new();
+    for i in 0..=functions {
+        let f = b
+            .begin_function(void, None, FunctionControl::NONE, fn_ty)
+            .unwrap();
+        b.begin_block(None).unwrap();
+        if i == functions {
+            for &callee in &ids {
+                b.function_call(void, None, callee, vec![]).unwrap();
+            }
+        }
+        for _ in 1..blocks {
+            let next = b.id();
+            b.branch(next).unwrap();
+            b.begin_block(Some(next)).unwrap();
+        }
+        b.ret().unwrap();
+        b.end_function().unwrap();
+        ids.push(f);
+    }
+    let main = *ids.last().unwrap();
+    b.entry_point(ExecutionModel::GLCompute, main, "main", vec![]);
+    b.execution_mode(main, ExecutionMode::LocalSize, vec![1, 1, 1]);
+    b.module().assemble()
+}
+
+#[test]
+fn functions_and_modules_with_too_many_blocks_are_refused() {
+    // The Khronos validator's structured checks are quadratic in a function's blocks.
+    let p = prepare(&chains_of_blocks(0, MAX_FUNCTION_BLOCKS), "main", &limits()).unwrap();
+    spirv_val(&p.words, "vulkan1.1");
+    assert_eq!(
+        prepare(
+            &chains_of_blocks(0, MAX_FUNCTION_BLOCKS + 1),
+            "main",
+            &limits()
+        )
+        .unwrap_err(),
+        SpirvError::Blocks {
+            what: "function %3".into(),
+            blocks: MAX_FUNCTION_BLOCKS + 1,
+            limit: MAX_FUNCTION_BLOCKS
+        }
+    );
+    let per = MAX_MODULE_BLOCKS / 4;
+    prepare(&chains_of_blocks(3, per), "main", &limits()).unwrap();
+    assert_eq!(
+        prepare(&chains_of_blocks(4, per), "main", &limits()).unwrap_err(),
+        SpirvError::Blocks {
+            what: "the module".into(),
+            blocks: 5 * per,
+            limit: MAX_MODULE_BLOCKS
+        }
+    );
 }

@@ -13,7 +13,10 @@ use rspirv::spirv::{
 
 use super::cfg;
 use super::facts::{check_storage_class, id_at, Decorations, Facts, Ty, Types};
-use super::{ModuleLimits, ShaderFeatures, SpirvError, MAX_BINDINGS, MAX_ID_BOUND};
+use super::{
+    ModuleLimits, ShaderFeatures, SpirvError, MAX_BINDINGS, MAX_FUNCTION_BLOCKS, MAX_ID_BOUND,
+    MAX_MODULE_BLOCKS,
+};
 
 /// The only extended instruction set accepted.
 const GLSL_STD_450: &str = "GLSL.std.450";
@@ -39,6 +42,7 @@ pub(super) fn check(
         return Err(SpirvError::IdBound(header.bound));
     }
     check_ids(module, header.bound)?;
+    check_blocks(module)?;
     let caps = check_capabilities(module, &limits.features)?;
     let glsl = check_preamble(module, &limits.features)?;
     let entry_fn = find_entry(module, entry)?;
@@ -63,6 +67,29 @@ pub(super) fn check(
     check_functions(module, &mut facts)?;
     cfg::check_calls(module, limits.max_words as u64)?;
     Ok(facts)
+}
+
+/// Block counts within [`MAX_FUNCTION_BLOCKS`] and [`MAX_MODULE_BLOCKS`].
+fn check_blocks(module: &Module) -> Result<(), SpirvError> {
+    let mut total = 0;
+    for f in &module.functions {
+        if f.blocks.len() > MAX_FUNCTION_BLOCKS {
+            return Err(SpirvError::Blocks {
+                what: format!("function %{}", f.def_id().unwrap_or(0)),
+                blocks: f.blocks.len(),
+                limit: MAX_FUNCTION_BLOCKS,
+            });
+        }
+        total += f.blocks.len();
+    }
+    if total > MAX_MODULE_BLOCKS {
+        return Err(SpirvError::Blocks {
+            what: "the module".into(),
+            blocks: total,
+            limit: MAX_MODULE_BLOCKS,
+        });
+    }
+    Ok(())
 }
 
 /// The ids an instruction refers to (result type and id operands).
