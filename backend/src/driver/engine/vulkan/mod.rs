@@ -189,20 +189,6 @@ fn min_gemm_tiles(device_type: &str) -> u64 {
     }
 }
 
-/// Tiles of the piece starting `col` tiles into a tile row of `gx` tiles, for pieces of about
-/// `want` tiles: what is left of the row split into equal pieces (so no short piece is left at
-/// the row's end), each a multiple of `quantum` (the device's threads on a CPU device,
-/// where one workgroup runs on one thread: a piece of 7 tiles on 2 threads takes as long as one
-/// of 8), at most the rest of the row.
-fn row_piece(gx: u64, col: u64, want: u64, quantum: u64) -> u64 {
-    let quantum = quantum.max(1);
-    let left = gx.saturating_sub(col);
-    // In quanta: what is left of the row, and the piece wanted (rounded up).
-    let (left_q, want_q) = (left.div_ceil(quantum), want.max(1).div_ceil(quantum));
-    let pieces = left_q.div_ceil(want_q).max(1);
-    (left_q.div_ceil(pieces) * quantum).min(left)
-}
-
 /// An engine-internal buffer with its memory.
 struct Scratch {
     buffer: vk::Buffer,
@@ -908,11 +894,7 @@ impl VulkanEngine {
                     let want_rows = (want_tiles / gx) * 16;
                     (want_rows.min(max_rows).min(rows_left), 0, gx)
                 } else {
-                    (
-                        rows_left.min(16),
-                        col_tile,
-                        row_piece(gx, col_tile, want_tiles, (self.min_gemm_tiles / 2).max(1)),
-                    )
+                    (rows_left.min(16), col_tile, want_tiles.min(gx - col_tile))
                 };
                 let tiles = rows.div_ceil(16) * count_x;
                 let wa = self.window(a, row0 * k * 4, rows * k * 4)?;

@@ -535,30 +535,3 @@ fn gemm_pieces_split_tile_rows_when_a_row_is_too_long() {
     }
     TestEngine::Vulkan.assert_no_validation_errors();
 }
-
-/// Sub-row GEMM pieces split a tile row evenly, in multiples of the device's threads.
-#[test]
-fn gemm_row_pieces_are_even_and_whole_thread_multiples() {
-    use super::row_piece;
-    let pieces = |gx: u64, want: u64, quantum: u64| {
-        let mut at = 0;
-        let mut out = Vec::new();
-        while at < gx {
-            let n = row_piece(gx, at, want, quantum);
-            assert!(n >= 1);
-            out.push(n);
-            at += n;
-        }
-        assert_eq!(at, gx);
-        out
-    };
-    // 32 tiles, about 7 wanted, 2 threads: 8, 8, 8, 8 (not 7, 7, 7, 7, 4).
-    assert_eq!(pieces(32, 7, 2), [8, 8, 8, 8]);
-    // About 6 wanted: no 2-tile piece at the end.
-    assert_eq!(pieces(32, 6, 2), [6, 6, 6, 6, 4, 4]);
-    assert_eq!(pieces(16, 5, 2), [6, 6, 4]);
-    // A row narrower than the quantum, and a quantum of one (a GPU).
-    assert_eq!(pieces(3, 7, 4), [3]);
-    assert_eq!(pieces(5, 2, 1), [2, 2, 1]);
-    assert_eq!(pieces(64, 0, 1).len(), 64);
-}
