@@ -1,10 +1,9 @@
-//! `--engine` of `vgpu-sched-bench`: which engine every section runs on, the engine driven
-//! directly (no scheduler) for (c), and the per-kernel throughput of (e).
+//! `--engine` of `vgpu-sched-bench`: which engine every section runs on, and the per-kernel
+//! throughput of (e).
 
 use std::sync::OnceLock;
 
-use vgpu_backend::driver::engine::{DynEngine, EngineChoice, Step};
-use vgpu_backend::driver::{DeviceMemory, MemoryPartition, MIB};
+use vgpu_backend::driver::engine::{DynEngine, EngineChoice};
 
 use super::*;
 
@@ -34,52 +33,6 @@ pub(super) fn open(chunk_ns: u64) -> Result<Box<dyn DynEngine>, String> {
             vgpu_backend::driver::engine::vulkan::DEFAULT_LOOP_BUDGET,
         )
         .map_err(|e| format!("engine {}: {e}", name()))
-}
-
-/// GEMM throughput with the engine driven directly (no device thread, no scheduler): each
-/// GEMM run to completion in chunks of `target_ns` (one dispatch when huge).
-pub(super) fn gemm_engine_direct(dim: u32, target_ns: u64, seconds: f64) -> Result<f64, String> {
-    let mut engine = open(target_ns.min(1 << 40))?;
-    let bytes = u64::from(dim) * u64::from(dim) * 4;
-    let memory = DeviceMemory::new(3 * bytes + MIB);
-    let reservation = memory.reserve(3 * bytes + MIB).map_err(|e| e.to_string())?;
-    let arena = match engine.memory() {
-        Some(m) => Some(
-            m.create_partition(1, reservation.size())
-                .map_err(|e| e.to_string())?,
-        ),
-        None => None,
-    };
-    let partition = MemoryPartition::with_arena(1, reservation, arena);
-    let alloc =
-        |n| vgpu_backend::driver::DeviceBuffer::new(&partition, n).map_err(|e| e.to_string());
-    let (a, b, c) = (alloc(bytes)?, alloc(bytes)?, alloc(bytes)?);
-    let op = Op::GemmF32 {
-        m: dim,
-        n: dim,
-        k: dim,
-        alpha: 1.0,
-        beta: 0.0,
-        a: BufRef::new(&a, 0),
-        b: BufRef::new(&b, 0),
-        c: BufRef::new(&c, 0),
-    };
-    let t0 = Instant::now();
-    let mut jobs = 0u64;
-    while t0.elapsed().as_secs_f64() < seconds {
-        let mut state = engine.new_state();
-        while engine
-            .run_chunk_dyn(&op, &mut state, target_ns)
-            .map_err(|e| e.to_string())?
-            == Step::More
-        {}
-        jobs += 1;
-    }
-    Ok(super::sched_gemm::gflops(
-        dim,
-        jobs,
-        t0.elapsed().as_secs_f64(),
-    ))
 }
 
 /// One kernel's throughput.

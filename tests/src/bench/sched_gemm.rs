@@ -1,5 +1,19 @@
-//! (c) of `vgpu-sched-bench`: GEMM called directly, through one vGPU's driver channel and
-//! through a real `vgpud` over vhost-user.
+//! (c) of `vgpu-sched-bench`: the mediation overhead of GEMM. The engine driven directly (one
+//! call per GEMM, no scheduler) is the baseline; one vGPU's driver channel (in-process) and a
+//! real `vgpud` over vhost-user (fenced SUBMIT_3D) are the mediated paths.
+//!
+//! **Method** (a loaded, shared host makes single rounds differ by ±20 %): every path is set up
+//! once (engine, device, daemon and buffers stay up), then timed in short rounds that alternate
+//! direct, channel, vhost-user, direct, … (the order reversed every other round, so neither path
+//! always runs first after the other). Each mediated round is divided by the direct round of the
+//! same pair, and the overhead is `1 − median(ratio)`, printed with the ratios' interquartile
+//! range. Beside the wall-clock throughput, each round records the CPU time of every thread of
+//! the processes involved (this program and `vgpud`, from `/proc/PID/task/*/schedstat`), and
+//! the same pairing of GFLOP per CPU-second shows what the mediation costs in work, which other
+//! load on the host disturbs far less than wall-clock time.
+
+use vgpu_backend::driver::engine::{DynEngine, Step};
+use vgpu_backend::driver::{Channel, DeviceBuffer, DeviceMemory, MemoryPartition, MIB};
 
 use super::sched_rss::{wait_for, Daemon};
 use super::*;
@@ -9,17 +23,136 @@ pub(super) fn gflops(dim: u32, jobs: u64, secs: f64) -> f64 {
     2.0 * d * d * d * jobs as f64 / secs / 1e9
 }
 
-/// GEMM throughput with the engine driven directly (no device thread, no scheduler): each GEMM
-/// in one call (`chunked == false`: one dispatch on Vulkan, one run of the kernel on the CPU),
-/// or in chunks of about [`CHUNK_TARGET_NS`] as the device thread would run it while other
-/// vGPUs have work.
-pub(super) fn gemm_direct(dim: u32, chunked: bool, seconds: f64) -> Result<f64, String> {
-    let target = if chunked {
-        CHUNK_TARGET_NS as u64
-    } else {
-        u64::MAX / 4
+/// CPU time (ns) every thread of process `pid` has used so far (0 if unreadable).
+pub(super) fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
     };
-    super::sched_engine::gemm_engine_direct(dim, target, seconds)
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// One timed round of GEMMs.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Round {
+    /// GEMMs completed.
+    pub(super) jobs: u64,
+    /// Wall time of those GEMMs (s).
+    pub(super) secs: f64,
+    /// CPU time of every thread of the processes involved during the round (ns).
+    pub(super) cpu_ns: u64,
+}
+
+impl Round {
+    pub(super) fn gflops(&self, dim: u32) -> f64 {
+        gflops(dim, self.jobs, self.secs.max(1e-9))
+    }
+
+    /// GFLOP per CPU-second of all threads involved.
+    pub(super) fn gflops_per_cpu(&self, dim: u32) -> f64 {
+        gflops(dim, self.jobs, (self.cpu_ns as f64 / 1e9).max(1e-9))
+    }
+}
+
+/// Times `run_one` (one GEMM per call) for about `seconds`; CPU time is read from `pids`.
+fn timed(
+    seconds: f64,
+    pids: &[u32],
+    mut run_one: impl FnMut() -> Result<(), String>,
+) -> Result<Round, String> {
+    let cpu = || pids.iter().map(|&p| cpu_ns(p)).sum::<u64>();
+    let cpu0 = cpu();
+    let t0 = Instant::now();
+    let mut jobs = 0u64;
+    while t0.elapsed().as_secs_f64() < seconds {
+        run_one()?;
+        jobs += 1;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    Ok(Round {
+        jobs,
+        secs,
+        cpu_ns: cpu().saturating_sub(cpu0),
+    })
+}
+
+/// The engine driven directly (no device thread, no scheduler): each GEMM run to completion in
+/// chunks of `target_ns` (one call, or one dispatch, when huge).
+pub(super) struct DirectGemm {
+    engine: Box<dyn DynEngine>,
+    op: Op,
+    target_ns: u64,
+    // The buffers live in the partition; both outlive `op`.
+    _bufs: [Arc<DeviceBuffer>; 3],
+    _partition: Arc<MemoryPartition>,
+    _memory: Arc<DeviceMemory>,
+}
+
+impl DirectGemm {
+    /// `chunked`: chunks of [`CHUNK_TARGET_NS`] as the device thread runs them while other
+    /// vGPUs have work; else one call per GEMM.
+    pub(super) fn new(dim: u32, chunked: bool) -> Result<Self, String> {
+        let target_ns = if chunked {
+            CHUNK_TARGET_NS as u64
+        } else {
+            1 << 40
+        };
+        let engine = sched_engine::open(target_ns)?;
+        let bytes = u64::from(dim) * u64::from(dim) * 4;
+        let memory = DeviceMemory::new(3 * bytes + MIB);
+        let reservation = memory.reserve(3 * bytes + MIB).map_err(|e| e.to_string())?;
+        let arena = match engine.memory() {
+            Some(m) => Some(
+                m.create_partition(1, reservation.size())
+                    .map_err(|e| e.to_string())?,
+            ),
+            None => None,
+        };
+        let partition = MemoryPartition::with_arena(1, reservation, arena);
+        let alloc = |n| DeviceBuffer::new(&partition, n).map_err(|e| e.to_string());
+        let bufs = [alloc(bytes)?, alloc(bytes)?, alloc(bytes)?];
+        let op = gemm_op(dim, &bufs);
+        Ok(Self {
+            engine,
+            op,
+            target_ns,
+            _bufs: bufs,
+            _partition: partition,
+            _memory: memory,
+        })
+    }
+
+    fn one(&mut self) -> Result<(), String> {
+        let mut state = self.engine.new_state();
+        while self
+            .engine
+            .run_chunk_dyn(&self.op, &mut state, self.target_ns)
+            .map_err(|e| e.to_string())?
+            == Step::More
+        {}
+        Ok(())
+    }
+
+    /// One round of about `seconds`.
+    pub(super) fn round(&mut self, seconds: f64) -> Result<Round, String> {
+        timed(seconds, &[std::process::id()], || self.one())
+    }
+}
+
+fn gemm_op(dim: u32, [a, b, c]: &[Arc<DeviceBuffer>; 3]) -> Op {
+    Op::GemmF32 {
+        m: dim,
+        n: dim,
+        k: dim,
+        alpha: 1.0,
+        beta: 0.0,
+        a: BufRef::new(a, 0),
+        b: BufRef::new(b, 0),
+        c: BufRef::new(c, 0),
+    }
 }
 
 /// The `matrixmultiply` crate's `sgemm`, one call per GEMM, in-process: a reference for the
@@ -30,84 +163,108 @@ pub(super) fn gemm_matrixmultiply(dim: u32, seconds: f64) -> Result<f64, String>
     let b = vec![0.25f32; n * n];
     let mut c = vec![0f32; n * n];
     let dims = GemmDims { m: n, n, k: n };
-    let t0 = Instant::now();
-    let mut jobs = 0u64;
-    while t0.elapsed().as_secs_f64() < seconds {
-        gemm_f32_block(dims, (0..n, 0..n), 1.0, &a, &b, 0.0, &mut c).map_err(|e| e.to_string())?;
-        jobs += 1;
-    }
+    let round = timed(seconds, &[], || {
+        gemm_f32_block(dims, (0..n, 0..n), 1.0, &a, &b, 0.0, &mut c).map_err(|e| e.to_string())
+    })?;
     std::hint::black_box(&c);
-    Ok(gflops(dim, jobs, t0.elapsed().as_secs_f64()))
+    Ok(round.gflops(dim))
 }
 
-/// Channel throughput, with the engine's mean time and chunks per job.
-pub(super) struct ChannelRun {
-    pub(super) gflops: f64,
-    pub(super) run_ns_per_job: f64,
-    pub(super) chunks_per_job: f64,
+/// One vGPU's driver channel (in-process device thread and scheduler), two GEMMs in flight as
+/// a guest driver pipelines submissions.
+pub(super) struct ChannelGemm {
+    dev: Arc<Device>,
+    channel: Option<Channel>,
+    job: Job,
+    tx: mpsc::Sender<Option<(u64, u64)>>,
+    rx: mpsc::Receiver<Option<(u64, u64)>>,
+    _vgpu: Arc<Vgpu>,
+    /// Engine time and chunks of every GEMM counted so far.
+    pub(super) run_ns: u64,
+    pub(super) chunks: u64,
+    pub(super) jobs: u64,
 }
 
-pub(super) fn gemm_channel(dim: u32, seconds: f64, chunk_ns: u64) -> Result<ChannelRun, String> {
-    let config = DeviceConfig {
-        memory_mib: 1024,
-        policy: Policy::BestEffort,
-        chunk_target_ns: chunk_ns,
-        ..DeviceConfig::default()
-    };
-    let engine = super::sched_engine::open(chunk_ns)?;
-    let dev = Device::with_engine(config, engine).map_err(|e| format!("device: {e}"))?;
-    let vgpu = create(&dev, &["vgpu-1q"])?.remove(0);
-    let bytes = u64::from(dim) * u64::from(dim) * 4;
-    let alloc = |n| vgpu.alloc_buffer(n).map_err(|e| e.to_string());
-    let (a, b, c) = (alloc(bytes)?, alloc(bytes)?, alloc(bytes)?);
-    let job = Job::single(Op::GemmF32 {
-        m: dim,
-        n: dim,
-        k: dim,
-        alpha: 1.0,
-        beta: 0.0,
-        a: BufRef::new(&a, 0),
-        b: BufRef::new(&b, 0),
-        c: BufRef::new(&c, 0),
-    })
-    .map_err(|e| e.to_string())?;
-    let channel = vgpu.create_channel().map_err(|e| e.to_string())?;
-    let (tx, rx) = mpsc::channel();
-    let submit = |tx: &mpsc::Sender<Option<(u64, u64)>>| {
-        let tx = tx.clone();
-        channel
-            .submit_fn(job.clone(), move |r| {
+impl ChannelGemm {
+    /// A device whose engine runs chunks of `chunk_ns` while others have work.
+    pub(super) fn new(dim: u32, chunk_ns: u64) -> Result<Self, String> {
+        let config = DeviceConfig {
+            memory_mib: 1024,
+            policy: Policy::BestEffort,
+            chunk_target_ns: chunk_ns,
+            ..DeviceConfig::default()
+        };
+        let engine = sched_engine::open(chunk_ns)?;
+        let dev = Device::with_engine(config, engine).map_err(|e| format!("device: {e}"))?;
+        let vgpu = create(&dev, &["vgpu-1q"])?.remove(0);
+        let bytes = u64::from(dim) * u64::from(dim) * 4;
+        let alloc = |n| vgpu.alloc_buffer(n).map_err(|e| e.to_string());
+        let bufs = [alloc(bytes)?, alloc(bytes)?, alloc(bytes)?];
+        let job = Job::single(gemm_op(dim, &bufs)).map_err(|e| e.to_string())?;
+        let channel = vgpu.create_channel().map_err(|e| e.to_string())?;
+        let (tx, rx) = mpsc::channel();
+        Ok(Self {
+            dev,
+            channel: Some(channel),
+            job,
+            tx,
+            rx,
+            _vgpu: vgpu,
+            run_ns: 0,
+            chunks: 0,
+            jobs: 0,
+        })
+    }
+
+    fn submit(&self) -> Result<(), String> {
+        let tx = self.tx.clone();
+        self.channel
+            .as_ref()
+            .ok_or("channel closed")?
+            .submit_fn(self.job.clone(), move |r| {
                 let _ = tx.send(r.ok().map(|r| (r.run_ns, r.chunks)));
             })
             .map_err(|e| e.to_string())
-    };
-    // Two in flight, as a guest driver pipelines submissions.
-    submit(&tx)?;
-    submit(&tx)?;
-    let t0 = Instant::now();
-    let mut jobs = 0u64;
-    let (mut run_ns, mut chunks) = (0u64, 0u64);
-    while t0.elapsed().as_secs_f64() < seconds {
-        let (r, c) = rx
+    }
+
+    fn wait(&self) -> Result<(u64, u64), String> {
+        self.rx
             .recv_timeout(Duration::from_secs(60))
             .map_err(|_| "GEMM job did not complete".to_string())?
-            .ok_or("GEMM job failed")?;
-        jobs += 1;
-        run_ns += r;
-        chunks += c;
-        submit(&tx)?;
+            .ok_or_else(|| "GEMM job failed".to_string())
     }
-    let rate = gflops(dim, jobs, t0.elapsed().as_secs_f64());
-    drop(channel);
-    dev.shutdown();
-    let per_job = |v: u64| v as f64 / jobs.max(1) as f64;
-    Ok(ChannelRun {
-        gflops: rate,
-        run_ns_per_job: per_job(run_ns),
-        chunks_per_job: per_job(chunks),
-    })
-}
 
+    /// One round of about `seconds`: two in flight from the start, each completion counted and
+    /// replaced; the two still in flight at the end are waited for outside the round.
+    pub(super) fn round(&mut self, seconds: f64) -> Result<Round, String> {
+        self.submit()?;
+        self.submit()?;
+        let (mut run_ns, mut chunks) = (0, 0);
+        let round = timed(seconds, &[std::process::id()], || {
+            let (r, c) = self.wait()?;
+            run_ns += r;
+            chunks += c;
+            self.submit()
+        })?;
+        self.wait()?;
+        self.wait()?;
+        self.run_ns += run_ns;
+        self.chunks += chunks;
+        self.jobs += round.jobs;
+        Ok(round)
+    }
+
+    /// Mean engine time (ns) and chunks per counted GEMM.
+    pub(super) fn per_job(&self) -> (f64, f64) {
+        let n = self.jobs.max(1) as f64;
+        (self.run_ns as f64 / n, self.chunks as f64 / n)
+    }
+
+    pub(super) fn close(mut self) {
+        drop(self.channel.take());
+        self.dev.shutdown();
+    }
+}
 pub(super) fn ctrl_hdr(fence: Option<u64>) -> CtrlHeader {
     CtrlHeader {
         flags: if fence.is_some() {
@@ -171,95 +328,120 @@ pub(super) fn vhost_buffer(c: &mut GpuClient, id: u32, data: &[u8]) -> Result<()
     expect_ok(c, &upload, "upload")
 }
 
-/// GEMM throughput through a real `vgpud` over vhost-user: one GEMM launch per fenced
+/// A real `vgpud` over vhost-user, one context with A, B, C: one GEMM launch per fenced
 /// SUBMIT_3D, two in flight, each counted when its fenced response is used.
-pub(super) fn gemm_vhost(bin: &Path, dim: u32, seconds: f64) -> Result<f64, String> {
-    let dir = tempfile::Builder::new()
-        .prefix("vgpu-sched-bench-")
-        .tempdir()
-        .map_err(|e| e.to_string())?;
-    let socket = dir.path().join("gpu.sock");
-    let log = std::fs::File::create(dir.path().join("vgpud.log")).map_err(|e| e.to_string())?;
-    let child = Command::new(bin)
-        .arg("--socket-path")
-        .arg(&socket)
-        .args([
-            "--type",
-            "vgpu-64m",
-            "--engine",
-            &super::sched_engine::name(),
-        ])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .map_err(|e| format!("spawn vgpud: {e}"))?;
-    let mut daemon = Daemon(child);
-    wait_for(
-        std::slice::from_ref(&socket),
-        &mut daemon.0,
-        Duration::from_secs(10),
-    )?;
-    let cfg = FrontendConfig {
-        device_features: FrontendConfig::default().device_features | (1 << VIRTIO_GPU_F_VIRGL),
-        mem_size: 64 << 20,
-        ..FrontendConfig::default()
-    };
-    let mut c = GpuClient::connect(&socket, &cfg).map_err(|e| format!("connect: {e}"))?;
-    expect_ok(
-        &mut c,
-        &GpuCommand::CtxCreate(CtxCreate::default()),
-        "ctx create",
-    )?;
-    let cells = (dim as usize) * (dim as usize);
-    let bytes = |v: f32| -> Vec<u8> {
-        std::iter::repeat_n(v.to_le_bytes(), cells)
-            .flatten()
-            .collect()
-    };
-    vhost_buffer(&mut c, 1, &bytes(0.5))?;
-    vhost_buffer(&mut c, 2, &bytes(0.25))?;
-    vhost_buffer(&mut c, 3, &bytes(0.0))?;
-    let mut stream = Vec::new();
-    ChannelCommand::Launch(KernelLaunch::GemmF32(GemmF32Args {
-        a_res: 1,
-        b_res: 2,
-        c_res: 3,
-        m: dim,
-        n: dim,
-        k: dim,
-        alpha: 1.0,
-        beta: 0.0,
-    }))
-    .encode(&mut stream);
-    let submit = GpuCommand::Submit3d(
-        Submit3d {
-            size: u32::try_from(stream.len()).map_err(|_| "stream too large")?,
-            padding: 0,
-        },
-        &stream,
-    );
-    // Two request/response slots, reused: a request is rewritten with its fence id when posted.
-    let mut request = Vec::new();
-    submit.encode(ctrl_hdr(Some(1)), &mut request);
-    let req_len = u32::try_from(request.len()).map_err(|_| "request too large")?;
-    let mut slots = Vec::new();
-    for _ in 0..2 {
-        let req = c.guest_buffer(&request).map_err(|e| e.to_string())?;
-        let resp = c.guest_buffer(&[0u8; 64]).map_err(|e| e.to_string())?;
-        slots.push((req, resp));
+pub(super) struct VhostGemm {
+    c: GpuClient,
+    submit_stream: Vec<u8>,
+    request: Vec<u8>,
+    req_len: u32,
+    /// Request and response guest addresses of the two slots.
+    slots: [(u64, u64); 2],
+    fence: u64,
+    pid: u32,
+    // Dropped last: kills the daemon, then removes its socket directory.
+    _daemon: Daemon,
+    _dir: tempfile::TempDir,
+}
+
+impl VhostGemm {
+    pub(super) fn new(bin: &Path, dim: u32) -> Result<Self, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("vgpu-sched-bench-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        let socket = dir.path().join("gpu.sock");
+        let log = std::fs::File::create(dir.path().join("vgpud.log")).map_err(|e| e.to_string())?;
+        let child = Command::new(bin)
+            .arg("--socket-path")
+            .arg(&socket)
+            .args(["--type", "vgpu-64m", "--engine", &sched_engine::name()])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("spawn vgpud: {e}"))?;
+        let mut daemon = Daemon(child);
+        wait_for(
+            std::slice::from_ref(&socket),
+            &mut daemon.0,
+            Duration::from_secs(10),
+        )?;
+        let pid = daemon.0.id();
+        let cfg = FrontendConfig {
+            device_features: FrontendConfig::default().device_features | (1 << VIRTIO_GPU_F_VIRGL),
+            mem_size: 64 << 20,
+            ..FrontendConfig::default()
+        };
+        let mut c = GpuClient::connect(&socket, &cfg).map_err(|e| format!("connect: {e}"))?;
+        expect_ok(
+            &mut c,
+            &GpuCommand::CtxCreate(CtxCreate::default()),
+            "ctx create",
+        )?;
+        let cells = (dim as usize) * (dim as usize);
+        let bytes = |v: f32| -> Vec<u8> {
+            std::iter::repeat_n(v.to_le_bytes(), cells)
+                .flatten()
+                .collect()
+        };
+        vhost_buffer(&mut c, 1, &bytes(0.5))?;
+        vhost_buffer(&mut c, 2, &bytes(0.25))?;
+        vhost_buffer(&mut c, 3, &bytes(0.0))?;
+        let mut stream = Vec::new();
+        ChannelCommand::Launch(KernelLaunch::GemmF32(GemmF32Args {
+            a_res: 1,
+            b_res: 2,
+            c_res: 3,
+            m: dim,
+            n: dim,
+            k: dim,
+            alpha: 1.0,
+            beta: 0.0,
+        }))
+        .encode(&mut stream);
+        let mut request = Vec::new();
+        submit_cmd(&stream)?.encode(ctrl_hdr(Some(1)), &mut request);
+        let req_len = u32::try_from(request.len()).map_err(|_| "request too large")?;
+        let mut slots = [(0, 0); 2];
+        for slot in &mut slots {
+            let req = c.guest_buffer(&request).map_err(|e| e.to_string())?;
+            let resp = c.guest_buffer(&[0u8; 64]).map_err(|e| e.to_string())?;
+            *slot = (req, resp);
+        }
+        let mut me = Self {
+            c,
+            submit_stream: stream,
+            request,
+            req_len,
+            slots,
+            fence: 0,
+            pid,
+            _daemon: daemon,
+            _dir: dir,
+        };
+        // One warm-up GEMM.
+        let head = me.post(0)?;
+        me.complete(head, 0)?;
+        Ok(me)
     }
-    let mut fence = 0u64;
-    let mut post = |c: &mut GpuClient, (req, resp): (u64, u64)| -> Result<u16, String> {
-        fence += 1;
-        request.clear();
-        submit.encode(ctrl_hdr(Some(fence)), &mut request);
-        c.conn.mem.write(req, &request).map_err(|e| e.to_string())?;
+
+    /// Posts slot `i`'s request with the next fence id; returns its head.
+    fn post(&mut self, i: usize) -> Result<u16, String> {
+        let (req, resp) = self.slots[i];
+        self.fence += 1;
+        self.request.clear();
+        submit_cmd(&self.submit_stream)?.encode(ctrl_hdr(Some(self.fence)), &mut self.request);
+        self.c
+            .conn
+            .mem
+            .write(req, &self.request)
+            .map_err(|e| e.to_string())?;
         let descs = [
             RawDesc {
                 addr: req,
-                len: req_len,
+                len: self.req_len,
                 flags: 0,
                 link: Link::Auto,
             },
@@ -270,130 +452,300 @@ pub(super) fn gemm_vhost(bin: &Path, dim: u32, seconds: f64) -> Result<f64, Stri
                 link: Link::Auto,
             },
         ];
-        c.post_raw(CTRL_QUEUE, &descs).map_err(|e| e.to_string())
-    };
-    let mut in_flight = std::collections::VecDeque::new();
-    // One warm-up job, then two in flight.
-    let head = post(&mut c, slots[0])?;
-    c.wait_any(CTRL_QUEUE, Duration::from_secs(30))
-        .map_err(|e| e.to_string())?;
-    let _ = head;
-    for &slot in &slots {
-        in_flight.push_back((post(&mut c, slot)?, slot));
+        self.c
+            .post_raw(CTRL_QUEUE, &descs)
+            .map_err(|e| e.to_string())
     }
-    let t0 = Instant::now();
-    let mut jobs = 0u64;
-    while t0.elapsed().as_secs_f64() < seconds {
-        let used = c
+
+    /// Waits for the next used element, which must be `head` of slot `i`, and checks it.
+    fn complete(&mut self, head: u16, i: usize) -> Result<(), String> {
+        let used = self
+            .c
             .wait_any(CTRL_QUEUE, Duration::from_secs(30))
             .map_err(|e| format!("fenced GEMM: {e}"))?;
-        let (head, slot) = in_flight.pop_front().ok_or("nothing in flight")?;
         if used.id != u32::from(head) {
             return Err(format!("response {} out of order (want {head})", used.id));
         }
-        let resp = c
+        let resp = self
+            .c
             .conn
             .mem
-            .read_vec(slot.1, used.len as usize)
+            .read_vec(self.slots[i].1, used.len as usize)
             .map_err(|e| e.to_string())?;
         match decode_response(&resp) {
-            Some((_, DecodedResponse::OkNoData)) => {}
-            other => return Err(format!("GEMM submit: {other:?}")),
+            Some((_, DecodedResponse::OkNoData)) => Ok(()),
+            other => Err(format!("GEMM submit: {other:?}")),
         }
-        jobs += 1;
-        in_flight.push_back((post(&mut c, slot)?, slot));
     }
-    let rate = gflops(dim, jobs, t0.elapsed().as_secs_f64());
-    for _ in 0..in_flight.len() {
-        let _ = c.wait_any(CTRL_QUEUE, Duration::from_secs(30));
+
+    /// One round of about `seconds`, two GEMMs in flight (see [`ChannelGemm::round`]).
+    pub(super) fn round(&mut self, seconds: f64) -> Result<Round, String> {
+        let mut in_flight = std::collections::VecDeque::new();
+        for i in 0..2 {
+            in_flight.push_back((self.post(i)?, i));
+        }
+        let pids = [std::process::id(), self.pid];
+        let round = timed(seconds, &pids, || {
+            let (head, i) = in_flight.pop_front().ok_or("nothing in flight")?;
+            self.complete(head, i)?;
+            in_flight.push_back((self.post(i)?, i));
+            Ok(())
+        })?;
+        while let Some((head, i)) = in_flight.pop_front() {
+            self.complete(head, i)?;
+        }
+        Ok(round)
     }
-    drop(c);
-    drop(daemon);
-    Ok(rate)
 }
 
-pub(super) fn median(mut v: Vec<f64>) -> f64 {
+fn submit_cmd(stream: &[u8]) -> Result<GpuCommand<'_>, String> {
+    Ok(GpuCommand::Submit3d(
+        Submit3d {
+            size: u32::try_from(stream.len()).map_err(|_| "stream too large")?,
+            padding: 0,
+        },
+        stream,
+    ))
+}
+
+/// Median and interquartile range.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Spread {
+    pub(super) median: f64,
+    pub(super) q1: f64,
+    pub(super) q3: f64,
+}
+
+/// The `p`-quantile of sorted `v` (linear interpolation).
+fn quantile(v: &[f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let at = p * (v.len() - 1) as f64;
+    let (lo, hi) = (at.floor() as usize, at.ceil() as usize);
+    v[lo] + (v[hi] - v[lo]) * (at - lo as f64)
+}
+
+pub(super) fn spread(mut v: Vec<f64>) -> Spread {
     v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
+    Spread {
+        median: quantile(&v, 0.5),
+        q1: quantile(&v, 0.25),
+        q3: quantile(&v, 0.75),
+    }
+}
+
+pub(super) fn median(v: Vec<f64>) -> f64 {
+    spread(v).median
+}
+
+/// A mediated path against the direct baseline, round by round.
+pub(super) struct Paired {
+    /// Mediated GFLOP/s per round.
+    pub(super) runs: Vec<f64>,
+    /// Mediated ÷ direct wall-clock throughput, per pair.
+    pub(super) wall: Vec<f64>,
+    /// Mediated ÷ direct GFLOP per CPU-second (all threads involved), per pair.
+    pub(super) cpu: Vec<f64>,
+}
+
+impl Paired {
+    fn new() -> Self {
+        Self {
+            runs: Vec::new(),
+            wall: Vec::new(),
+            cpu: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, dim: u32, direct: &Round, mediated: &Round) {
+        self.runs.push(mediated.gflops(dim));
+        self.wall
+            .push(mediated.gflops(dim) / direct.gflops(dim).max(1e-12));
+        self.cpu
+            .push(mediated.gflops_per_cpu(dim) / direct.gflops_per_cpu(dim).max(1e-12));
+    }
+
+    /// Overhead in throughput: 1 − the median wall-clock ratio.
+    pub(super) fn overhead(&self) -> f64 {
+        1.0 - median(self.wall.clone())
+    }
 }
 
 pub(super) struct GemmResult {
-    /// The engine driven directly, one call per GEMM: the baseline.
-    pub(super) direct: f64,
-    /// The engine driven directly in ~100 µs chunks.
-    pub(super) chunked: f64,
-    /// `matrixmultiply`, one call per GEMM (reference).
-    pub(super) reference: f64,
-    pub(super) channel: f64,
+    /// The engine driven directly, one call per GEMM: GFLOP/s per round (the baseline).
     pub(super) direct_runs: Vec<f64>,
+    /// The engine driven directly in ~100 µs chunks, GFLOP/s per round.
     pub(super) chunked_runs: Vec<f64>,
+    /// `matrixmultiply`, one call per GEMM (reference), GFLOP/s per round.
     pub(super) reference_runs: Vec<f64>,
-    pub(super) channel_runs: Vec<f64>,
-    /// Channel throughput with [`LONG_CHUNK_NS`] chunks.
-    pub(super) long: f64,
+    pub(super) channel: Paired,
     /// Through `vgpud` over vhost-user (None when vgpud is not built).
-    pub(super) vhost: Option<f64>,
-    pub(super) vhost_runs: Vec<f64>,
-    /// Engine time and chunks per job in the median channel run.
+    pub(super) vhost: Option<Paired>,
+    /// Engine time and chunks per GEMM through the channel.
     pub(super) run_ns_per_job: f64,
     pub(super) chunks_per_job: f64,
 }
 
-impl GemmResult {
-    pub(super) fn overhead(&self) -> f64 {
-        self.loss(self.channel)
+/// Direct vs channel vs vhost-user in `pairs` alternating rounds of `secs` each (see the module
+/// docs), then the direct ~100 µs chunked run and `matrixmultiply` (three rounds each).
+pub(super) fn gemm_overhead(dim: u32, pairs: usize, secs: f64) -> Result<GemmResult, String> {
+    let mut direct = DirectGemm::new(dim, false)?;
+    let mut channel = ChannelGemm::new(dim, CHUNK_TARGET_NS as u64)?;
+    let mut vhost = match vgpud_path() {
+        Some(bin) => Some(VhostGemm::new(&bin, dim)?),
+        None => None,
+    };
+    // Warm-up: the engines' cost models, caches, clocks.
+    direct.round(0.2)?;
+    channel.round(0.2)?;
+    if let Some(v) = &mut vhost {
+        v.round(0.2)?;
     }
-
-    /// Fraction of the direct (one call) throughput lost at `rate`.
-    pub(super) fn loss(&self, rate: f64) -> f64 {
-        if self.direct > 0.0 {
-            1.0 - rate / self.direct
+    channel.run_ns = 0;
+    channel.chunks = 0;
+    channel.jobs = 0;
+    let (mut direct_runs, mut ch, mut vh) = (Vec::new(), Paired::new(), Paired::new());
+    for pair in 0..pairs {
+        let (d, c, v);
+        if pair % 2 == 0 {
+            d = direct.round(secs)?;
+            c = channel.round(secs)?;
+            v = vhost.as_mut().map(|v| v.round(secs)).transpose()?;
         } else {
-            0.0
+            v = vhost.as_mut().map(|v| v.round(secs)).transpose()?;
+            c = channel.round(secs)?;
+            d = direct.round(secs)?;
+        }
+        direct_runs.push(d.gflops(dim));
+        ch.push(dim, &d, &c);
+        if let Some(v) = v {
+            vh.push(dim, &d, &v);
         }
     }
-}
-
-/// Direct (one call and ~100 µs chunks), `matrixmultiply`, channel and vhost-user throughput,
-/// interleaved three times (medians).
-pub(super) fn gemm_overhead(dim: u32) -> Result<GemmResult, String> {
-    // Warm-up: the engine's cost model, caches, clocks.
-    gemm_direct(dim, true, 0.2)?;
-    let (mut direct, mut chunked, mut reference, mut channel) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut long, mut vhost) = (Vec::new(), Vec::new());
-    let vgpud = vgpud_path();
+    let (run_ns_per_job, chunks_per_job) = channel.per_job();
+    channel.close();
+    drop(vhost);
+    let mut chunked = DirectGemm::new(dim, true)?;
+    let (mut chunked_runs, mut reference_runs) = (Vec::new(), Vec::new());
     for _ in 0..3 {
-        direct.push(gemm_direct(dim, false, 1.0)?);
-        channel.push(gemm_channel(dim, 1.0, CHUNK_TARGET_NS as u64)?);
-        chunked.push(gemm_direct(dim, true, 0.5)?);
-        if let Some(bin) = &vgpud {
-            vhost.push(gemm_vhost(bin, dim, 1.0)?);
-        }
-        reference.push(gemm_matrixmultiply(dim, 0.5)?);
-        long.push(gemm_channel(dim, 0.5, LONG_CHUNK_NS)?.gflops);
+        chunked_runs.push(chunked.round(0.5)?.gflops(dim));
+        reference_runs.push(gemm_matrixmultiply(dim, 0.5)?);
     }
-    channel.sort_by(|a, b| a.gflops.total_cmp(&b.gflops));
-    let mid = channel
-        .get(channel.len() / 2)
-        .map_or((0.0, 0.0), |c| (c.run_ns_per_job, c.chunks_per_job));
-    let channel: Vec<f64> = channel.iter().map(|c| c.gflops).collect();
     Ok(GemmResult {
-        long: median(long),
-        vhost: (!vhost.is_empty()).then(|| median(vhost.clone())),
-        vhost_runs: vhost,
-        run_ns_per_job: mid.0,
-        chunks_per_job: mid.1,
-        direct: median(direct.clone()),
-        chunked: median(chunked.clone()),
-        reference: median(reference.clone()),
-        channel: median(channel.clone()),
-        direct_runs: direct,
-        chunked_runs: chunked,
-        reference_runs: reference,
-        channel_runs: channel,
+        direct_runs,
+        chunked_runs,
+        reference_runs,
+        channel: ch,
+        vhost: (!vh.wall.is_empty()).then_some(vh),
+        run_ns_per_job,
+        chunks_per_job,
     })
 }
 
-// ---------------------------------------------------------------------------------------------
-// (d) RSS per idle vGPU
+fn pct(ratio: f64) -> String {
+    format!("{:+.1}%", (ratio - 1.0) * 100.0)
+}
+
+/// "median (IQR q1..q3)" of ratios, as signed percentages against 1.
+fn ratio_text(ratios: &[f64]) -> String {
+    let s = spread(ratios.to_vec());
+    format!("{} (IQR {}..{})", pct(s.median), pct(s.q1), pct(s.q3))
+}
+
+/// The rows and JSON of GEMM size number `i` (from 1).
+pub(super) fn gemm_rows(i: usize, dim: u32, g: &GemmResult, rows: &mut Vec<Row>) -> Value {
+    let direct = median(g.direct_runs.clone());
+    let pairs = g.direct_runs.len();
+    rows.push(Row::new(
+        format!("c{i}d"),
+        format!(
+            "GEMM {dim}³ f32, the {} engine driven directly, one call (median of {pairs} rounds)",
+            sched_engine::name()
+        ),
+        format!("{direct:.1} GFLOP/s"),
+    ));
+    let chunked = median(g.chunked_runs.clone());
+    rows.push(Row::new(
+        format!("c{i}r"),
+        format!(
+            "GEMM {dim}³ f32, the engine driven directly in ~{} µs chunks (median of 3)",
+            CHUNK_TARGET_NS / 1000.0
+        ),
+        format!(
+            "{chunked:.1} GFLOP/s, {} vs direct",
+            pct(chunked / direct.max(1e-12))
+        ),
+    ));
+    let reference = median(g.reference_runs.clone());
+    rows.push(Row::new(
+        format!("c{i}m"),
+        format!("GEMM {dim}³ f32, matrixmultiply sgemm in-process, one call (reference)"),
+        format!(
+            "{reference:.1} GFLOP/s (direct is {:.0}% of it)",
+            direct / reference.max(1e-9) * 100.0
+        ),
+    ));
+    let mut paired_row = |id: String, what: String, p: &Paired| {
+        // Met only when neither the throughput nor the work per GFLOP says otherwise.
+        let overhead = p.overhead().max(1.0 - median(p.cpu.clone()));
+        rows.push(
+            Row::new(
+                id.clone(),
+                format!("{what}, per-pair ratio to direct: median (IQR)"),
+                format!(
+                    "{:.1} GFLOP/s, {}",
+                    median(p.runs.clone()),
+                    ratio_text(&p.wall)
+                ),
+            )
+            .target(
+                format!(
+                    "overhead ≤ {:.0}% (this and the next row)",
+                    OVERHEAD_TARGET * 100.0
+                ),
+                overhead <= OVERHEAD_TARGET,
+            ),
+        );
+        rows.push(Row::new(
+            format!("{id}cpu"),
+            format!("{what}, GFLOP per CPU-second (all threads) vs direct"),
+            ratio_text(&p.cpu),
+        ));
+    };
+    paired_row(
+        format!("c{i}"),
+        format!(
+            "GEMM {dim}³ through one vGPU's channel ({:.1} chunks of {:.0} µs)",
+            g.chunks_per_job,
+            g.run_ns_per_job / g.chunks_per_job.max(1.0) / 1000.0
+        ),
+        &g.channel,
+    );
+    match &g.vhost {
+        Some(v) => paired_row(
+            format!("c{i}V"),
+            format!("GEMM {dim}³ through vgpud over vhost-user (SUBMIT_3D, 2 fenced in flight)"),
+            v,
+        ),
+        None => rows.push(Row::new(
+            format!("c{i}V"),
+            "GEMM through vgpud over vhost-user (SUBMIT_3D)",
+            "not measured (vgpud not built)",
+        )),
+    }
+    let paired_json = |p: &Paired| {
+        json!({
+            "gflops": p.runs, "ratio_wall": p.wall, "ratio_cpu": p.cpu,
+            "overhead": p.overhead(), "cpu_overhead": 1.0 - median(p.cpu.clone()),
+        })
+    };
+    json!({
+        "dim": dim, "pairs": pairs, "direct_gflops": g.direct_runs,
+        "chunked_gflops": g.chunked_runs, "matrixmultiply_gflops": g.reference_runs,
+        "channel": paired_json(&g.channel),
+        "vhost_user": g.vhost.as_ref().map(paired_json),
+        "channel_chunks_per_job": g.chunks_per_job,
+        "channel_run_ns_per_job": g.run_ns_per_job,
+    })
+}

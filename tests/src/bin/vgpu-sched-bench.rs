@@ -11,11 +11,13 @@
 //!   fixed-share (weights 1:1:2:4), shares of engine time over consecutive 1 s windows.
 //! - (b) queue wait of a light vGPU (small jobs, think time) under 3 busy ones, against
 //!   Σ other slices + 1 ms.
-//! - (c) 256³, 512³ and 1024³ f32 GEMM throughput with the engine driven directly (one call per
-//!   GEMM: the baseline; and in ~100 µs chunks), `matrixmultiply` in-process (a reference for
-//!   absolute throughput), vs through one vGPU's driver channel (default chunks: 100 µs, 1 ms while the vGPU runs alone; and 1 ms chunks throughout
-//!   for comparison) and through a real `vgpud` over
-//!   vhost-user (one fenced SUBMIT_3D per GEMM, two in flight; needs the release `vgpud`).
+//! - (c) mediation overhead: 256³, 512³ and 1024³ f32 GEMM with the engine driven directly (one
+//!   call per GEMM: the baseline), through one vGPU's driver channel and through a real `vgpud`
+//!   over vhost-user (one fenced SUBMIT_3D per GEMM, two in flight; needs the release `vgpud`),
+//!   in alternating rounds, each mediated round divided by the direct round of its pair (median
+//!   and interquartile range of the ratios, in wall-clock throughput and in GFLOP per
+//!   CPU-second); then the engine directly in ~100 µs chunks and `matrixmultiply` in-process (a
+//!   reference for absolute throughput).
 //! - (d) `vgpud` RSS with 64 `--vgpu` sockets of `vgpu-64m` (its `max_instances`; 64 × 64 MiB
 //!   fills the default 4096 MiB), before and after 64 idle test frontends connect.
 //! - (e) per-kernel throughput through one vGPU's channel on the selected engine.
@@ -60,6 +62,9 @@ const USAGE: &str = "usage: vgpu-sched-bench [--json] [--skip-rss] [--windows N]
   --only S     run only these sections, e.g. --only ad (default abcde)
   --engine E   cpu (default), vulkan, vulkan:INDEX or vulkan:NAME
   --windows N  1 s fairness windows per policy (default 4)
+  --pairs N    (c): alternating direct/channel/vhost-user rounds per GEMM size (default 9)
+  --round S    (c): seconds per round (default 0.4)
+  --dims LIST  (c): GEMM sizes, e.g. 512,1024 (default 256,512,1024)
   env: VGPUD (vgpud binary; default target/<profile>/vgpud)";
 
 /// Fairness target: Jain's index over every window.
@@ -75,8 +80,6 @@ const RSS_TARGET: u64 = 4 << 20;
 const RSS_VGPUS: usize = 64;
 /// GEMM sizes for (c): the headline one first.
 const GEMM_DIMS: [u32; 3] = [256, 512, 1024];
-/// A longer engine chunk, for the channel row that shows what chunk length meets the target.
-const LONG_CHUNK_NS: u64 = 1_000_000;
 /// The engine's chunk target (ns), for the chunked direct line.
 const CHUNK_TARGET_NS: f64 = 100_000.0;
 
@@ -85,6 +88,12 @@ struct Args {
     /// Sections to run, from "abcd".
     only: String,
     windows: u32,
+    /// Alternating rounds of (c) per GEMM size.
+    pairs: usize,
+    /// Seconds per round of (c).
+    round_secs: f64,
+    /// GEMM sizes of (c).
+    dims: Vec<u32>,
 }
 
 fn parse(args: &[String]) -> Result<Args, String> {
@@ -92,6 +101,9 @@ fn parse(args: &[String]) -> Result<Args, String> {
         json: false,
         only: "abcde".into(),
         windows: 4,
+        pairs: 9,
+        round_secs: 0.4,
+        dims: GEMM_DIMS.to_vec(),
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -116,6 +128,30 @@ fn parse(args: &[String]) -> Result<Args, String> {
                     .ok()
                     .filter(|n| (1..=60).contains(n))
                     .ok_or_else(|| format!("bad --windows {v:?}"))?;
+            }
+            "--pairs" => {
+                let v = it.next().ok_or("--pairs needs a value")?;
+                out.pairs = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=200).contains(n))
+                    .ok_or_else(|| format!("bad --pairs {v:?}"))?;
+            }
+            "--round" => {
+                let v = it.next().ok_or("--round needs a value")?;
+                out.round_secs = v
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| (0.05..=10.0).contains(s))
+                    .ok_or_else(|| format!("bad --round {v:?}"))?;
+            }
+            "--dims" => {
+                let v = it.next().ok_or("--dims needs a value")?;
+                out.dims = v
+                    .split(',')
+                    .map(|d| d.parse().ok().filter(|d| (16..=4096).contains(d)))
+                    .collect::<Option<Vec<u32>>>()
+                    .ok_or_else(|| format!("bad --dims {v:?}"))?;
             }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
@@ -437,104 +473,19 @@ fn run(args: &Args) -> Result<(), String> {
     }
     doc.insert("light_wait".into(), Value::Array(lat_json));
 
-    if args.only.contains('c') {
-        say("(c) GEMM direct vs through a vGPU channel");
-    }
     let mut gemm_json = Vec::new();
     let dims: &[u32] = if args.only.contains('c') {
-        &GEMM_DIMS
+        &args.dims
     } else {
         &[]
     };
     for (i, &dim) in dims.iter().enumerate() {
-        let g = gemm_overhead(dim)?;
-        rows.push(Row::new(
-            format!("c{}d", i + 1),
-            format!(
-                "GEMM {dim}³ f32, the {} engine driven directly, one call (median of 3 × 1 s)",
-                sched_engine::name()
-            ),
-            format!("{:.1} GFLOP/s", g.direct),
+        say(&format!(
+            "(c) GEMM {dim}³: {} alternating rounds of {} s",
+            args.pairs, args.round_secs
         ));
-        rows.push(Row::new(
-            format!("c{}r", i + 1),
-            format!(
-                "GEMM {dim}³ f32, the engine driven directly in ~{} µs chunks",
-                CHUNK_TARGET_NS / 1000.0
-            ),
-            format!(
-                "{:.1} GFLOP/s, {:+.1}%",
-                g.chunked,
-                -g.loss(g.chunked) * 100.0
-            ),
-        ));
-        rows.push(Row::new(
-            format!("c{}m", i + 1),
-            format!("GEMM {dim}³ f32, matrixmultiply sgemm in-process, one call (reference)"),
-            format!(
-                "{:.1} GFLOP/s (direct is {:.0}% of it)",
-                g.reference,
-                g.direct / g.reference.max(1e-9) * 100.0
-            ),
-        ));
-        let overhead = g.overhead();
-        rows.push(
-            Row::new(
-                format!("c{}", i + 1),
-                format!(
-                    "GEMM {dim}³ f32 through one vGPU's driver channel ({:.0} chunks of {:.0} µs)",
-                    g.chunks_per_job,
-                    g.run_ns_per_job / g.chunks_per_job.max(1.0) / 1000.0
-                ),
-                format!("{:.1} GFLOP/s, {:+.1}%", g.channel, -overhead * 100.0),
-            )
-            .target(
-                format!("overhead ≤ {:.0}%", OVERHEAD_TARGET * 100.0),
-                overhead <= OVERHEAD_TARGET,
-            ),
-        );
-        let long = g.loss(g.long);
-        rows.push(
-            Row::new(
-                format!("c{}L", i + 1),
-                format!(
-                    "GEMM {dim}³ f32 through the channel, {} µs chunks (median of 3 × 0.5 s)",
-                    LONG_CHUNK_NS / 1000
-                ),
-                format!("{:.1} GFLOP/s, {:+.1}%", g.long, -long * 100.0),
-            )
-            .target(
-                format!("overhead ≤ {:.0}%", OVERHEAD_TARGET * 100.0),
-                long <= OVERHEAD_TARGET,
-            ),
-        );
-        match g.vhost {
-            Some(v) => {
-                let loss = g.loss(v);
-                rows.push(
-                    Row::new(
-                        format!("c{}V", i + 1),
-                        format!("GEMM {dim}³ f32 through vgpud over vhost-user (SUBMIT_3D, 2 fenced in flight)"),
-                        format!("{v:.1} GFLOP/s, {:+.1}%", -loss * 100.0),
-                    )
-                    .target(
-                        format!("overhead ≤ {:.0}%", OVERHEAD_TARGET * 100.0),
-                        loss <= OVERHEAD_TARGET,
-                    ),
-                );
-            }
-            None => rows.push(Row::new(
-                format!("c{}V", i + 1),
-                "GEMM through vgpud over vhost-user (SUBMIT_3D)",
-                "not measured (vgpud not built)",
-            )),
-        }
-        gemm_json.push(json!({
-            "dim": dim, "direct_gflops": g.direct_runs, "chunked_gflops": g.chunked_runs,
-            "matrixmultiply_gflops": g.reference_runs, "channel_gflops": g.channel_runs,
-            "overhead": overhead, "long_chunk_gflops": g.long,
-            "vhost_user_gflops": g.vhost_runs,
-        }));
+        let g = gemm_overhead(dim, args.pairs, args.round_secs)?;
+        gemm_json.push(sched_gemm::gemm_rows(i + 1, dim, &g, &mut rows));
     }
     doc.insert("gemm".into(), Value::Array(gemm_json));
 
