@@ -428,6 +428,11 @@ mod engines {
                 ),
             })?;
         let caps = engine.caps();
+        if engine.module_compiler().is_none() && caps.kind.as_str() == "vulkan" {
+            log::warn!(
+                "vgpud was built without SPIRV-Tools (package spirv-tools): guest kernels are off"
+            );
+        }
         opts.engine_memory_default_mib = default_device_memory(&caps).map(|b| b / MIB);
         log::info!(
             "engine {}: {} ({} {})",

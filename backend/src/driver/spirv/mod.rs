@@ -25,6 +25,8 @@ mod cfg;
 mod facts;
 mod instrument;
 mod khronos;
+
+pub use khronos::AVAILABLE as VALIDATOR_AVAILABLE;
 mod parse;
 mod sanitize;
 mod validate;

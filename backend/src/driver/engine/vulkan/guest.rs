@@ -28,6 +28,8 @@ use crate::driver::spirv::{
 
 /// Loop back edges one invocation may take by default (see `--loop-budget`).
 pub const DEFAULT_LOOP_BUDGET: u32 = 1 << 16;
+/// Newest SPIR-V the engine's Vulkan 1.1 instance consumes.
+const MAX_SPIRV: (u8, u8) = (1, 3);
 /// Host memory a compiled pipeline is estimated to take, charged with its module.
 const PIPELINE_FOOTPRINT: u64 = 256 << 10;
 
@@ -180,6 +182,14 @@ impl ModuleCompiler for VkModuleCompiler {
     }
 
     fn compile(&self, module: &PreparedModule) -> Result<Arc<dyn CompiledModule>, EngineError> {
+        // The engine's instance asks for Vulkan 1.1, which consumes SPIR-V up to 1.3.
+        if module.spirv_version > MAX_SPIRV {
+            let (major, minor) = module.spirv_version;
+            return Err(EngineError::Unsupported(format!(
+                "SPIR-V {major}.{minor} needs a newer Vulkan than the engine's 1.1: compile with \
+                 --target-env vulkan1.1"
+            )));
+        }
         let entry = CString::new(module.entry.as_str())
             .map_err(|_| EngineError::Unsupported("entry point name with a NUL".into()))?;
         let (ctx, generation) = {

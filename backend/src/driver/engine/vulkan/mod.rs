@@ -1061,6 +1061,10 @@ impl Engine for VulkanEngine {
     }
 
     fn module_compiler(&self) -> Option<Arc<dyn ModuleCompiler>> {
+        if !crate::driver::spirv::VALIDATOR_AVAILABLE {
+            // Built without SPIRV-Tools: no module reaches the driver unchecked.
+            return None;
+        }
         Some(Arc::new(guest::VkModuleCompiler {
             gpu: Arc::clone(&self.gpu),
             loop_budget: self.loop_budget,
