@@ -204,7 +204,7 @@ pub(crate) struct Ctx {
     /// What guest modules may use on this device.
     pub guest: GuestSupport,
     /// The layout every guest pipeline uses.
-    pub guest_layout: GuestLayout,
+    pub guest_layout: ComputeLayout,
     /// How long any fence wait may take.
     pub fence_timeout: Duration,
     /// The device reported `VK_ERROR_DEVICE_LOST`, or a fence wait ran out (a hung device is
@@ -304,7 +304,7 @@ impl Ctx {
         // SAFETY: valid create info; destroyed in Drop.
         let device = unsafe { vi.create_device(pd, &create, None) }
             .map_err(|e| vk_err("vkCreateDevice", e))?;
-        let guest_layout = match GuestLayout::new(&device) {
+        let guest_layout = match ComputeLayout::guest(&device) {
             Ok(l) => l,
             Err(e) => {
                 // SAFETY: nothing else was created from the device.
@@ -735,17 +735,24 @@ fn guest_support(
     }
 }
 
-/// The descriptor-set and pipeline layout of every guest pipeline: storage buffers at set 0,
-/// bindings `0..MAX_BINDINGS` for the guest and [`CONTROL_BINDING`] for the engine's control
-/// block, and 128 bytes of push constants.
-pub(crate) struct GuestLayout {
+/// The descriptor-set and pipeline layout of a compute pipeline: storage buffers at set 0,
+/// bindings `0..bindings`, and `push_bytes` of push constants. The guest layout (on [`Ctx`]) has
+/// bindings `0..MAX_BINDINGS` for the guest, [`CONTROL_BINDING`] for the engine's control block
+/// and 128 bytes of push constants.
+pub(crate) struct ComputeLayout {
     pub set_layout: vk::DescriptorSetLayout,
     pub pipeline_layout: vk::PipelineLayout,
 }
 
-impl GuestLayout {
-    fn new(d: &ash::Device) -> Result<Self, EngineError> {
-        let bindings: Vec<_> = (0..=CONTROL_BINDING)
+impl ComputeLayout {
+    /// The layout every guest pipeline uses.
+    fn guest(d: &ash::Device) -> Result<Self, EngineError> {
+        Self::new(d, CONTROL_BINDING + 1, MAX_PUSH_CONSTANT_BYTES)
+    }
+
+    /// Storage buffers at bindings `0..bindings` of set 0 and `push_bytes` of push constants.
+    pub fn new(d: &ash::Device, bindings: u32, push_bytes: u32) -> Result<Self, EngineError> {
+        let bindings: Vec<_> = (0..bindings)
             .map(|i| {
                 vk::DescriptorSetLayoutBinding::default()
                     .binding(i)
@@ -757,7 +764,7 @@ impl GuestLayout {
         let push = [vk::PushConstantRange::default()
             .stage_flags(vk::ShaderStageFlags::COMPUTE)
             .offset(0)
-            .size(MAX_PUSH_CONSTANT_BYTES)];
+            .size(push_bytes)];
         // SAFETY: valid create infos on a live device; destroyed by `destroy`.
         unsafe {
             let set_layout = d
@@ -790,7 +797,7 @@ impl GuestLayout {
     ///
     /// # Safety
     /// `d` made them, and no pipeline built with them is in use.
-    unsafe fn destroy(&self, d: &ash::Device) {
+    pub unsafe fn destroy(&self, d: &ash::Device) {
         // SAFETY: per the caller.
         unsafe {
             d.destroy_pipeline_layout(self.pipeline_layout, None);

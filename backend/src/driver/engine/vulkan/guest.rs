@@ -1,6 +1,6 @@
 //! Guest modules on the Vulkan engine: the compiler VM threads use ([`VkModuleCompiler`]), the
 //! compiled module ([`VkGuestModule`], a compute pipeline on the guest layout of
-//! [`super::context::GuestLayout`]), and the recording of a launch's pieces.
+//! [`super::context::ComputeLayout`]), and the recording of a launch's pieces.
 //!
 //! A launch is split into pieces along its grid with `vkCmdDispatchBase`, in row-major order of
 //! workgroups: whole z-planes, else whole rows of one plane, else a run within one row, so every

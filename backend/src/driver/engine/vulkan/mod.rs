@@ -58,7 +58,7 @@ use super::{
 use crate::driver::buffer::{BufferError, DeviceBuffer};
 use crate::driver::job::{BufRef, Op, OpKind};
 use crate::driver::module::ModuleCompiler;
-use context::{inner_barrier, vk_err, Ctx};
+use context::{inner_barrier, vk_err, ComputeLayout, Ctx};
 pub use context::{list_devices, validation_errors, Validation, VALIDATION_ENV};
 use gpu::{DriverThread, Gpu};
 pub use guest::DEFAULT_LOOP_BUDGET;
@@ -205,8 +205,8 @@ pub struct VulkanEngine {
     ctx: Arc<Ctx>,
     generation: u64,
     target_ns: u64,
-    set_layout: vk::DescriptorSetLayout,
-    pipeline_layout: vk::PipelineLayout,
+    /// Layout of the built-in kernels' pipelines (4 storage buffers, [`Params`]).
+    layout: ComputeLayout,
     /// gemm, axpy, reduce, crc32c.
     pipelines: [vk::Pipeline; 4],
     /// Bounce space for overlapping copies and fill patterns (pieces run in submission order:
@@ -362,36 +362,9 @@ impl VulkanEngine {
         let d = &ctx.device;
         // Every object is destroyed by Drop; a failure part-way leaks the few made before it
         // until the context (and with it the device) goes away, which frees them all.
-        let bindings: Vec<_> = (0..4)
-            .map(|i| {
-                vk::DescriptorSetLayoutBinding::default()
-                    .binding(i)
-                    .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
-                    .descriptor_count(1)
-                    .stage_flags(vk::ShaderStageFlags::COMPUTE)
-            })
-            .collect();
-        let push = [vk::PushConstantRange::default()
-            .stage_flags(vk::ShaderStageFlags::COMPUTE)
-            .offset(0)
-            .size(std::mem::size_of::<Params>() as u32)];
+        let layout = ComputeLayout::new(d, 4, std::mem::size_of::<Params>() as u32)?;
         // SAFETY: valid create infos on a live device.
         let engine = unsafe {
-            let set_layout = d
-                .create_descriptor_set_layout(
-                    &vk::DescriptorSetLayoutCreateInfo::default().bindings(&bindings),
-                    None,
-                )
-                .map_err(|e| vk_err("vkCreateDescriptorSetLayout", e))?;
-            let layouts = [set_layout];
-            let pipeline_layout = d
-                .create_pipeline_layout(
-                    &vk::PipelineLayoutCreateInfo::default()
-                        .set_layouts(&layouts)
-                        .push_constant_ranges(&push),
-                    None,
-                )
-                .map_err(|e| vk_err("vkCreatePipelineLayout", e))?;
             let mut pipelines = [vk::Pipeline::null(); 4];
             for (slot, spv) in pipelines
                 .iter_mut()
@@ -408,7 +381,7 @@ impl VulkanEngine {
                     .name(c"main");
                 let info = [vk::ComputePipelineCreateInfo::default()
                     .stage(stage)
-                    .layout(pipeline_layout)
+                    .layout(layout.pipeline_layout)
                     .flags(vk::PipelineCreateFlags::DISPATCH_BASE)];
                 let made = d.create_compute_pipelines(vk::PipelineCache::null(), &info, None);
                 d.destroy_shader_module(module, None);
@@ -425,8 +398,7 @@ impl VulkanEngine {
                 ctx: Arc::clone(&ctx),
                 generation,
                 target_ns: chunk_target_ns.max(1),
-                set_layout,
-                pipeline_layout,
+                layout,
                 pipelines,
                 bounce,
                 ring,
@@ -595,8 +567,8 @@ impl VulkanEngine {
             std::array::from_fn(|i| windows.get(i).unwrap_or(&pad).info);
         self.bind_and_dispatch(
             self.pipelines[pipeline],
-            self.set_layout,
-            self.pipeline_layout,
+            self.layout.set_layout,
+            self.layout.pipeline_layout,
             &infos,
             bytemuck::bytes_of(params),
             base,
@@ -1168,8 +1140,7 @@ impl Drop for VulkanEngine {
             for p in self.pipelines {
                 d.destroy_pipeline(p, None);
             }
-            d.destroy_pipeline_layout(self.pipeline_layout, None);
-            d.destroy_descriptor_set_layout(self.set_layout, None);
+            self.layout.destroy(d);
         }
     }
 }
