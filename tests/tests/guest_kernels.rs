@@ -22,8 +22,8 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use vgpu_tests::guest::{
-    repo_root, skip_requested, vgpu_smi_static, Backend, Guest, GuestAssets, GuestConfig, Marker,
-    MarkerKind, WorkDir,
+    repo_root, skip_requested, vgpu_smi_static, Backend, Guest, GuestAssets, GuestConfig,
+    GuestGroup, Marker, MarkerKind, WorkDir,
 };
 
 /// Guests boot one test at a time: TCG on a shared 2-core machine.
@@ -120,10 +120,21 @@ fn guest_files(dir: &Path) -> Vec<(PathBuf, String)> {
 
 /// One `vgpud --engine vulkan` with `count` vGPUs and a guest on each.
 struct Vms {
-    guests: Vec<Guest>,
-    backend: Backend,
-    started: Instant,
+    group: GuestGroup,
     _work: WorkDir,
+}
+
+impl std::ops::Deref for Vms {
+    type Target = GuestGroup;
+    fn deref(&self) -> &GuestGroup {
+        &self.group
+    }
+}
+
+impl std::ops::DerefMut for Vms {
+    fn deref_mut(&mut self) -> &mut GuestGroup {
+        &mut self.group
+    }
 }
 
 impl Vms {
@@ -176,9 +187,7 @@ impl Vms {
             guests.push(Guest::boot(&assets, &GuestConfig::new(&initrd, socket, &gdir)).unwrap());
         }
         let mut vms = Vms {
-            guests,
-            backend,
-            started,
+            group: GuestGroup::new(guests, backend, started, STEP, 40),
             _work: work,
         };
         for i in 0..count {
@@ -190,61 +199,6 @@ impl Vms {
             vms.started.elapsed().as_secs_f32()
         );
         vms
-    }
-
-    fn context(&self) -> String {
-        let mut s = String::new();
-        for (i, g) in self.guests.iter().enumerate() {
-            s.push_str(&format!("\n--- guest {i}: {}", g.diagnostics()));
-        }
-        let log = self.backend.log_text();
-        let tail: Vec<&str> = log.lines().rev().take(40).collect();
-        s.push_str("\n--- vgpud log (tail):\n");
-        s.push_str(&tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
-        s
-    }
-
-    fn wait(&mut self, i: usize, name: &str) -> Marker {
-        match self.guests[i].wait_marker(name, STEP) {
-            Ok(m) => m,
-            Err(e) => panic!("guest {i}: {e}{}", self.context()),
-        }
-    }
-
-    fn expect_pass(&self, i: usize, m: &Marker) {
-        assert_eq!(
-            m.kind,
-            MarkerKind::Pass,
-            "guest {i}: {} {:?} {}{}",
-            m.name,
-            m.kind,
-            m.detail,
-            self.context()
-        );
-    }
-
-    /// Waits until every guest in `cmds` asks for a command, then answers them back to back.
-    fn send(&mut self, cmds: &[(usize, &str)]) {
-        for &(i, _) in cmds {
-            let m = self.wait(i, "cmd");
-            assert_eq!(
-                m.kind,
-                MarkerKind::Ready,
-                "guest {i}: {m:?}{}",
-                self.context()
-            );
-        }
-        for &(i, line) in cmds {
-            self.guests[i].reply(line).unwrap();
-        }
-    }
-
-    /// Runs `cmd` in guest `i` and returns its `result` marker (PASS required).
-    fn one(&mut self, i: usize, cmd: &str, result: &str) -> Marker {
-        self.send(&[(i, cmd)]);
-        let m = self.wait(i, result);
-        self.expect_pass(i, &m);
-        m
     }
 
     /// The `kbench-case` INFO markers guest `i` printed so far.

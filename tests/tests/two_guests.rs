@@ -16,8 +16,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use vgpu_tests::guest::{
-    skip_requested, vgpu_smi_static, Backend, Guest, GuestAssets, GuestConfig, Marker, MarkerKind,
-    Screen, WorkDir,
+    skip_requested, vgpu_smi_static, Backend, Guest, GuestAssets, GuestConfig, GuestGroup, Marker,
+    MarkerKind, Screen, WorkDir,
 };
 
 /// The two tests boot two guests each; four TCG guests at once on two cores would distort timing.
@@ -62,11 +62,22 @@ fn gemm_order() -> u32 {
 
 /// One `vgpud` with two vGPUs and a guest on each.
 struct Pair {
-    guests: Vec<Guest>,
-    backend: Backend,
+    group: GuestGroup,
     dirs: Vec<PathBuf>,
-    started: Instant,
     _work: WorkDir,
+}
+
+impl std::ops::Deref for Pair {
+    type Target = GuestGroup;
+    fn deref(&self) -> &GuestGroup {
+        &self.group
+    }
+}
+
+impl std::ops::DerefMut for Pair {
+    fn deref_mut(&mut self) -> &mut GuestGroup {
+        &mut self.group
+    }
 }
 
 impl Pair {
@@ -122,10 +133,8 @@ impl Pair {
             dirs.push(gdir);
         }
         let mut pair = Pair {
-            guests,
-            backend,
+            group: GuestGroup::new(guests, backend, started, STEP, 30),
             dirs,
-            started,
             _work: work,
         };
         for i in 0..2 {
@@ -139,53 +148,6 @@ impl Pair {
         pair
     }
 
-    fn context(&self) -> String {
-        let mut s = String::new();
-        for (i, g) in self.guests.iter().enumerate() {
-            s.push_str(&format!("\n--- guest {i}: {}", g.diagnostics()));
-        }
-        let log = self.backend.log_text();
-        let tail: Vec<&str> = log.lines().rev().take(30).collect();
-        s.push_str("\n--- vgpud log (tail):\n");
-        s.push_str(&tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
-        s
-    }
-
-    fn wait(&mut self, i: usize, name: &str) -> Marker {
-        match self.guests[i].wait_marker(name, STEP) {
-            Ok(m) => m,
-            Err(e) => panic!("guest {i}: {e}{}", self.context()),
-        }
-    }
-
-    fn expect_pass(&self, i: usize, m: &Marker) {
-        assert_eq!(
-            m.kind,
-            MarkerKind::Pass,
-            "guest {i}: {} {:?} {}{}",
-            m.name,
-            m.kind,
-            m.detail,
-            self.context()
-        );
-    }
-
-    /// Waits until every guest in `cmds` asks for a command, then answers them back to back.
-    fn send(&mut self, cmds: &[(usize, &str)]) {
-        for &(i, _) in cmds {
-            let m = self.wait(i, "cmd");
-            assert_eq!(
-                m.kind,
-                MarkerKind::Ready,
-                "guest {i}: {m:?}{}",
-                self.context()
-            );
-        }
-        for &(i, line) in cmds {
-            self.guests[i].reply(line).unwrap();
-        }
-    }
-
     /// Runs `cmd` in both guests at once and returns both guests' `result` markers (PASS required).
     fn both(&mut self, cmd: [&str; 2], result: &str) -> [Marker; 2] {
         self.send(&[(0, cmd[0]), (1, cmd[1])]);
@@ -194,14 +156,6 @@ impl Pair {
             self.expect_pass(i, &m);
             m
         })
-    }
-
-    /// Runs `cmd` in guest `i` alone.
-    fn one(&mut self, i: usize, cmd: &str, result: &str) -> Marker {
-        self.send(&[(i, cmd)]);
-        let m = self.wait(i, result);
-        self.expect_pass(i, &m);
-        m
     }
 
     /// Ends both guests and checks that no guest check failed and the daemon still runs.

@@ -4,6 +4,7 @@
 //! The guest side (kernel cache, initramfs builder, guest scripts) lives in `tests/guest/`.
 
 mod backend;
+mod group;
 mod qmp;
 mod screen;
 mod vm;
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub use backend::{Backend, BackendKind};
+pub use group::GuestGroup;
 pub use qmp::Qmp;
 pub use screen::Screen;
 pub use vm::{Guest, GuestConfig, Marker, MarkerKind};
