@@ -23,7 +23,8 @@ for a in "$@"; do
     [ "$prev" = "--profile" ] && profile_args+=(--profile "$a")
     prev="$a"
 done
-cargo build --workspace --bins "${profile_args[@]}"
+# --lib too: the guest library's cdylib (libvgpu.so) is what the Python wrapper test loads.
+cargo build --workspace --lib --bins "${profile_args[@]}"
 if [ -x guest-tools/build-static.sh ]; then
     guest-tools/build-static.sh
 fi

@@ -11,7 +11,11 @@ fn shared_library() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().and_then(Path::parent).unwrap();
     let lib = profile_dir.join("libvgpu.so");
-    assert!(lib.is_file(), "{} not built", lib.display());
+    assert!(
+        lib.is_file(),
+        "{} not built (scripts/test.sh builds it; by hand: cargo build -p vgpu-guest-tools --lib)",
+        lib.display()
+    );
     lib
 }
 
