@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use vgpu_tests::guest::{
     repo_root, skip_requested, vgpu_smi_static, Backend, Guest, GuestAssets, GuestConfig,
-    GuestGroup, Marker, MarkerKind, WorkDir,
+    GuestGroup, Marker, WorkDir,
 };
 
 /// Guests boot one test at a time: TCG on a shared 2-core machine.
@@ -212,40 +212,10 @@ impl Vms {
     }
 
     fn finish(mut self) {
-        let all: Vec<(usize, &str)> = (0..self.guests.len()).map(|i| (i, "done")).collect();
-        self.send(&all);
-        for i in 0..self.guests.len() {
-            if let Err(e) = self.guests[i].wait_end(STEP) {
-                panic!("guest {i}: {e}{}", self.context());
-            }
-            let failed: Vec<&Marker> = self.guests[i]
-                .markers()
-                .iter()
-                .filter(|m| m.kind == MarkerKind::Fail)
-                .collect();
-            assert!(
-                failed.is_empty(),
-                "guest {i} checks failed: {failed:#?}{}",
-                self.context()
-            );
-            assert!(
-                self.guests[i]
-                    .marker("drm-errors", MarkerKind::Pass)
-                    .is_some(),
-                "guest {i}: no drm-errors PASS{}",
-                self.context()
-            );
-        }
-        assert!(self.backend.is_running(), "vgpud died{}", self.context());
+        self.group.finish();
         vgpu_tests::engines::assert_no_validation_errors(&self.backend.log_text());
         eprintln!("total {:.1}s", self.started.elapsed().as_secs_f32());
     }
-}
-
-fn num(m: &Marker, key: &str) -> f64 {
-    m.field(key)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("marker {} lacks numeric {key}: {}", m.name, m.detail))
 }
 
 /// Skips without QEMU (VGPU_SKIP_GUEST=1) or without a Vulkan device (unless required).
@@ -279,19 +249,19 @@ fn guest_kernels_in_a_real_guest() {
     eprintln!("smi: {}", smi.detail);
     assert_eq!(smi.field("engine"), Some("vulkan"), "{smi:?}");
     assert_eq!(smi.field("modules"), Some("true"), "{smi:?}");
-    let budget = num(&smi, "loop_budget");
+    let budget = smi.num("loop_budget");
     assert!(budget >= 1.0, "{smi:?}");
-    let refused_before = num(&smi, "refused");
+    let refused_before = smi.num("refused");
 
     // The examples at every size, verified in the guest.
     let kb = vms.one(0, "kbench --launches 3", "kbench");
     let cases = vms.kbench_cases(0);
     print_cases(&cases);
-    assert_eq!(num(&kb, "cases"), 9.0, "{kb:?}");
+    assert_eq!(kb.num("cases"), 9.0, "{kb:?}");
     assert_eq!(cases.len(), 9, "{cases:#?}");
     for c in &cases {
         assert_eq!(c.field("verified"), Some("true"), "{c:?}");
-        assert!(num(c, "err_ratio") <= 1.0, "{c:?}");
+        assert!(c.num("err_ratio") <= 1.0, "{c:?}");
     }
 
     // Hostile modules: refused (exit 8) with the host's reason in the guest.
@@ -323,7 +293,7 @@ fn guest_kernels_in_a_real_guest() {
     }
     let smi = vms.one(0, "smi", "smi");
     assert!(
-        num(&smi, "refused") >= refused_before + 4.0,
+        smi.num("refused") >= refused_before + 4.0,
         "four refusals counted: {smi:?}"
     );
 
@@ -336,7 +306,7 @@ fn guest_kernels_in_a_real_guest() {
     let lp = vms.one(0, "loop 16", "loop");
     eprintln!("loop: {}", lp.detail);
     let smi = vms.one(0, "smi", "smi");
-    assert!(num(&smi, "jobs_failed") >= 1.0, "{smi:?}");
+    assert!(smi.num("jobs_failed") >= 1.0, "{smi:?}");
     assert_eq!(
         smi.field("last_failure"),
         Some("loop_budget_exceeded"),
@@ -347,7 +317,7 @@ fn guest_kernels_in_a_real_guest() {
     let c = vms.one(0, "c-example", "c-example");
     eprintln!("c-example: {}", c.detail);
     let again = vms.one(0, "kbench --quick --launches 2", "kbench");
-    assert_eq!(num(&again, "unverified"), 0.0, "{again:?}");
+    assert_eq!(again.num("unverified"), 0.0, "{again:?}");
     vms.finish();
 }
 
@@ -381,11 +351,11 @@ fn guest_kernels_two_guests() {
     eprintln!("guest 1 bench beside the loops: {}", beside.detail);
     eprintln!("guest 0 loops: {}", loops.detail);
     assert_eq!(beside.field("verified"), Some("true"), "{beside:?}");
-    assert!(num(&beside, "jobs") >= 3.0, "{beside:?}");
-    assert!(num(&loops, "launches") >= 1.0, "{loops:?}");
+    assert!(beside.num("jobs") >= 3.0, "{beside:?}");
+    assert!(loops.num("launches") >= 1.0, "{loops:?}");
     eprintln!(
         "gemm 128 p50 beside the loops / alone: {:.2}",
-        num(&beside, "p50_us") / num(&alone, "p50_us")
+        beside.num("p50_us") / alone.num("p50_us")
     );
     vms.finish();
 }

@@ -160,62 +160,33 @@ impl Pair {
 
     /// Ends both guests and checks that no guest check failed and the daemon still runs.
     fn finish(mut self) {
-        self.send(&[(0, "done"), (1, "done")]);
-        for i in 0..2 {
-            if let Err(e) = self.guests[i].wait_end(STEP) {
-                panic!("guest {i}: {e}{}", self.context());
-            }
-            let failed: Vec<&Marker> = self.guests[i]
-                .markers()
-                .iter()
-                .filter(|m| m.kind == MarkerKind::Fail)
-                .collect();
-            assert!(
-                failed.is_empty(),
-                "guest {i} checks failed: {failed:#?}{}",
-                self.context()
-            );
-            assert!(
-                self.guests[i]
-                    .marker("drm-errors", MarkerKind::Pass)
-                    .is_some(),
-                "guest {i}: no drm-errors PASS{}",
-                self.context()
-            );
-        }
-        assert!(self.backend.is_running(), "vgpud died{}", self.context());
+        self.group.finish();
         eprintln!("total {:.1}s", self.started.elapsed().as_secs_f32());
     }
-}
-
-fn num(m: &Marker, key: &str) -> f64 {
-    m.field(key)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("marker {} lacks numeric {key}: {}", m.name, m.detail))
 }
 
 /// Engine time this vGPU got per second of its own job time, from `smi` before/after a `bench`:
 /// busy_ns delta over the summed job latencies (jobs / jobs_per_second).
 fn engine_share(before: &Marker, after: &Marker, bench: &Marker) -> f64 {
-    let busy_s = (num(after, "busy_ns") - num(before, "busy_ns")) / 1e9;
-    let job_s = num(bench, "jobs") / num(bench, "jps");
+    let busy_s = (after.num("busy_ns") - before.num("busy_ns")) / 1e9;
+    let job_s = bench.num("jobs") / bench.num("jps");
     busy_s / job_s
 }
 
 fn bench_line(m: &Marker) -> String {
     format!(
         "jobs={} jps={:.2} p50_us={:.0} verified={} wall={:.2}",
-        num(m, "jobs"),
-        num(m, "jps"),
-        num(m, "p50_us"),
+        m.num("jobs"),
+        m.num("jps"),
+        m.num("p50_us"),
         m.field("verified").unwrap_or("?"),
-        num(m, "wall")
+        m.num("wall")
     )
 }
 
 fn check_verified(m: &Marker) {
     assert_eq!(m.field("verified"), Some("true"), "{m:?}");
-    assert!(num(m, "jobs") >= 3.0, "too few jobs to judge: {m:?}");
+    assert!(m.num("jobs") >= 3.0, "too few jobs to judge: {m:?}");
 }
 
 fn guard() -> Option<std::sync::MutexGuard<'static, ()>> {
@@ -253,7 +224,7 @@ fn two_guests_fixed_share() {
     for (i, m) in smi.iter().enumerate() {
         eprintln!("guest {i} smi: {}", m.detail);
         assert_eq!(m.field("type"), Some(TYPES[i].0), "guest {i}: {m:?}");
-        assert_eq!(num(m, "fb_total") as u64, TYPES[i].1, "guest {i}: {m:?}");
+        assert_eq!(m.num("fb_total") as u64, TYPES[i].1, "guest {i}: {m:?}");
         assert_eq!(m.field("policy"), Some("fixed-share"), "guest {i}: {m:?}");
         assert_eq!(m.field("active"), Some("2"), "guest {i}: {m:?}");
     }
@@ -265,8 +236,8 @@ fn two_guests_fixed_share() {
     let mem = p.both(["memtest", "memtest"], "memtest");
     for (i, m) in mem.iter().enumerate() {
         eprintln!("guest {i} memtest: {}", m.detail);
-        assert_eq!(num(m, "limit") as u64, TYPES[i].1, "guest {i}: {m:?}");
-        assert_eq!(num(m, "fb") as u64, TYPES[i].1, "guest {i}: {m:?}");
+        assert_eq!(m.num("limit") as u64, TYPES[i].1, "guest {i}: {m:?}");
+        assert_eq!(m.num("fb") as u64, TYPES[i].1, "guest {i}: {m:?}");
         assert_eq!(m.field("zeroed"), Some("true"), "guest {i}: {m:?}");
         assert_eq!(m.field("freed"), Some("true"), "guest {i}: {m:?}");
     }
@@ -342,7 +313,7 @@ fn two_guests_fixed_share() {
     let shares: Vec<f64> = (0..2)
         .map(|i| engine_share(&before[i], &after[i], &bench[i]))
         .collect();
-    let ratio = num(&bench[1], "jps") / num(&bench[0], "jps");
+    let ratio = bench[1].num("jps") / bench[0].num("jps");
     for i in 0..2 {
         eprintln!(
             "guest {i} ({}) bench gemm {n}: {} engine share {:.3}",
@@ -388,7 +359,7 @@ fn two_guests_best_effort() {
     for (i, m) in smi.iter().enumerate() {
         eprintln!("guest {i} smi: {}", m.detail);
         assert_eq!(m.field("type"), Some(TYPES[i].0), "guest {i}: {m:?}");
-        assert_eq!(num(m, "fb_total") as u64, TYPES[i].1, "guest {i}: {m:?}");
+        assert_eq!(m.num("fb_total") as u64, TYPES[i].1, "guest {i}: {m:?}");
         assert_eq!(m.field("policy"), Some("best-effort"), "guest {i}: {m:?}");
     }
     let n = gemm_order();
@@ -415,7 +386,7 @@ fn two_guests_best_effort() {
         eprintln!("guest {i} contended: {}", bench_line(m));
     }
     let both_after = p.both(["smi", "smi"], "smi");
-    let jps = |m: &Marker| num(m, "jps");
+    let jps = |m: &Marker| m.num("jps");
     let sum = jps(&both[0]) + jps(&both[1]);
     let fairness = jps(&both[0]) / jps(&both[1]);
     // Guest 0's "after" of the solo run is its "before" here; guest 1 has done no jobs since boot
@@ -503,8 +474,8 @@ fn two_guests_equal_share_on(engine: &str) {
     let mem = p.both(["memtest", "memtest"], "memtest");
     for (i, m) in mem.iter().enumerate() {
         eprintln!("[{engine}] guest {i} memtest: {}", m.detail);
-        assert_eq!(num(m, "limit") as u64, TYPES[i].1, "guest {i}: {m:?}");
-        assert_eq!(num(m, "fb") as u64, TYPES[i].1, "guest {i}: {m:?}");
+        assert_eq!(m.num("limit") as u64, TYPES[i].1, "guest {i}: {m:?}");
+        assert_eq!(m.num("fb") as u64, TYPES[i].1, "guest {i}: {m:?}");
         assert_eq!(m.field("zeroed"), Some("true"), "guest {i}: {m:?}");
         assert_eq!(m.field("freed"), Some("true"), "guest {i}: {m:?}");
     }
@@ -526,7 +497,7 @@ fn two_guests_equal_share_on(engine: &str) {
         eprintln!("[{engine}] guest {i} {gemm}: {}", bench_line(m));
     }
     // Equal shares: the two guests' throughputs, measured in the same window, within 25%.
-    let ratio = num(&both[0], "jps") / num(&both[1], "jps");
+    let ratio = both[0].num("jps") / both[1].num("jps");
     eprintln!("[{engine}] equal-share gemm throughput guest0/guest1 {ratio:.3}");
     assert!(
         (0.8..=1.25).contains(&ratio),

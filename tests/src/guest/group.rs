@@ -87,6 +87,36 @@ impl GuestGroup {
         }
     }
 
+    /// Ends every guest and checks that none of its checks failed, that each saw no DRM error,
+    /// and that the daemon still runs.
+    pub fn finish(&mut self) {
+        let all: Vec<(usize, &str)> = (0..self.guests.len()).map(|i| (i, "done")).collect();
+        self.send(&all);
+        for i in 0..self.guests.len() {
+            if let Err(e) = self.guests[i].wait_end(self.step) {
+                panic!("guest {i}: {e}{}", self.context());
+            }
+            let failed: Vec<&Marker> = self.guests[i]
+                .markers()
+                .iter()
+                .filter(|m| m.kind == MarkerKind::Fail)
+                .collect();
+            assert!(
+                failed.is_empty(),
+                "guest {i} checks failed: {failed:#?}{}",
+                self.context()
+            );
+            assert!(
+                self.guests[i]
+                    .marker("drm-errors", MarkerKind::Pass)
+                    .is_some(),
+                "guest {i}: no drm-errors PASS{}",
+                self.context()
+            );
+        }
+        assert!(self.backend.is_running(), "vgpud died{}", self.context());
+    }
+
     /// Runs `cmd` in guest `i` alone and returns its `result` marker (PASS required).
     pub fn one(&mut self, i: usize, cmd: &str, result: &str) -> Marker {
         self.send(&[(i, cmd)]);

@@ -72,6 +72,13 @@ impl Marker {
             .split_whitespace()
             .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
     }
+
+    /// The `key=NUMBER` field as a number (panics, naming the marker, when it is missing).
+    pub fn num(&self, key: &str) -> f64 {
+        self.field(key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("marker {} lacks numeric {key}: {}", self.name, self.detail))
+    }
 }
 
 /// How to boot a guest.
