@@ -509,7 +509,7 @@ pub fn run(gpu: &VirtGpu, opts: &BenchOptions) -> Result<BenchReport> {
 impl BenchReport {
     /// Pretty JSON.
     pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+        crate::pretty_json(self)
     }
 
     /// Human-readable summary.

@@ -380,7 +380,7 @@ pub fn run(dev: &Device, opts: &KbenchOptions) -> Result<KbenchReport> {
 impl KbenchReport {
     /// Pretty JSON.
     pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+        crate::pretty_json(self)
     }
 
     /// A table.

@@ -29,3 +29,8 @@ pub mod smi;
 
 pub use compute::{Binding, Buffer, Caps, Device, Launch, Module, PendingLaunch};
 pub use error::{Error, Result};
+
+/// A report as pretty JSON (an `{"error": ...}` object if it cannot be serialized).
+pub fn pretty_json<T: serde::Serialize>(report: &T) -> String {
+    serde_json::to_string_pretty(report).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+}

@@ -73,7 +73,7 @@ pub struct MemtestReport {
 impl MemtestReport {
     /// Pretty JSON.
     pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+        crate::pretty_json(self)
     }
 
     /// Human-readable summary.

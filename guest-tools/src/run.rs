@@ -279,7 +279,7 @@ pub fn run(dev: &Device, opts: &RunOptions) -> Result<RunReport> {
 impl RunReport {
     /// Pretty JSON.
     pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+        crate::pretty_json(self)
     }
 
     /// Text.

@@ -140,7 +140,7 @@ impl SmiReport {
 
     /// The report as pretty JSON.
     pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+        crate::pretty_json(self)
     }
 
     /// The report as a boxed table.
