@@ -505,17 +505,13 @@ impl Vgpu {
         self.outcomes().last_failure = Some(why);
     }
 
-    /// Notes a refused submit and why (`why` is kept to its first 200 bytes).
+    /// Notes a refused submit and why (the stats record carries the text's first bytes).
     pub fn record_refusal(&self, code: ErrorCode, why: &str) {
         let mut o = self.outcomes();
         o.submits_refused += 1;
         o.last_refusal_code = Some(code);
         o.last_refusal.clear();
-        let mut end = why.len().min(200);
-        while !why.is_char_boundary(end) {
-            end -= 1;
-        }
-        o.last_refusal.push_str(why.get(..end).unwrap_or_default());
+        o.last_refusal.push_str(why);
     }
 
     /// Failed-job and refused-submit outcomes so far.

@@ -363,6 +363,7 @@ impl VulkanEngine {
         // Every object is destroyed by Drop; a failure part-way leaks the few made before it
         // until the context (and with it the device) goes away, which frees them all.
         let layout = ComputeLayout::new(d, 4, std::mem::size_of::<Params>() as u32)?;
+        let gemm_tiles = min_gemm_tiles(&ctx.info.device_type);
         // SAFETY: valid create infos on a live device.
         let engine = unsafe {
             let mut pipelines = [vk::Pipeline::null(); 4];
@@ -405,8 +406,8 @@ impl VulkanEngine {
                 cur: 0,
                 returned: None,
                 ns_per_unit: INITIAL_NS_PER_UNIT,
-                min_gemm_tiles: min_gemm_tiles(&ctx.info.device_type),
-                min_guest_groups: (min_gemm_tiles(&ctx.info.device_type) / 2).max(1),
+                min_gemm_tiles: gemm_tiles,
+                min_guest_groups: (gemm_tiles / 2).max(1),
                 loop_budget,
                 last_device_ns: None,
                 overhead_ns: 0.0,
