@@ -24,14 +24,39 @@ fn expect_ok(r: DecodedResponse, what: &str) -> Result<()> {
     }
 }
 
+/// `cmds` encoded back to back, as one SUBMIT_3D stream.
+pub fn encode_stream(cmds: &[ChannelCommand]) -> Vec<u8> {
+    let mut s = Vec::new();
+    for cmd in cmds {
+        cmd.encode(&mut s);
+    }
+    s
+}
+
+fn submit_command(s: &[u8]) -> Result<GpuCommand<'_>> {
+    Ok(GpuCommand::Submit3d(
+        Submit3d {
+            size: u32::try_from(s.len()).map_err(|_| Error::Protocol("stream too long".into()))?,
+            padding: 0,
+        },
+        s,
+    ))
+}
+
 impl ChannelSession {
     /// Creates context `ctx` on `client`.
-    pub fn new(mut client: GpuClient, ctx: u32) -> Result<Self> {
+    pub fn new(client: GpuClient, ctx: u32) -> Result<Self> {
+        Self::with_create(client, ctx, CtxCreate::default())
+    }
+
+    /// Creates context `ctx` on `client` with `create` (e.g. `context_init` = the vgpu capset id,
+    /// as a guest that negotiated CONTEXT_INIT sends it).
+    pub fn with_create(mut client: GpuClient, ctx: u32, create: CtxCreate) -> Result<Self> {
         let hdr = CtrlHeader {
             ctx_id: ctx,
             ..Default::default()
         };
-        let r = client.send_ctrl(&GpuCommand::CtxCreate(CtxCreate::default()), hdr)?;
+        let r = client.send_ctrl(&GpuCommand::CtxCreate(create), hdr)?;
         expect_ok(r.1, "ctx create")?;
         Ok(Self {
             client,
@@ -87,17 +112,7 @@ impl ChannelSession {
     /// A buffer `id` of `size` bytes with guest backing, attached to the context; returns the
     /// backing's guest address.
     pub fn buffer(&mut self, id: u32, size: u32) -> Result<u64> {
-        let create = GpuCommand::ResourceCreate3d(ResourceCreate3d {
-            resource_id: id,
-            target: PIPE_BUFFER,
-            width: size,
-            height: 1,
-            depth: 1,
-            array_size: 1,
-            ..Default::default()
-        });
-        let r = self.send(&create)?;
-        expect_ok(r, "create")?;
+        expect_ok(self.create_buffer(id, size)?, "create")?;
         let gpa = self.client.guest_buffer(&vec![0u8; size as usize])?;
         expect_ok(
             self.client.attach_backing(id, &[(gpa, size)])?,
@@ -110,6 +125,31 @@ impl ChannelSession {
         let r = self.send(&attach)?;
         expect_ok(r, "ctx attach")?;
         Ok(gpa)
+    }
+
+    /// RESOURCE_CREATE_3D of a `size`-byte buffer `id` (nothing attached); returns the response.
+    pub fn create_buffer(&mut self, id: u32, size: u32) -> Result<DecodedResponse> {
+        let create = GpuCommand::ResourceCreate3d(ResourceCreate3d {
+            resource_id: id,
+            target: PIPE_BUFFER,
+            width: size,
+            height: 1,
+            depth: 1,
+            array_size: 1,
+            ..Default::default()
+        });
+        self.send(&create)
+    }
+
+    /// The fenced SUBMIT_3D of `cmds` as it goes on the wire (header included), taking the next
+    /// fence id; for callers that post it themselves. Returns the bytes and the fence id.
+    pub fn submit_bytes(&mut self, cmds: &[ChannelCommand]) -> Result<(Vec<u8>, u64)> {
+        let s = encode_stream(cmds);
+        let cmd = submit_command(&s)?;
+        let hdr = self.hdr(true);
+        let mut bytes = Vec::new();
+        cmd.encode(hdr, &mut bytes);
+        Ok((bytes, hdr.fence_id))
     }
 
     fn transfer(&mut self, id: u32, len: usize, to_host: bool) -> Result<()> {
@@ -147,19 +187,24 @@ impl ChannelSession {
     /// Submits `cmds` as one fenced SUBMIT_3D and returns the response (sent when the work
     /// completed).
     pub fn submit(&mut self, cmds: &[ChannelCommand]) -> Result<DecodedResponse> {
-        let mut s = Vec::new();
-        for cmd in cmds {
-            cmd.encode(&mut s);
-        }
-        let cmd = GpuCommand::Submit3d(
-            Submit3d {
-                size: u32::try_from(s.len()).map_err(|_| Error::Protocol("stream".into()))?,
-                padding: 0,
-            },
-            &s,
-        );
+        Ok(self.submit_fenced(cmds)?.1)
+    }
+
+    /// Like [`ChannelSession::submit`], also returning the response header (its fence id).
+    pub fn submit_fenced(
+        &mut self,
+        cmds: &[ChannelCommand],
+    ) -> Result<(CtrlHeader, DecodedResponse)> {
+        let s = encode_stream(cmds);
+        let cmd = submit_command(&s)?;
         let hdr = self.hdr(true);
-        Ok(self.client.send_ctrl(&cmd, hdr)?.1)
+        self.client.send_ctrl(&cmd, hdr)
+    }
+
+    /// `cmds` as one unfenced SUBMIT_3D; returns the response.
+    pub fn submit_unfenced(&mut self, cmds: &[ChannelCommand]) -> Result<DecodedResponse> {
+        let s = encode_stream(cmds);
+        self.send(&submit_command(&s)?)
     }
 
     /// QUERY_STATS into buffer `res` (backing at `gpa`, ≥ 128 bytes), read back.
