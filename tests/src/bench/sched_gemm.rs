@@ -17,6 +17,7 @@ use vgpu_backend::driver::{Channel, DeviceBuffer, DeviceMemory, MemoryPartition,
 
 use super::sched_rss::{wait_for, Daemon};
 use super::*;
+use vgpu_tests::channel::ChannelSession;
 
 pub(super) fn gflops(dim: u32, jobs: u64, secs: f64) -> f64 {
     let d = f64::from(dim);
@@ -140,6 +141,11 @@ impl DirectGemm {
     pub(super) fn round(&mut self, seconds: f64) -> Result<Round, String> {
         timed(seconds, &[std::process::id()], || self.one())
     }
+
+    /// Exactly `n` GEMMs.
+    pub(super) fn run_jobs(&mut self, n: u64) -> Result<(), String> {
+        (0..n).try_for_each(|_| self.one())
+    }
 }
 
 fn gemm_op(dim: u32, [a, b, c]: &[Arc<DeviceBuffer>; 3]) -> Op {
@@ -188,12 +194,20 @@ pub(super) struct ChannelGemm {
 impl ChannelGemm {
     /// A device whose engine runs chunks of `chunk_ns` while others have work.
     pub(super) fn new(dim: u32, chunk_ns: u64) -> Result<Self, String> {
-        let config = DeviceConfig {
-            memory_mib: 1024,
-            policy: Policy::BestEffort,
-            chunk_target_ns: chunk_ns,
-            ..DeviceConfig::default()
-        };
+        Self::with_config(
+            dim,
+            DeviceConfig {
+                memory_mib: 1024,
+                policy: Policy::BestEffort,
+                chunk_target_ns: chunk_ns,
+                ..DeviceConfig::default()
+            },
+        )
+    }
+
+    /// A device built from `config` (its `chunk_target_ns` also sizes the engine's chunks).
+    pub(super) fn with_config(dim: u32, config: DeviceConfig) -> Result<Self, String> {
+        let chunk_ns = config.chunk_target_ns;
         let engine = sched_engine::open(chunk_ns)?;
         let dev = Device::with_engine(config, engine).map_err(|e| format!("device: {e}"))?;
         let vgpu = create(&dev, &["vgpu-1q"])?.remove(0);
@@ -254,6 +268,25 @@ impl ChannelGemm {
         Ok(round)
     }
 
+    /// Exactly `n` GEMMs, two in flight.
+    pub(super) fn run_jobs(&mut self, n: u64) -> Result<(), String> {
+        let mut posted = n.min(2);
+        for _ in 0..posted {
+            self.submit()?;
+        }
+        for _ in 0..n {
+            let (run_ns, chunks) = self.wait()?;
+            self.run_ns += run_ns;
+            self.chunks += chunks;
+            self.jobs += 1;
+            if posted < n {
+                self.submit()?;
+                posted += 1;
+            }
+        }
+        Ok(())
+    }
+
     /// Mean engine time (ns) and chunks per counted GEMM.
     pub(super) fn per_job(&self) -> (f64, f64) {
         let n = self.jobs.max(1) as f64;
@@ -265,79 +298,14 @@ impl ChannelGemm {
         self.dev.shutdown();
     }
 }
-pub(super) fn ctrl_hdr(fence: Option<u64>) -> CtrlHeader {
-    CtrlHeader {
-        flags: if fence.is_some() {
-            VIRTIO_GPU_FLAG_FENCE
-        } else {
-            0
-        },
-        fence_id: fence.unwrap_or(0),
-        ctx_id: 1,
-        ..Default::default()
-    }
-}
-
-pub(super) fn expect_ok(c: &mut GpuClient, cmd: &GpuCommand<'_>, what: &str) -> Result<(), String> {
-    match c
-        .send_ctrl(cmd, ctrl_hdr(None))
-        .map_err(|e| format!("{what}: {e}"))?
-        .1
-    {
-        DecodedResponse::OkNoData => Ok(()),
-        other => Err(format!("{what}: {other:?}")),
-    }
-}
-
-/// A context buffer `id` of `data.len()` bytes with guest backing, uploaded.
-pub(super) fn vhost_buffer(c: &mut GpuClient, id: u32, data: &[u8]) -> Result<(), String> {
-    let size = u32::try_from(data.len()).map_err(|_| "buffer too large")?;
-    let create = GpuCommand::ResourceCreate3d(ResourceCreate3d {
-        resource_id: id,
-        target: PIPE_BUFFER,
-        width: size,
-        height: 1,
-        depth: 1,
-        array_size: 1,
-        ..Default::default()
-    });
-    expect_ok(c, &create, "create buffer")?;
-    let gpa = c.guest_buffer(data).map_err(|e| e.to_string())?;
-    match c
-        .attach_backing(id, &[(gpa, size)])
-        .map_err(|e| e.to_string())?
-    {
-        DecodedResponse::OkNoData => {}
-        other => return Err(format!("attach backing: {other:?}")),
-    }
-    let attach = GpuCommand::CtxAttachResource(CtxResource {
-        resource_id: id,
-        padding: 0,
-    });
-    expect_ok(c, &attach, "ctx attach")?;
-    let upload = GpuCommand::TransferToHost3d(Transfer3d {
-        box_: Box3d {
-            w: size,
-            h: 1,
-            d: 1,
-            ..Default::default()
-        },
-        resource_id: id,
-        ..Default::default()
-    });
-    expect_ok(c, &upload, "upload")
-}
-
 /// A real `vgpud` over vhost-user, one context with A, B, C: one GEMM launch per fenced
 /// SUBMIT_3D, two in flight, each counted when its fenced response is used.
 pub(super) struct VhostGemm {
-    c: GpuClient,
-    submit_stream: Vec<u8>,
-    request: Vec<u8>,
+    c: ChannelSession,
+    launch: [ChannelCommand; 1],
     req_len: u32,
     /// Request and response guest addresses of the two slots.
     slots: [(u64, u64); 2],
-    fence: u64,
     pid: u32,
     // Dropped last: kills the daemon, then removes its socket directory.
     _daemon: Daemon,
@@ -345,7 +313,9 @@ pub(super) struct VhostGemm {
 }
 
 impl VhostGemm {
-    pub(super) fn new(bin: &Path, dim: u32) -> Result<Self, String> {
+    /// Starts `bin` (with `extra_args`) serving one `vgpu-64m` and sets up A, B and C. The
+    /// daemon's control socket is [`VhostGemm::control_socket`].
+    pub(super) fn new(bin: &Path, dim: u32, extra_args: &[&str]) -> Result<Self, String> {
         let dir = tempfile::Builder::new()
             .prefix("vgpu-sched-bench-")
             .tempdir()
@@ -356,6 +326,9 @@ impl VhostGemm {
             .arg("--socket-path")
             .arg(&socket)
             .args(["--type", "vgpu-64m", "--engine", &sched_engine::name()])
+            .args(extra_args)
+            .arg("--control-socket")
+            .arg(dir.path().join("ctl.sock"))
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -363,10 +336,11 @@ impl VhostGemm {
             .spawn()
             .map_err(|e| format!("spawn vgpud: {e}"))?;
         let mut daemon = Daemon(child);
+        // Generous: under valgrind (`--instructions`) start-up takes many seconds.
         wait_for(
             std::slice::from_ref(&socket),
             &mut daemon.0,
-            Duration::from_secs(10),
+            Duration::from_secs(300),
         )?;
         let pid = daemon.0.id();
         let cfg = FrontendConfig {
@@ -374,23 +348,21 @@ impl VhostGemm {
             mem_size: 64 << 20,
             ..FrontendConfig::default()
         };
-        let mut c = GpuClient::connect(&socket, &cfg).map_err(|e| format!("connect: {e}"))?;
-        expect_ok(
-            &mut c,
-            &GpuCommand::CtxCreate(CtxCreate::default()),
-            "ctx create",
-        )?;
+        let client = GpuClient::connect(&socket, &cfg).map_err(|e| format!("connect: {e}"))?;
+        let mut c = ChannelSession::new(client, 1).map_err(|e| format!("context: {e}"))?;
         let cells = (dim as usize) * (dim as usize);
-        let bytes = |v: f32| -> Vec<u8> {
-            std::iter::repeat_n(v.to_le_bytes(), cells)
+        for (id, v) in [(1, 0.5f32), (2, 0.25), (3, 0.0)] {
+            let data: Vec<u8> = std::iter::repeat_n(v.to_le_bytes(), cells)
                 .flatten()
-                .collect()
-        };
-        vhost_buffer(&mut c, 1, &bytes(0.5))?;
-        vhost_buffer(&mut c, 2, &bytes(0.25))?;
-        vhost_buffer(&mut c, 3, &bytes(0.0))?;
-        let mut stream = Vec::new();
-        ChannelCommand::Launch(KernelLaunch::GemmF32(GemmF32Args {
+                .collect();
+            let size = u32::try_from(data.len()).map_err(|_| "buffer too large")?;
+            let gpa = c
+                .buffer(id, size)
+                .map_err(|e| format!("buffer {id}: {e}"))?;
+            c.upload(id, gpa, &data)
+                .map_err(|e| format!("upload {id}: {e}"))?;
+        }
+        let launch = [ChannelCommand::Launch(KernelLaunch::GemmF32(GemmF32Args {
             a_res: 1,
             b_res: 2,
             c_res: 3,
@@ -399,24 +371,24 @@ impl VhostGemm {
             k: dim,
             alpha: 1.0,
             beta: 0.0,
-        }))
-        .encode(&mut stream);
-        let mut request = Vec::new();
-        submit_cmd(&stream)?.encode(ctrl_hdr(Some(1)), &mut request);
+        }))];
+        // Every request has the same length (only the fence id differs).
+        let (request, _) = c.submit_bytes(&launch).map_err(|e| e.to_string())?;
         let req_len = u32::try_from(request.len()).map_err(|_| "request too large")?;
         let mut slots = [(0, 0); 2];
         for slot in &mut slots {
-            let req = c.guest_buffer(&request).map_err(|e| e.to_string())?;
-            let resp = c.guest_buffer(&[0u8; 64]).map_err(|e| e.to_string())?;
+            let req = c.client.guest_buffer(&request).map_err(|e| e.to_string())?;
+            let resp = c
+                .client
+                .guest_buffer(&[0u8; 64])
+                .map_err(|e| e.to_string())?;
             *slot = (req, resp);
         }
         let mut me = Self {
             c,
-            submit_stream: stream,
-            request,
+            launch,
             req_len,
             slots,
-            fence: 0,
             pid,
             _daemon: daemon,
             _dir: dir,
@@ -430,13 +402,15 @@ impl VhostGemm {
     /// Posts slot `i`'s request with the next fence id; returns its head.
     fn post(&mut self, i: usize) -> Result<u16, String> {
         let (req, resp) = self.slots[i];
-        self.fence += 1;
-        self.request.clear();
-        submit_cmd(&self.submit_stream)?.encode(ctrl_hdr(Some(self.fence)), &mut self.request);
+        let (request, _) = self
+            .c
+            .submit_bytes(&self.launch)
+            .map_err(|e| e.to_string())?;
         self.c
+            .client
             .conn
             .mem
-            .write(req, &self.request)
+            .write(req, &request)
             .map_err(|e| e.to_string())?;
         let descs = [
             RawDesc {
@@ -453,6 +427,7 @@ impl VhostGemm {
             },
         ];
         self.c
+            .client
             .post_raw(CTRL_QUEUE, &descs)
             .map_err(|e| e.to_string())
     }
@@ -461,6 +436,7 @@ impl VhostGemm {
     fn complete(&mut self, head: u16, i: usize) -> Result<(), String> {
         let used = self
             .c
+            .client
             .wait_any(CTRL_QUEUE, Duration::from_secs(30))
             .map_err(|e| format!("fenced GEMM: {e}"))?;
         if used.id != u32::from(head) {
@@ -468,6 +444,7 @@ impl VhostGemm {
         }
         let resp = self
             .c
+            .client
             .conn
             .mem
             .read_vec(self.slots[i].1, used.len as usize)
@@ -498,14 +475,46 @@ impl VhostGemm {
     }
 }
 
-fn submit_cmd(stream: &[u8]) -> Result<GpuCommand<'_>, String> {
-    Ok(GpuCommand::Submit3d(
-        Submit3d {
-            size: u32::try_from(stream.len()).map_err(|_| "stream too large")?,
-            padding: 0,
-        },
-        stream,
-    ))
+impl VhostGemm {
+    /// Exactly `n` GEMMs, two in flight.
+    pub(super) fn run_jobs(&mut self, n: u64) -> Result<(), String> {
+        let mut in_flight = std::collections::VecDeque::new();
+        let mut posted = 0;
+        for i in 0..n.min(2) as usize {
+            in_flight.push_back((self.post(i)?, i));
+            posted += 1;
+        }
+        while let Some((head, i)) = in_flight.pop_front() {
+            self.complete(head, i)?;
+            if posted < n {
+                in_flight.push_back((self.post(i)?, i));
+                posted += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// The daemon's control socket (`vgpud ctl`).
+    pub(super) fn control_socket(&self) -> PathBuf {
+        self._dir.path().join("ctl.sock")
+    }
+
+    /// Stops `vgpud` with SIGTERM and waits up to `timeout` for it to exit on its own (so a
+    /// tool it runs under, such as valgrind, writes its output).
+    pub(super) fn terminate(mut self, timeout: Duration) -> Result<(), String> {
+        let pid = libc::pid_t::try_from(self.pid).map_err(|_| "pid out of range")?;
+        // SAFETY: plain kill(2) of our own child, which has not been reaped.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let t0 = Instant::now();
+        loop {
+            match self._daemon.0.try_wait() {
+                Ok(Some(_)) => return Ok(()),
+                Ok(None) if t0.elapsed() < timeout => std::thread::sleep(Duration::from_millis(50)),
+                Ok(None) => return Err("vgpud did not exit after SIGTERM".into()),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
 }
 
 /// Median and interquartile range.
@@ -593,7 +602,7 @@ pub(super) fn gemm_overhead(dim: u32, pairs: usize, secs: f64) -> Result<GemmRes
     let mut direct = DirectGemm::new(dim, false)?;
     let mut channel = ChannelGemm::new(dim, CHUNK_TARGET_NS as u64)?;
     let mut vhost = match vgpud_path() {
-        Some(bin) => Some(VhostGemm::new(&bin, dim)?),
+        Some(bin) => Some(VhostGemm::new(&bin, dim, &[])?),
         None => None,
     };
     // Warm-up: the engines' cost models, caches, clocks.

@@ -17,7 +17,9 @@
 //!   in alternating rounds, each mediated round divided by the direct round of its pair (median
 //!   and interquartile range of the ratios, in wall-clock throughput and in GFLOP per
 //!   CPU-second); then the engine directly in ~100 µs chunks and `matrixmultiply` in-process (a
-//!   reference for absolute throughput).
+//!   reference for absolute throughput). `--instructions` counts (c) in instructions under
+//!   valgrind's callgrind instead (see `bench/sched_instr.rs`): the work the mediation adds,
+//!   which a noisy host does not disturb.
 //! - (d) `vgpud` RSS with 64 `--vgpu` sockets of `vgpu-64m` (its `max_instances`; 64 × 64 MiB
 //!   fills the default 4096 MiB), before and after 64 idle test frontends connect.
 //! - (e) per-kernel throughput through one vGPU's channel on the selected engine.
@@ -32,10 +34,12 @@
 mod sched_engine;
 #[path = "../bench/sched_gemm.rs"]
 mod sched_gemm;
+#[path = "../bench/sched_instr.rs"]
+mod sched_instr;
 #[path = "../bench/sched_rss.rs"]
 mod sched_rss;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -46,9 +50,9 @@ use vgpu_backend::demo::metrics;
 use vgpu_backend::demo::workload::{Frontend, Workload};
 use vgpu_backend::driver::kernels::{gemm_f32_block, GemmDims};
 use vgpu_backend::driver::{BufRef, Device, DeviceConfig, Job, Op, Policy, Uuid, Vgpu};
-use vgpu_protocol::channel::{GemmF32Args, PIPE_BUFFER};
+use vgpu_protocol::channel::GemmF32Args;
 use vgpu_protocol::virtio_gpu::*;
-use vgpu_protocol::{decode_response, ChannelCommand, DecodedResponse, GpuCommand, KernelLaunch};
+use vgpu_protocol::{decode_response, ChannelCommand, DecodedResponse, KernelLaunch};
 use vgpu_tests::connection::CTRL_QUEUE;
 use vgpu_tests::vring::{Link, RawDesc, VRING_DESC_F_WRITE};
 use vgpu_tests::{FrontendConfig, GpuClient};
@@ -65,6 +69,9 @@ const USAGE: &str = "usage: vgpu-sched-bench [--json] [--skip-rss] [--windows N]
   --pairs N    (c): alternating direct/channel/vhost-user rounds per GEMM size (default 9)
   --round S    (c): seconds per round (default 0.4)
   --dims LIST  (c): GEMM sizes, e.g. 512,1024 (default 256,512,1024)
+  --instructions  (c) in instructions instead of time: every path under valgrind's callgrind
+               (CPU engine; needs valgrind; --dims default 256,512), the work the mediation
+               adds per GEMM at native chunking (about 5 minutes)
   env: VGPUD (vgpud binary; default target/<profile>/vgpud)";
 
 /// Fairness target: Jain's index over every window.
@@ -94,6 +101,10 @@ struct Args {
     round_secs: f64,
     /// GEMM sizes of (c).
     dims: Vec<u32>,
+    /// (c) counted in instructions under callgrind instead of timed.
+    instructions: bool,
+    /// The child side of `--instructions`: run exactly this many GEMMs (`PATH:DIM:N`).
+    gemm_jobs: Option<String>,
 }
 
 fn parse(args: &[String]) -> Result<Args, String> {
@@ -104,6 +115,8 @@ fn parse(args: &[String]) -> Result<Args, String> {
         pairs: 9,
         round_secs: 0.4,
         dims: GEMM_DIMS.to_vec(),
+        instructions: false,
+        gemm_jobs: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -152,6 +165,11 @@ fn parse(args: &[String]) -> Result<Args, String> {
                     .map(|d| d.parse().ok().filter(|d| (16..=4096).contains(d)))
                     .collect::<Option<Vec<u32>>>()
                     .ok_or_else(|| format!("bad --dims {v:?}"))?;
+            }
+            "--instructions" => out.instructions = true,
+            "--gemm-jobs" => {
+                let v = it.next().ok_or("--gemm-jobs needs a value")?;
+                out.gemm_jobs = Some(v.clone());
             }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
@@ -584,6 +602,88 @@ fn run(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
+/// `--instructions`: (c) counted in instructions (see `sched_instr`).
+fn instructions(args: &Args) -> Result<(), String> {
+    let t_start = Instant::now();
+    let mut rows = Vec::new();
+    let mut out = Vec::new();
+    // 1024³ takes over a minute per GEMM under callgrind: only on request.
+    let dims: &[u32] = if args.dims == GEMM_DIMS {
+        &GEMM_DIMS[..2]
+    } else {
+        &args.dims
+    };
+    for (i, &dim) in dims.iter().enumerate() {
+        let n = sched_instr::default_counts(dim);
+        if !args.json {
+            eprintln!(
+                "… (c) GEMM {dim}³ in instructions: each path with {} and {} GEMMs under callgrind",
+                n.0, n.1
+            );
+        }
+        let r = sched_instr::count(dim, n)?;
+        let (channel, vhost) = r.native_added();
+        let pct = |x: f64| x / r.direct.max(1.0) * 100.0;
+        let id = i + 1;
+        let (c_default, c_long, c_vhost, c_native) = r.chunks;
+        rows.push(Row::new(
+            format!("c{id}i"),
+            format!("GEMM {dim}³ f32, the cpu engine directly: instructions per GEMM"),
+            format!("{:.2} M", r.direct / 1e6),
+        ));
+        rows.push(Row::new(
+            format!("c{id}ij"),
+            format!(
+                "mediation per job / per chunk (chunks per GEMM under callgrind: {c_default:.0} and {c_long:.1}; vgpud {c_vhost:.0})"
+            ),
+            format!("{:.0} k / {:.1} k", r.per_job / 1e3, r.per_chunk / 1e3),
+        ));
+        rows.push(
+            Row::new(
+                format!("c{id}Ci"),
+                format!(
+                    "GEMM {dim}³ through one vGPU's channel, at the native {c_native:.1} chunks per GEMM"
+                ),
+                format!("+{:.0} k, {:+.2}% of direct", channel / 1e3, pct(channel)),
+            )
+            .target(
+                format!("work ≤ {:.0}%", OVERHEAD_TARGET * 100.0),
+                pct(channel) <= OVERHEAD_TARGET * 100.0,
+            ),
+        );
+        rows.push(
+            Row::new(
+                format!("c{id}Vi"),
+                format!("GEMM {dim}³ through vgpud over vhost-user (every vgpud thread)"),
+                format!("+{:.0} k, {:+.2}% of direct", vhost / 1e3, pct(vhost)),
+            )
+            .target(
+                format!("work ≤ {:.0}%", OVERHEAD_TARGET * 100.0),
+                pct(vhost) <= OVERHEAD_TARGET * 100.0,
+            ),
+        );
+        out.push(json!({
+            "dim": dim, "gemms": [r.n.0, r.n.1], "direct_per_gemm": r.direct,
+            "per_job": r.per_job, "per_chunk": r.per_chunk, "vhost_extra": r.vhost_extra,
+            "chunks_callgrind": [c_default, c_long], "chunks_vgpud_callgrind": c_vhost,
+            "chunks_native": c_native,
+            "channel_added": channel, "vhost_added": vhost,
+            "channel_added_pct": pct(channel), "vhost_added_pct": pct(vhost),
+        }));
+    }
+    if args.json {
+        let doc = json!({ "gemm_instructions": out });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?
+        );
+    } else {
+        print_table(&rows);
+        println!("runtime {:.1} s", t_start.elapsed().as_secs_f64());
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let args = match parse(&argv) {
@@ -596,7 +696,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(&args) {
+    let result = if let Some(spec) = &args.gemm_jobs {
+        sched_instr::run_child(spec)
+    } else if args.instructions {
+        instructions(&args)
+    } else {
+        run(&args)
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vgpu-sched-bench: {e}");
