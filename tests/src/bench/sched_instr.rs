@@ -1,6 +1,6 @@
 //! `vgpu-sched-bench --instructions`: what the mediation costs in work, counted in instructions
-//! by valgrind's callgrind, which a shared and noisy host does not disturb (the same binary and
-//! inputs give nearly the same counts whatever else the machine runs).
+//! by valgrind's callgrind, which a shared and noisy host disturbs far less than time: only what
+//! time decides (how the engine's chunks and the scheduler's turns are cut) moves the counts.
 //!
 //! Each path of (c) runs in a child of this program under `valgrind --tool=callgrind
 //! --trace-children=yes`, once with `n1` and once with `n2` GEMMs; the instructions of every
