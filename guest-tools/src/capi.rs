@@ -134,6 +134,39 @@ fn null(what: &str) -> Error {
     Error::InvalidArgument(format!("{what} is NULL"))
 }
 
+/// The `len` elements at `ptr`: empty when `len` is 0 (whatever `ptr` is), an error naming
+/// `what` when `ptr` is NULL.
+///
+/// # Safety
+/// Unless `len` is 0 or `ptr` is NULL, `ptr` points to `len` readable `T`s that stay valid and
+/// unwritten for `'a`.
+unsafe fn slice_arg<'a, T>(ptr: *const T, len: usize, what: &str) -> Result<&'a [T], Error> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    if ptr.is_null() {
+        return Err(null(what));
+    }
+    // SAFETY: non-NULL, and `len` readable elements by the caller's contract.
+    Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
+}
+
+/// Like [`slice_arg`], writable.
+///
+/// # Safety
+/// Unless `len` is 0 or `ptr` is NULL, `ptr` points to `len` writable `T`s that nothing else
+/// accesses for `'a`.
+unsafe fn slice_arg_mut<'a, T>(ptr: *mut T, len: usize, what: &str) -> Result<&'a mut [T], Error> {
+    if len == 0 {
+        return Ok(&mut []);
+    }
+    if ptr.is_null() {
+        return Err(null(what));
+    }
+    // SAFETY: non-NULL, and `len` writable elements by the caller's contract.
+    Ok(unsafe { std::slice::from_raw_parts_mut(ptr, len) })
+}
+
 /// The text of the last error of this thread ("" if none). Valid until the thread's next
 /// failing call.
 #[no_mangle]
@@ -306,11 +339,8 @@ pub unsafe extern "C" fn vgpu_buffer_write(
         if len == 0 {
             return Ok(());
         }
-        if data.is_null() {
-            return Err(null("data"));
-        }
         // SAFETY: `data` points to `len` readable bytes (caller contract).
-        let bytes = unsafe { std::slice::from_raw_parts(data.cast::<u8>(), len) };
+        let bytes = unsafe { slice_arg(data.cast::<u8>(), len, "data") }?;
         buf.0.write(offset, bytes)
     })
 }
@@ -332,11 +362,8 @@ pub unsafe extern "C" fn vgpu_buffer_read(
         if len == 0 {
             return Ok(());
         }
-        if data.is_null() {
-            return Err(null("data"));
-        }
         // SAFETY: `data` points to `len` writable bytes (caller contract).
-        let out = unsafe { std::slice::from_raw_parts_mut(data.cast::<u8>(), len) };
+        let out = unsafe { slice_arg_mut(data.cast::<u8>(), len, "data") }?;
         buf.0.read(offset, out)
     })
 }
@@ -361,8 +388,8 @@ pub unsafe extern "C" fn vgpu_module_load(
         if spirv.is_null() || entry.is_null() || out.is_null() {
             return Err(null("spirv, entry or out"));
         }
-        // SAFETY: caller contract.
-        let bytes = unsafe { std::slice::from_raw_parts(spirv.cast::<u8>(), len) };
+        // SAFETY: `spirv` points to `len` readable bytes (caller contract).
+        let bytes = unsafe { slice_arg(spirv.cast::<u8>(), len, "spirv") }?;
         // SAFETY: caller contract.
         let entry = unsafe { CStr::from_ptr(entry) }
             .to_str()
@@ -413,14 +440,8 @@ pub unsafe extern "C" fn vgpu_module_launch(
         }
         // SAFETY: `grid` points to 3 u32s.
         let g = unsafe { [*grid, *grid.add(1), *grid.add(2)] };
-        let raw: &[VgpuBinding] = if count == 0 {
-            &[]
-        } else if bindings.is_null() {
-            return Err(null("bindings"));
-        } else {
-            // SAFETY: `bindings` points to `count` bindings.
-            unsafe { std::slice::from_raw_parts(bindings, count) }
-        };
+        // SAFETY: `bindings` points to `count` bindings (caller contract).
+        let raw = unsafe { slice_arg(bindings, count, "bindings") }?;
         let mut list = Vec::with_capacity(raw.len());
         for b in raw {
             // SAFETY: each binding names a live buffer handle or NULL.
@@ -435,14 +456,8 @@ pub unsafe extern "C" fn vgpu_module_launch(
             };
             list.push(Binding::range(b.slot, &buf.0, offset, size));
         }
-        let push = if push_len == 0 {
-            &[][..]
-        } else if push.is_null() {
-            return Err(null("push"));
-        } else {
-            // SAFETY: `push` points to `push_len` bytes.
-            unsafe { std::slice::from_raw_parts(push.cast::<u8>(), push_len) }
-        };
+        // SAFETY: `push` points to `push_len` bytes (caller contract).
+        let push = unsafe { slice_arg(push.cast::<u8>(), push_len, "push") }?;
         let pending = module.0.submit(g, &list, push)?;
         // SAFETY: `out` is non-NULL and writable.
         unsafe { *out = Box::into_raw(Box::new(VgpuLaunch(pending))) };
