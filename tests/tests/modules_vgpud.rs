@@ -31,12 +31,7 @@ fn bind(slot: u32, res: u32, offset: u64, size: u64) -> ChannelCommand {
 }
 
 fn dispatch(module_id: u32, groups: [u32; 3]) -> ChannelCommand {
-    ChannelCommand::Dispatch(DispatchCmd {
-        module_id,
-        reserved: 0,
-        groups,
-        reserved2: 0,
-    })
+    ChannelCommand::Dispatch(DispatchCmd::new(module_id, groups))
 }
 
 #[test]

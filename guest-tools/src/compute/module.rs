@@ -186,11 +186,7 @@ impl Module {
                 0, &block,
             )));
         }
-        stream.push(&ChannelCommand::Dispatch(DispatchCmd {
-            module_id: self.id,
-            groups: grid,
-            ..DispatchCmd::default()
-        }));
+        stream.push(&ChannelCommand::Dispatch(DispatchCmd::new(self.id, grid)));
         let submitted = Instant::now();
         self.dev.submit(stream.bytes(), &bos)?;
         Ok(PendingLaunch {

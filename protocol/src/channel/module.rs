@@ -156,6 +156,17 @@ pub struct DispatchCmd {
     pub reserved2: u32,
 }
 
+impl DispatchCmd {
+    /// Runs module `module_id` over `groups` workgroups (reserved fields 0).
+    pub fn new(module_id: u32, groups: [u32; 3]) -> Self {
+        DispatchCmd {
+            module_id,
+            groups,
+            ..DispatchCmd::default()
+        }
+    }
+}
+
 // SAFETY: `#[repr(C)]` structs of u8/u32/u64 fields laid out without implicit padding; every bit
 // pattern is a valid value.
 unsafe impl ByteValued for ModuleLoadCmd {}

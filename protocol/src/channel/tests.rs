@@ -682,12 +682,7 @@ fn module_commands() -> Vec<ChannelCommand> {
             size: 0,
         }),
         ChannelCommand::PushConstants(PushConstantsCmd::new(8, &[1, 2, 3, 4, 5, 6, 7, 8])),
-        ChannelCommand::Dispatch(DispatchCmd {
-            module_id: 7,
-            reserved: 0,
-            groups: [4, 2, 1],
-            reserved2: 0,
-        }),
+        ChannelCommand::Dispatch(DispatchCmd::new(7, [4, 2, 1])),
         ChannelCommand::ModuleUnload(ModuleUnloadCmd {
             module_id: 7,
             reserved: 0,

@@ -120,12 +120,7 @@ fn neighbour(
                 DecodedResponse::OkNoData => {}
                 other => return Err(format!("module load refused: {other:?}")),
             }
-            vec![ChannelCommand::Dispatch(DispatchCmd {
-                module_id: 1,
-                reserved: 0,
-                groups: [64, 1, 1],
-                reserved2: 0,
-            })]
+            vec![ChannelCommand::Dispatch(DispatchCmd::new(1, [64, 1, 1]))]
         }
     };
     let (mut done, mut failed) = (0u64, 0u64);
