@@ -25,7 +25,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use vgpu_tests::guest::{skip_requested, BackendKind, GuestAssets, MarkerKind, Screen, WorkDir};
+use vgpu_tests::guest::{
+    skip_requested, BackendKind, GuestAssets, Marker, MarkerKind, Screen, WorkDir,
+};
 use vgpu_tests::libvirt::{domain_xml, give_to_unprivileged, Libvirt, SerialConsole, UNPRIVILEGED};
 
 /// One guest at a time (TCG on a small machine).
@@ -514,11 +516,7 @@ fn boot_and_check_display(
         panic!("virsh screenshot does not show the guest's pattern: {why}\n{text}");
     }
     assert_eq!(last.kind, MarkerKind::Pass, "{text}");
-    let failed: Vec<_> = console
-        .markers
-        .iter()
-        .filter(|m| m.kind == MarkerKind::Fail)
-        .collect();
+    let failed = Marker::failed(&console.markers);
     assert!(failed.is_empty(), "guest checks failed: {failed:?}\n{text}");
     // vgpud's device, not QEMU's backend: our capset (42) and VIRGL in the driver's feature line.
     assert!(text.contains("cap set 0: id 42"), "{text}");

@@ -10,8 +10,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use vgpu_tests::guest::{
-    skip_requested, Backend, BackendKind, Guest, GuestAssets, GuestConfig, MarkerKind, Screen,
-    WorkDir,
+    skip_requested, Backend, BackendKind, Guest, GuestAssets, GuestConfig, Marker, MarkerKind,
+    Screen, WorkDir,
 };
 
 /// The resolution QEMU's `vhost-user-gpu-pci` configures by default (`xres`/`yres`), first in the EDID.
@@ -125,11 +125,7 @@ fn run_display_test(kind: BackendKind) {
     if let Err(why) = pixels {
         panic!("screendump does not show the pattern: {why}\n{report}");
     }
-    let failed: Vec<_> = guest
-        .markers()
-        .iter()
-        .filter(|m| m.kind == MarkerKind::Fail)
-        .collect();
+    let failed = Marker::failed(guest.markers());
     assert!(
         failed.is_empty(),
         "guest checks failed: {failed:?}\n{report}"

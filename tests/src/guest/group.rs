@@ -96,11 +96,7 @@ impl GuestGroup {
             if let Err(e) = self.guests[i].wait_end(self.step) {
                 panic!("guest {i}: {e}{}", self.context());
             }
-            let failed: Vec<&Marker> = self.guests[i]
-                .markers()
-                .iter()
-                .filter(|m| m.kind == MarkerKind::Fail)
-                .collect();
+            let failed = Marker::failed(self.guests[i].markers());
             assert!(
                 failed.is_empty(),
                 "guest {i} checks failed: {failed:#?}{}",

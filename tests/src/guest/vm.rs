@@ -66,6 +66,14 @@ impl Marker {
         })
     }
 
+    /// The FAIL markers among `markers`, in order.
+    pub fn failed(markers: &[Marker]) -> Vec<&Marker> {
+        markers
+            .iter()
+            .filter(|m| m.kind == MarkerKind::Fail)
+            .collect()
+    }
+
     /// Looks up `key=value` in the detail.
     pub fn field(&self, key: &str) -> Option<&str> {
         self.detail
