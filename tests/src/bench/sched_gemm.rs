@@ -3,16 +3,19 @@
 //! real `vgpud` over vhost-user (fenced SUBMIT_3D) are the mediated paths.
 //!
 //! **Method** (a loaded, shared host makes single rounds differ by ±20 %): every path is set up
-//! once (engine, device, daemon and buffers stay up), then timed in short rounds that alternate
-//! direct, channel, vhost-user, direct, … (the order reversed every other round, so neither path
-//! always runs first after the other). Each mediated round is divided by the direct round of the
-//! same pair, and the overhead is `1 − median(ratio)`, printed with the ratios' interquartile
-//! range. Beside the wall-clock throughput, each round records the CPU time of every thread of
+//! once (engine, device, daemon and buffers stay up), then timed in pairs of short rounds:
+//! direct, pieces, channel, vhost-user, direct again (the middle reversed every other pair, so no
+//! path always follows the same other one). Each mediated round is divided by the pair's two
+//! direct rounds together, which bracket it, and the overhead is `1 − median(ratio)`, printed
+//! with the ratios' interquartile range. "Pieces" is the engine driven directly in the chunks a
+//! lone vGPU's 1 ms target gives, no scheduler: what slicing alone costs the engine, apart from
+//! the mediation. The second direct round against the first is the noise floor: the same path,
+//! paired the same way. Beside the wall-clock throughput, each round records the CPU time of every thread of
 //! the processes involved (this program and `vgpud`, from `/proc/PID/task/*/schedstat`), and
 //! the same pairing of GFLOP per CPU-second shows what the mediation costs in work, which other
 //! load on the host disturbs far less than wall-clock time.
 
-use vgpu_backend::driver::engine::{DynEngine, Step};
+use vgpu_backend::driver::engine::{DynEngine, Step, DEFAULT_SOLO_CHUNK_TARGET_NS};
 use vgpu_backend::driver::{Channel, DeviceBuffer, DeviceMemory, MemoryPartition, MIB};
 
 use super::sched_rss::{wait_for, Daemon};
@@ -24,16 +27,61 @@ pub(super) fn gflops(dim: u32, jobs: u64, secs: f64) -> f64 {
     2.0 * d * d * d * jobs as f64 / secs / 1e9
 }
 
-/// CPU time (ns) every thread of process `pid` has used so far (0 if unreadable).
-pub(super) fn cpu_ns(pid: u32) -> u64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    tasks
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
+/// What every thread of a process has used so far: CPU time and context switches.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct ThreadUse {
+    /// CPU time (ns), from `schedstat`.
+    pub(super) cpu_ns: u64,
+    /// Times a thread went to sleep (waiting for an event: a wake-up to come).
+    pub(super) voluntary: u64,
+    /// Times a runnable thread was preempted (another thread took its CPU).
+    pub(super) involuntary: u64,
+}
+
+impl ThreadUse {
+    /// Everything used by process `pid`'s threads (zeros if unreadable).
+    pub(super) fn of(pid: u32) -> Self {
+        let mut out = Self::default();
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return out;
+        };
+        for task in tasks.flatten() {
+            if let Ok(s) = std::fs::read_to_string(task.path().join("schedstat")) {
+                out.cpu_ns += s
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+            let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+            let field = |key: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(key))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            out.voluntary += field("voluntary_ctxt_switches:");
+            out.involuntary += field("nonvoluntary_ctxt_switches:");
+        }
+        out
+    }
+
+    fn add(self, o: Self) -> Self {
+        Self {
+            cpu_ns: self.cpu_ns + o.cpu_ns,
+            voluntary: self.voluntary + o.voluntary,
+            involuntary: self.involuntary + o.involuntary,
+        }
+    }
+
+    fn since(self, before: Self) -> Self {
+        Self {
+            cpu_ns: self.cpu_ns.saturating_sub(before.cpu_ns),
+            voluntary: self.voluntary.saturating_sub(before.voluntary),
+            involuntary: self.involuntary.saturating_sub(before.involuntary),
+        }
+    }
 }
 
 /// One timed round of GEMMs.
@@ -43,8 +91,9 @@ pub(super) struct Round {
     pub(super) jobs: u64,
     /// Wall time of those GEMMs (s).
     pub(super) secs: f64,
-    /// CPU time of every thread of the processes involved during the round (ns).
-    pub(super) cpu_ns: u64,
+    /// CPU time and context switches of every thread of the processes involved during the
+    /// round.
+    pub(super) used: ThreadUse,
 }
 
 impl Round {
@@ -52,9 +101,27 @@ impl Round {
         gflops(dim, self.jobs, self.secs.max(1e-9))
     }
 
+    /// Two rounds of the same path as one.
+    pub(super) fn merged(&self, other: &Round) -> Round {
+        Round {
+            jobs: self.jobs + other.jobs,
+            secs: self.secs + other.secs,
+            used: self.used.add(other.used),
+        }
+    }
+
     /// GFLOP per CPU-second of all threads involved.
     pub(super) fn gflops_per_cpu(&self, dim: u32) -> f64 {
-        gflops(dim, self.jobs, (self.cpu_ns as f64 / 1e9).max(1e-9))
+        gflops(dim, self.jobs, (self.used.cpu_ns as f64 / 1e9).max(1e-9))
+    }
+
+    /// Voluntary and involuntary context switches per GEMM, all threads involved.
+    pub(super) fn switches_per_job(&self) -> (f64, f64) {
+        let n = self.jobs.max(1) as f64;
+        (
+            self.used.voluntary as f64 / n,
+            self.used.involuntary as f64 / n,
+        )
     }
 }
 
@@ -64,8 +131,12 @@ fn timed(
     pids: &[u32],
     mut run_one: impl FnMut() -> Result<(), String>,
 ) -> Result<Round, String> {
-    let cpu = || pids.iter().map(|&p| cpu_ns(p)).sum::<u64>();
-    let cpu0 = cpu();
+    let used = || {
+        pids.iter()
+            .map(|&p| ThreadUse::of(p))
+            .fold(ThreadUse::default(), ThreadUse::add)
+    };
+    let used0 = used();
     let t0 = Instant::now();
     let mut jobs = 0u64;
     while t0.elapsed().as_secs_f64() < seconds {
@@ -76,12 +147,15 @@ fn timed(
     Ok(Round {
         jobs,
         secs,
-        cpu_ns: cpu().saturating_sub(cpu0),
+        used: used().since(used0),
     })
 }
 
+/// A chunk target no GEMM reaches: the engine runs it in one call (one dispatch).
+pub(super) const ONE_CALL: u64 = 1 << 40;
+
 /// The engine driven directly (no device thread, no scheduler): each GEMM run to completion in
-/// chunks of `target_ns` (one call, or one dispatch, when huge).
+/// chunks of `target_ns` (one call, or one dispatch, at [`ONE_CALL`]).
 pub(super) struct DirectGemm {
     engine: Box<dyn DynEngine>,
     op: Op,
@@ -93,14 +167,9 @@ pub(super) struct DirectGemm {
 }
 
 impl DirectGemm {
-    /// `chunked`: chunks of [`CHUNK_TARGET_NS`] as the device thread runs them while other
-    /// vGPUs have work; else one call per GEMM.
-    pub(super) fn new(dim: u32, chunked: bool) -> Result<Self, String> {
-        let target_ns = if chunked {
-            CHUNK_TARGET_NS as u64
-        } else {
-            1 << 40
-        };
+    /// Each GEMM in chunks (sub-grids on Vulkan) of `target_ns`: [`ONE_CALL`] for one call (one
+    /// dispatch) per GEMM.
+    pub(super) fn new(dim: u32, target_ns: u64) -> Result<Self, String> {
         let engine = sched_engine::open(target_ns)?;
         let bytes = u64::from(dim) * u64::from(dim) * 4;
         let memory = DeviceMemory::new(3 * bytes + MIB);
@@ -556,6 +625,8 @@ pub(super) struct Paired {
     pub(super) wall: Vec<f64>,
     /// Mediated ÷ direct GFLOP per CPU-second (all threads involved), per pair.
     pub(super) cpu: Vec<f64>,
+    /// Voluntary and involuntary context switches per GEMM (all threads involved), per round.
+    pub(super) switches: Vec<(f64, f64)>,
 }
 
 impl Paired {
@@ -564,6 +635,7 @@ impl Paired {
             runs: Vec::new(),
             wall: Vec::new(),
             cpu: Vec::new(),
+            switches: Vec::new(),
         }
     }
 
@@ -573,6 +645,21 @@ impl Paired {
             .push(mediated.gflops(dim) / direct.gflops(dim).max(1e-12));
         self.cpu
             .push(mediated.gflops_per_cpu(dim) / direct.gflops_per_cpu(dim).max(1e-12));
+        self.switches.push(mediated.switches_per_job());
+    }
+
+    /// Median voluntary and involuntary context switches per GEMM.
+    pub(super) fn switches_median(&self) -> (f64, f64) {
+        (
+            median(self.switches.iter().map(|s| s.0).collect()),
+            median(self.switches.iter().map(|s| s.1).collect()),
+        )
+    }
+
+    /// The CPU-time row's text: ratio, and the context switches per GEMM.
+    fn cpu_text(&self) -> String {
+        let (v, i) = self.switches_median();
+        format!("{}; {v:.2} + {i:.2} switches/GEMM", ratio_text(&self.cpu))
     }
 
     /// Overhead in throughput: 1 − the median wall-clock ratio.
@@ -584,8 +671,12 @@ impl Paired {
 pub(super) struct GemmResult {
     /// The engine driven directly, one call per GEMM: GFLOP/s per round (the baseline).
     pub(super) direct_runs: Vec<f64>,
-    /// The engine driven directly in ~100 µs chunks, GFLOP/s per round.
-    pub(super) chunked_runs: Vec<f64>,
+    /// The direct path again in the same pairs (its second round of each pair against its
+    /// first): the noise floor of the pairing itself.
+    pub(super) again: Paired,
+    /// The engine driven directly in the pieces a lone vGPU's chunk target gives
+    /// ([`DEFAULT_SOLO_CHUNK_TARGET_NS`]), no scheduler: what slicing alone costs.
+    pub(super) pieces: Paired,
     /// `matrixmultiply`, one call per GEMM (reference), GFLOP/s per round.
     pub(super) reference_runs: Vec<f64>,
     pub(super) channel: Paired,
@@ -596,10 +687,12 @@ pub(super) struct GemmResult {
     pub(super) chunks_per_job: f64,
 }
 
-/// Direct vs channel vs vhost-user in `pairs` alternating rounds of `secs` each (see the module
-/// docs), then the direct ~100 µs chunked run and `matrixmultiply` (three rounds each).
+/// Direct, direct in a lone vGPU's pieces, channel, vhost-user and direct again, in `pairs`
+/// alternating rounds of `secs` each (see the module docs), then `matrixmultiply` (three
+/// rounds).
 pub(super) fn gemm_overhead(dim: u32, pairs: usize, secs: f64) -> Result<GemmResult, String> {
-    let mut direct = DirectGemm::new(dim, false)?;
+    let mut direct = DirectGemm::new(dim, ONE_CALL)?;
+    let mut pieces = DirectGemm::new(dim, DEFAULT_SOLO_CHUNK_TARGET_NS)?;
     let mut channel = ChannelGemm::new(dim, CHUNK_TARGET_NS as u64)?;
     let mut vhost = match vgpud_path() {
         Some(bin) => Some(VhostGemm::new(&bin, dim, &[])?),
@@ -607,6 +700,7 @@ pub(super) fn gemm_overhead(dim: u32, pairs: usize, secs: f64) -> Result<GemmRes
     };
     // Warm-up: the engines' cost models, caches, clocks.
     direct.round(0.2)?;
+    pieces.round(0.2)?;
     channel.round(0.2)?;
     if let Some(v) = &mut vhost {
         v.round(0.2)?;
@@ -614,36 +708,45 @@ pub(super) fn gemm_overhead(dim: u32, pairs: usize, secs: f64) -> Result<GemmRes
     channel.run_ns = 0;
     channel.chunks = 0;
     channel.jobs = 0;
-    let (mut direct_runs, mut ch, mut vh) = (Vec::new(), Paired::new(), Paired::new());
+    let mut direct_runs = Vec::new();
+    let (mut again, mut pc, mut ch, mut vh) =
+        (Paired::new(), Paired::new(), Paired::new(), Paired::new());
     for pair in 0..pairs {
-        let (d, c, v);
+        // Even pairs run direct, pieces, channel, vhost-user, direct again; odd pairs the
+        // reverse, so no path always follows the same other one.
+        let d = direct.round(secs)?;
+        let (p, c, v);
         if pair % 2 == 0 {
-            d = direct.round(secs)?;
+            p = pieces.round(secs)?;
             c = channel.round(secs)?;
             v = vhost.as_mut().map(|v| v.round(secs)).transpose()?;
         } else {
             v = vhost.as_mut().map(|v| v.round(secs)).transpose()?;
             c = channel.round(secs)?;
-            d = direct.round(secs)?;
+            p = pieces.round(secs)?;
         }
-        direct_runs.push(d.gflops(dim));
-        ch.push(dim, &d, &c);
+        let d2 = direct.round(secs)?;
+        // The baseline of a pair is its two direct rounds together, which bracket the others.
+        let base = d.merged(&d2);
+        direct_runs.push(base.gflops(dim));
+        again.push(dim, &d, &d2);
+        pc.push(dim, &base, &p);
+        ch.push(dim, &base, &c);
         if let Some(v) = v {
-            vh.push(dim, &d, &v);
+            vh.push(dim, &base, &v);
         }
     }
     let (run_ns_per_job, chunks_per_job) = channel.per_job();
     channel.close();
     drop(vhost);
-    let mut chunked = DirectGemm::new(dim, true)?;
-    let (mut chunked_runs, mut reference_runs) = (Vec::new(), Vec::new());
+    let mut reference_runs = Vec::new();
     for _ in 0..3 {
-        chunked_runs.push(chunked.round(0.5)?.gflops(dim));
         reference_runs.push(gemm_matrixmultiply(dim, 0.5)?);
     }
     Ok(GemmResult {
         direct_runs,
-        chunked_runs,
+        again,
+        pieces: pc,
         reference_runs,
         channel: ch,
         vhost: (!vh.wall.is_empty()).then_some(vh),
@@ -674,18 +777,6 @@ pub(super) fn gemm_rows(i: usize, dim: u32, g: &GemmResult, rows: &mut Vec<Row>)
         ),
         format!("{direct:.1} GFLOP/s"),
     ));
-    let chunked = median(g.chunked_runs.clone());
-    rows.push(Row::new(
-        format!("c{i}r"),
-        format!(
-            "GEMM {dim}³ f32, the engine driven directly in ~{} µs chunks (median of 3)",
-            CHUNK_TARGET_NS / 1000.0
-        ),
-        format!(
-            "{chunked:.1} GFLOP/s, {} vs direct",
-            pct(chunked / direct.max(1e-12))
-        ),
-    ));
     let reference = median(g.reference_runs.clone());
     rows.push(Row::new(
         format!("c{i}m"),
@@ -695,6 +786,38 @@ pub(super) fn gemm_rows(i: usize, dim: u32, g: &GemmResult, rows: &mut Vec<Row>)
             direct / reference.max(1e-9) * 100.0
         ),
     ));
+    let mut info_row = |id: String, what: String, p: &Paired| {
+        rows.push(Row::new(
+            id.clone(),
+            format!("{what}, per-pair ratio to direct: median (IQR)"),
+            format!(
+                "{:.1} GFLOP/s, {}",
+                median(p.runs.clone()),
+                ratio_text(&p.wall)
+            ),
+        ));
+        rows.push(Row::new(
+            format!("{id}cpu"),
+            format!(
+                "{what}, GFLOP per CPU-second (all threads) vs direct; context switches \
+                 (voluntary + involuntary)"
+            ),
+            p.cpu_text(),
+        ));
+    };
+    info_row(
+        format!("c{i}n"),
+        format!("GEMM {dim}³, noise floor: the direct path's 2nd round of each pair vs its 1st"),
+        &g.again,
+    );
+    info_row(
+        format!("c{i}p"),
+        format!(
+            "GEMM {dim}³, the engine directly in a lone vGPU's ~{} µs pieces (no scheduler)",
+            DEFAULT_SOLO_CHUNK_TARGET_NS / 1000
+        ),
+        &g.pieces,
+    );
     let mut paired_row = |id: String, what: String, p: &Paired| {
         // Met only when neither the throughput nor the work per GFLOP says otherwise.
         let overhead = p.overhead().max(1.0 - median(p.cpu.clone()));
@@ -718,8 +841,11 @@ pub(super) fn gemm_rows(i: usize, dim: u32, g: &GemmResult, rows: &mut Vec<Row>)
         );
         rows.push(Row::new(
             format!("{id}cpu"),
-            format!("{what}, GFLOP per CPU-second (all threads) vs direct"),
-            ratio_text(&p.cpu),
+            format!(
+                "{what}, GFLOP per CPU-second (all threads) vs direct; context switches \
+                 (voluntary + involuntary)"
+            ),
+            p.cpu_text(),
         ));
     };
     paired_row(
@@ -747,11 +873,14 @@ pub(super) fn gemm_rows(i: usize, dim: u32, g: &GemmResult, rows: &mut Vec<Row>)
         json!({
             "gflops": p.runs, "ratio_wall": p.wall, "ratio_cpu": p.cpu,
             "overhead": p.overhead(), "cpu_overhead": 1.0 - median(p.cpu.clone()),
+            "switches_per_gemm": p.switches.iter().map(|s| [s.0, s.1]).collect::<Vec<_>>(),
         })
     };
     json!({
         "dim": dim, "pairs": pairs, "direct_gflops": g.direct_runs,
-        "chunked_gflops": g.chunked_runs, "matrixmultiply_gflops": g.reference_runs,
+        "matrixmultiply_gflops": g.reference_runs,
+        "noise_floor": paired_json(&g.again),
+        "solo_pieces": paired_json(&g.pieces),
         "channel": paired_json(&g.channel),
         "vhost_user": g.vhost.as_ref().map(paired_json),
         "channel_chunks_per_job": g.chunks_per_job,

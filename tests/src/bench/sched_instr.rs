@@ -22,7 +22,7 @@
 //! engine idling or refilling its caches between jobs: this is the work the mediation adds, a
 //! lower bound of its cost; the timed rounds of (c) show the rest.
 
-use super::sched_gemm::{ChannelGemm, DirectGemm, VhostGemm};
+use super::sched_gemm::{ChannelGemm, DirectGemm, VhostGemm, ONE_CALL};
 use super::*;
 
 /// One path of (c).
@@ -127,7 +127,7 @@ pub(super) fn run_child(spec: &str) -> Result<(), String> {
         return Err(bad());
     }
     match path {
-        GemmPath::Direct => DirectGemm::new(dim, false)?.run_jobs(n),
+        GemmPath::Direct => DirectGemm::new(dim, ONE_CALL)?.run_jobs(n),
         GemmPath::Channel => {
             let chunking = if long {
                 Chunking::Long

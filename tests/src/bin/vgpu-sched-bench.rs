@@ -14,9 +14,11 @@
 //! - (c) mediation overhead: 256³, 512³ and 1024³ f32 GEMM with the engine driven directly (one
 //!   call per GEMM: the baseline), through one vGPU's driver channel and through a real `vgpud`
 //!   over vhost-user (one fenced SUBMIT_3D per GEMM, two in flight; needs the release `vgpud`),
-//!   in alternating rounds, each mediated round divided by the direct round of its pair (median
+//!   in alternating rounds, each mediated round divided by the direct rounds of its pair (median
 //!   and interquartile range of the ratios, in wall-clock throughput and in GFLOP per
-//!   CPU-second); then the engine directly in ~100 µs chunks and `matrixmultiply` in-process (a
+//!   CPU-second). Two more paths run in the same pairs: the engine directly in the pieces a lone
+//!   vGPU's 1 ms chunk target gives (what slicing alone costs, with no scheduler) and the direct
+//!   path against itself (the noise floor of the pairing). Then `matrixmultiply` in-process (a
 //!   reference for absolute throughput). `--instructions` counts (c) in instructions under
 //!   valgrind's callgrind instead (see `bench/sched_instr.rs`): the work the mediation adds,
 //!   which a noisy host does not disturb.
@@ -27,7 +29,7 @@
 //! `--engine cpu|vulkan[:INDEX|:NAME]` (default cpu) runs every section on that engine (the
 //! in-process devices and the spawned `vgpud`); "direct" in (c) is the engine driven with no
 //! scheduler: one call of the CPU engine's kernel or one dispatch on Vulkan per GEMM (and, in
-//! the chunked line, ~100 µs chunks or sub-grids).
+//! the pieces line, ~1 ms chunks or sub-grids).
 //! Busy time, and so the fairness shares, is device time measured by timestamp queries there.
 
 #[path = "../bench/sched_engine.rs"]
@@ -66,7 +68,7 @@ const USAGE: &str = "usage: vgpu-sched-bench [--json] [--skip-rss] [--windows N]
   --only S     run only these sections, e.g. --only ad (default abcde)
   --engine E   cpu (default), vulkan, vulkan:INDEX or vulkan:NAME
   --windows N  1 s fairness windows per policy (default 4)
-  --pairs N    (c): alternating direct/channel/vhost-user rounds per GEMM size (default 9)
+  --pairs N    (c): pairs of direct/pieces/channel/vhost-user/direct rounds per GEMM size (default 9)
   --round S    (c): seconds per round (default 0.4)
   --dims LIST  (c): GEMM sizes, e.g. 512,1024 (default 256,512,1024)
   --instructions  (c) in instructions instead of time: every path under valgrind's callgrind
@@ -87,7 +89,7 @@ const RSS_TARGET: u64 = 4 << 20;
 const RSS_VGPUS: usize = 64;
 /// GEMM sizes for (c): the headline one first.
 const GEMM_DIMS: [u32; 3] = [256, 512, 1024];
-/// The engine's chunk target (ns), for the chunked direct line.
+/// The engine's chunk target (ns) while other vGPUs have work.
 const CHUNK_TARGET_NS: f64 = 100_000.0;
 
 struct Args {
