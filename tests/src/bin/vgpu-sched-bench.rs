@@ -18,7 +18,8 @@
 //!   and interquartile range of the ratios, in wall-clock throughput and in GFLOP per
 //!   CPU-second). Two more paths run in the same pairs: the engine directly in the pieces a lone
 //!   vGPU's 1 ms chunk target gives (what slicing alone costs, with no scheduler) and the direct
-//!   path against itself (the noise floor of the pairing). Then `matrixmultiply` in-process (a
+//!   path against itself (the noise floor of the pairing); and, for reference, vhost-user with
+//!   four GEMMs per SUBMIT_3D (the per-submission notifications spread over four GEMMs). Then `matrixmultiply` in-process (a
 //!   reference for absolute throughput). `--instructions` counts (c) in instructions under
 //!   valgrind's callgrind instead (see `bench/sched_instr.rs`): the work the mediation adds,
 //!   which a noisy host does not disturb.
@@ -68,7 +69,7 @@ const USAGE: &str = "usage: vgpu-sched-bench [--json] [--skip-rss] [--windows N]
   --only S     run only these sections, e.g. --only ad (default abcde)
   --engine E   cpu (default), vulkan, vulkan:INDEX or vulkan:NAME
   --windows N  1 s fairness windows per policy (default 4)
-  --pairs N    (c): pairs of direct/pieces/channel/vhost-user/direct rounds per GEMM size (default 9)
+  --pairs N    (c): pairs of direct/pieces/channel/vhost-user(/×4)/direct rounds per GEMM size (default 9)
   --round S    (c): seconds per round (default 0.4)
   --dims LIST  (c): GEMM sizes, e.g. 512,1024 (default 256,512,1024)
   --instructions  (c) in instructions instead of time: every path under valgrind's callgrind
