@@ -161,6 +161,8 @@ pub(super) struct DirectGemm {
     engine: Box<dyn DynEngine>,
     op: Op,
     target_ns: u64,
+    /// `run_chunk` calls so far.
+    calls: u64,
     // The buffers live in the partition; both outlive `op`.
     _bufs: [Arc<DeviceBuffer>; 3],
     _partition: Arc<MemoryPartition>,
@@ -190,6 +192,7 @@ impl DirectGemm {
             engine,
             op,
             target_ns,
+            calls: 0,
             _bufs: bufs,
             _partition: partition,
             _memory: memory,
@@ -198,13 +201,16 @@ impl DirectGemm {
 
     fn one(&mut self) -> Result<(), String> {
         let mut state = self.engine.new_state();
-        while self
-            .engine
-            .run_chunk_dyn(&self.op, &mut state, self.target_ns)
-            .map_err(|e| e.to_string())?
-            == Step::More
-        {}
-        Ok(())
+        loop {
+            self.calls += 1;
+            let step = self
+                .engine
+                .run_chunk_dyn(&self.op, &mut state, self.target_ns)
+                .map_err(|e| e.to_string())?;
+            if step != Step::More {
+                return Ok(());
+            }
+        }
     }
 
     /// One round of about `seconds`.
@@ -705,6 +711,65 @@ pub(super) struct GemmResult {
     /// Engine time and chunks per GEMM through the channel.
     pub(super) run_ns_per_job: f64,
     pub(super) chunks_per_job: f64,
+}
+
+/// The engine directly at one piece target ([`piece_targets`]).
+pub(super) struct PieceRun {
+    /// µs; 0: one call per GEMM.
+    pub(super) target_us: u64,
+    /// Median GFLOP/s of the rounds.
+    pub(super) gflops: f64,
+    /// `run_chunk` calls per GEMM (pieces; on Vulkan a call may queue several).
+    pub(super) calls_per_job: f64,
+    /// CPU time per GEMM of every thread of this process (the Vulkan driver's included), ms.
+    pub(super) cpu_ms_per_job: f64,
+    /// Voluntary and involuntary context switches per GEMM.
+    pub(super) switches: (f64, f64),
+}
+
+/// The engine driven directly at each of `targets_us` (0: one call), in `rounds` interleaved
+/// rounds of `secs`.
+pub(super) fn piece_targets(
+    dim: u32,
+    targets_us: &[u64],
+    rounds: usize,
+    secs: f64,
+) -> Result<Vec<PieceRun>, String> {
+    let mut paths = targets_us
+        .iter()
+        .map(|&t| DirectGemm::new(dim, if t == 0 { ONE_CALL } else { t * 1000 }))
+        .collect::<Result<Vec<_>, _>>()?;
+    for p in &mut paths {
+        p.round(0.2)?;
+        p.calls = 0;
+    }
+    let mut done: Vec<Vec<Round>> = vec![Vec::new(); paths.len()];
+    for r in 0..rounds {
+        // Reverse the order every other round, so no target always follows the same other one.
+        let order: Vec<usize> = if r % 2 == 0 {
+            (0..paths.len()).collect()
+        } else {
+            (0..paths.len()).rev().collect()
+        };
+        for i in order {
+            done[i].push(paths[i].round(secs)?);
+        }
+    }
+    Ok(targets_us
+        .iter()
+        .zip(paths.iter().zip(&done))
+        .map(|(&target_us, (p, rounds))| {
+            let all = rounds.iter().fold(Round::default(), |acc, r| acc.merged(r));
+            let jobs = all.jobs.max(1) as f64;
+            PieceRun {
+                target_us,
+                gflops: median(rounds.iter().map(|r| r.gflops(dim)).collect()),
+                calls_per_job: p.calls as f64 / jobs,
+                cpu_ms_per_job: all.used.cpu_ns as f64 / 1e6 / jobs,
+                switches: all.switches_per_job(),
+            }
+        })
+        .collect())
 }
 
 /// GEMM launches per fenced SUBMIT_3D in the batched vhost-user path.

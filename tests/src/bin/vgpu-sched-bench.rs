@@ -72,6 +72,10 @@ const USAGE: &str = "usage: vgpu-sched-bench [--json] [--skip-rss] [--windows N]
   --pairs N    (c): pairs of direct/pieces/channel/vhost-user(/×4)/direct rounds per GEMM size (default 9)
   --round S    (c): seconds per round (default 0.4)
   --dims LIST  (c): GEMM sizes, e.g. 512,1024 (default 256,512,1024)
+  --piece-targets LIST  the engine driven directly (no scheduler) with each GEMM cut into pieces
+               of these targets in µs, 0 for one call, e.g. 0,1000,4000,16000: throughput, calls,
+               CPU time and context switches per GEMM (--dims default 256; --pairs rounds
+               of --round s, interleaved)
   --instructions  (c) in instructions instead of time: every path under valgrind's callgrind
                (CPU engine; needs valgrind; --dims default 256,512), the work the mediation
                adds per GEMM at native chunking (about 5 minutes)
@@ -108,6 +112,8 @@ struct Args {
     instructions: bool,
     /// The child side of `--instructions`: run exactly this many GEMMs (`PATH:DIM:N`).
     gemm_jobs: Option<String>,
+    /// `--piece-targets`: the engine directly at these piece targets (µs; 0: one call).
+    piece_targets: Option<Vec<u64>>,
 }
 
 fn parse(args: &[String]) -> Result<Args, String> {
@@ -120,6 +126,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
         dims: GEMM_DIMS.to_vec(),
         instructions: false,
         gemm_jobs: None,
+        piece_targets: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -170,6 +177,15 @@ fn parse(args: &[String]) -> Result<Args, String> {
                     .ok_or_else(|| format!("bad --dims {v:?}"))?;
             }
             "--instructions" => out.instructions = true,
+            "--piece-targets" => {
+                let v = it.next().ok_or("--piece-targets needs a value")?;
+                out.piece_targets = Some(
+                    v.split(',')
+                        .map(|t| t.parse().ok().filter(|t| *t <= 1_000_000))
+                        .collect::<Option<Vec<u64>>>()
+                        .ok_or_else(|| format!("bad --piece-targets {v:?}"))?,
+                );
+            }
             "--gemm-jobs" => {
                 let v = it.next().ok_or("--gemm-jobs needs a value")?;
                 out.gemm_jobs = Some(v.clone());
@@ -687,6 +703,68 @@ fn instructions(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
+/// `--piece-targets`: what cutting a GEMM into pieces costs the engine by itself (no device
+/// thread, no scheduler), at each target, in interleaved rounds.
+fn piece_targets(args: &Args, targets_us: &[u64]) -> Result<(), String> {
+    let t_start = Instant::now();
+    let mut rows = Vec::new();
+    let mut out = Vec::new();
+    let dims: &[u32] = if args.dims == GEMM_DIMS {
+        &GEMM_DIMS[..1]
+    } else {
+        &args.dims
+    };
+    for (i, &dim) in dims.iter().enumerate() {
+        if !args.json {
+            eprintln!(
+                "… GEMM {dim}³ directly at piece targets {targets_us:?} µs, {} interleaved rounds of {} s",
+                args.pairs, args.round_secs
+            );
+        }
+        let runs = sched_gemm::piece_targets(dim, targets_us, args.pairs, args.round_secs)?;
+        let base = runs.first().map_or(1.0, |r| r.gflops.max(1e-12));
+        for (j, r) in runs.iter().enumerate() {
+            let target = match r.target_us {
+                0 => "one call".to_string(),
+                t => format!("pieces of ~{t} µs"),
+            };
+            rows.push(Row::new(
+                format!("p{}{}", i + 1, j + 1),
+                format!(
+                    "GEMM {dim}³, the {} engine directly, {target} (median of {} rounds)",
+                    sched_engine::name(),
+                    args.pairs
+                ),
+                format!(
+                    "{:.3} GFLOP/s, {:+.1}% vs the first; {:.1} calls, {:.2} ms CPU (all threads), {:.1} + {:.1} switches per GEMM",
+                    r.gflops,
+                    (r.gflops / base - 1.0) * 100.0,
+                    r.calls_per_job,
+                    r.cpu_ms_per_job,
+                    r.switches.0,
+                    r.switches.1
+                ),
+            ));
+            out.push(json!({
+                "dim": dim, "target_us": r.target_us, "gflops": r.gflops,
+                "calls_per_gemm": r.calls_per_job, "cpu_ms_per_gemm": r.cpu_ms_per_job,
+                "switches_per_gemm": [r.switches.0, r.switches.1],
+            }));
+        }
+    }
+    if args.json {
+        let doc = json!({ "piece_targets": out });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?
+        );
+    } else {
+        print_table(&rows);
+        println!("runtime {:.1} s", t_start.elapsed().as_secs_f64());
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let args = match parse(&argv) {
@@ -703,6 +781,8 @@ fn main() -> ExitCode {
         sched_instr::run_child(spec)
     } else if args.instructions {
         instructions(&args)
+    } else if let Some(targets) = &args.piece_targets {
+        piece_targets(&args, targets)
     } else {
         run(&args)
     };
