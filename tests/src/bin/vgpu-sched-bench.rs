@@ -621,6 +621,28 @@ fn run(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
+/// The result of a mode of its own (`--instructions`, `--piece-targets`): JSON under `key`, or
+/// the table and the runtime.
+fn print_mode(
+    json: bool,
+    key: &str,
+    out: Vec<Value>,
+    rows: &[Row],
+    t_start: Instant,
+) -> Result<(), String> {
+    if json {
+        let doc = json!({ key: out });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?
+        );
+    } else {
+        print_table(rows);
+        println!("runtime {:.1} s", t_start.elapsed().as_secs_f64());
+    }
+    Ok(())
+}
+
 /// `--instructions`: (c) counted in instructions (see `sched_instr`).
 fn instructions(args: &Args) -> Result<(), String> {
     let t_start = Instant::now();
@@ -690,17 +712,7 @@ fn instructions(args: &Args) -> Result<(), String> {
             "channel_added_pct": pct(channel), "vhost_added_pct": pct(vhost),
         }));
     }
-    if args.json {
-        let doc = json!({ "gemm_instructions": out });
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?
-        );
-    } else {
-        print_table(&rows);
-        println!("runtime {:.1} s", t_start.elapsed().as_secs_f64());
-    }
-    Ok(())
+    print_mode(args.json, "gemm_instructions", out, &rows, t_start)
 }
 
 /// `--piece-targets`: what cutting a GEMM into pieces costs the engine by itself (no device
@@ -752,17 +764,7 @@ fn piece_targets(args: &Args, targets_us: &[u64]) -> Result<(), String> {
             }));
         }
     }
-    if args.json {
-        let doc = json!({ "piece_targets": out });
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?
-        );
-    } else {
-        print_table(&rows);
-        println!("runtime {:.1} s", t_start.elapsed().as_secs_f64());
-    }
-    Ok(())
+    print_mode(args.json, "piece_targets", out, &rows, t_start)
 }
 
 fn main() -> ExitCode {
