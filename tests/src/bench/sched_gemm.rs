@@ -6,15 +6,17 @@
 //! once (engine, device, daemon and buffers stay up), then timed in pairs of short rounds:
 //! direct, pieces, channel, vhost-user, vhost-user with [`VHOST_BATCH`] GEMMs per SUBMIT_3D,
 //! direct again (the middle reversed every other pair, so no path always follows the same other
-//! one). Each mediated round is divided by the pair's two
-//! direct rounds together, which bracket it, and the overhead is `1 − median(ratio)`, printed
-//! with the ratios' interquartile range. "Pieces" is the engine driven directly in the chunks a
-//! lone vGPU's 1 ms target gives, no scheduler: what slicing alone costs the engine, apart from
-//! the mediation. The second direct round against the first is the noise floor: the same path,
-//! paired the same way. Beside the wall-clock throughput, each round records the CPU time of every thread of
-//! the processes involved (this program and `vgpud`, from `/proc/PID/task/*/schedstat`), and
-//! the same pairing of GFLOP per CPU-second shows what the mediation costs in work, which other
-//! load on the host disturbs far less than wall-clock time.
+//! one). Each round is divided by the pair's two direct rounds together, which bracket it, and
+//! the overhead is `1 − median(ratio)`, printed with the ratios' interquartile range. "Pieces" is
+//! the engine driven directly in the chunks a lone vGPU's 1 ms target gives, no scheduler: what
+//! slicing alone costs the engine, apart from the mediation. The second direct round against the
+//! first is the noise floor: the same path, paired the same way. Beside the wall-clock
+//! throughput, each round records the CPU time and the context switches of every thread of the
+//! processes involved (this program and `vgpud`, from `/proc/PID/task/*/schedstat` and
+//! `status`): the same pairing of GFLOP per CPU-second shows what the mediation costs in work,
+//! which other load on the host disturbs far less than wall-clock time, and the switches per
+//! GEMM count its wake-ups. [`piece_targets`] (`--piece-targets`) drives the engine directly at
+//! fixed piece targets instead.
 
 use vgpu_backend::driver::engine::{DynEngine, Step, DEFAULT_SOLO_CHUNK_TARGET_NS};
 use vgpu_backend::driver::{Channel, DeviceBuffer, DeviceMemory, MemoryPartition, MIB};
