@@ -23,7 +23,7 @@ mod stream;
 #[cfg(test)]
 mod tests;
 
-pub use buffer::{buffer_size, buffer_transfer, BufferTransfer};
+pub use buffer::{buffer_create, buffer_size, buffer_transfer, BufferTransfer};
 pub use module::{
     BindCmd, DispatchCmd, ModuleLoadCmd, ModuleUnloadCmd, PushConstantsCmd, PushConstantsHeader,
     BIND_OFFSET_ALIGN, ENTRY_NAME_LEN, MAX_BINDINGS, MAX_MODULES_PER_CONTEXT, MAX_MODULE_BYTES,

@@ -2,7 +2,7 @@
 //! transfers, fenced SUBMIT_3D streams and QUERY_STATS, as a guest driver would send them.
 
 use vgpu_protocol::capset::StatsRecord;
-use vgpu_protocol::channel::{QueryStatsCmd, PIPE_BUFFER, VGPU_CAPSET_ID};
+use vgpu_protocol::channel::{buffer_create, QueryStatsCmd, VGPU_CAPSET_ID};
 use vgpu_protocol::virtio_gpu::*;
 use vgpu_protocol::{ChannelCommand, DecodedResponse, GpuCommand, VgpuCapset};
 
@@ -129,16 +129,7 @@ impl ChannelSession {
 
     /// RESOURCE_CREATE_3D of a `size`-byte buffer `id` (nothing attached); returns the response.
     pub fn create_buffer(&mut self, id: u32, size: u32) -> Result<DecodedResponse> {
-        let create = GpuCommand::ResourceCreate3d(ResourceCreate3d {
-            resource_id: id,
-            target: PIPE_BUFFER,
-            width: size,
-            height: 1,
-            depth: 1,
-            array_size: 1,
-            ..Default::default()
-        });
-        self.send(&create)
+        self.send(&GpuCommand::ResourceCreate3d(buffer_create(id, size)))
     }
 
     /// The fenced SUBMIT_3D of `cmds` as it goes on the wire (header included), taking the next

@@ -104,15 +104,7 @@ impl Worker {
         assert!(matches!(r, DecodedResponse::OkNoData), "ctx create: {r:?}");
         let mut gpas = [0u64; 2];
         for (k, id) in [100u32, 101].into_iter().enumerate() {
-            let create = GpuCommand::ResourceCreate3d(ResourceCreate3d {
-                resource_id: id,
-                target: PIPE_BUFFER,
-                width: BUF,
-                height: 1,
-                depth: 1,
-                array_size: 1,
-                ..Default::default()
-            });
+            let create = GpuCommand::ResourceCreate3d(buffer_create(id, BUF));
             ok(&mut client, create, "buffer create");
             gpas[k] = client.guest_buffer(&[0u8; BUF as usize]).unwrap();
             let r = client.attach_backing(id, &[(gpas[k], BUF)]).unwrap();

@@ -114,15 +114,7 @@ fn context_with_buffers(c: &mut GpuClient) {
     for id in 1..=3 {
         let r = c
             .send_ctrl(
-                &GpuCommand::ResourceCreate3d(ResourceCreate3d {
-                    resource_id: id,
-                    target: PIPE_BUFFER,
-                    width: size,
-                    height: 1,
-                    depth: 1,
-                    array_size: 1,
-                    ..Default::default()
-                }),
+                &GpuCommand::ResourceCreate3d(buffer_create(id, size)),
                 hdr(None),
             )
             .unwrap()

@@ -233,15 +233,7 @@ fn setup_compute(c: &mut GpuClient) -> u64 {
         "ctx create",
     );
     let size = 16 * 1024u32;
-    let cmd = GpuCommand::ResourceCreate3d(ResourceCreate3d {
-        resource_id: 100,
-        target: PIPE_BUFFER,
-        width: size,
-        height: 1,
-        depth: 1,
-        array_size: 1,
-        ..Default::default()
-    });
+    let cmd = GpuCommand::ResourceCreate3d(buffer_create(100, size));
     ok3d(c, cmd, "create buffer");
     let gpa = c.guest_buffer(&vec![0u8; size as usize]).unwrap();
     assert_ok(c.attach_backing(100, &[(gpa, size)]).unwrap(), "backing");

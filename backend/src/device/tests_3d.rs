@@ -122,18 +122,7 @@ impl Vm {
     }
 
     fn create_buffer(&mut self, id: u32, size: u32) -> Result<(), ErrorCode> {
-        self.result(
-            0,
-            GpuCommand::ResourceCreate3d(ResourceCreate3d {
-                resource_id: id,
-                target: PIPE_BUFFER,
-                width: size,
-                height: 1,
-                depth: 1,
-                array_size: 1,
-                ..Default::default()
-            }),
-        )
+        self.result(0, GpuCommand::ResourceCreate3d(buffer_create(id, size)))
     }
 
     fn attach(&mut self, ctx: u32, id: u32, on: bool) -> Result<(), ErrorCode> {

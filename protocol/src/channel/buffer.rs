@@ -4,6 +4,21 @@
 use super::{ChannelError, PIPE_BUFFER, PIPE_FORMAT_R8_UNORM};
 use crate::virtio_gpu::{ResourceCreate3d, Transfer3d};
 
+/// The RESOURCE_CREATE_3D body of a `size`-byte channel buffer `resource_id`: target
+/// `PIPE_BUFFER`, format 0, `width` = size, height = depth = array_size = 1, nothing else set
+/// (what [`buffer_size`] accepts).
+pub fn buffer_create(resource_id: u32, size: u32) -> ResourceCreate3d {
+    ResourceCreate3d {
+        resource_id,
+        target: PIPE_BUFFER,
+        width: size,
+        height: 1,
+        depth: 1,
+        array_size: 1,
+        ..Default::default()
+    }
+}
+
 /// Validates that a RESOURCE_CREATE_3D describes a channel buffer and returns its size in bytes:
 /// target `PIPE_BUFFER`, format 0 or `R8_UNORM`, `width` = size (> 0), height = depth = array_size
 /// = 1, last_level = 0, nr_samples = 0. `bind` and `flags` are ignored.

@@ -508,6 +508,8 @@ fn buffer_size_accepts_buffers() {
         ..buffer(1)
     };
     assert_eq!(buffer_size(&b), Ok(1));
+    assert_eq!(buffer_size(&buffer_create(7, 65536)), Ok(65536));
+    assert_eq!(buffer_create(7, 65536).resource_id, 7);
 }
 
 #[test]
