@@ -106,14 +106,21 @@ struct Args {
     pairs: usize,
     /// Seconds per round of (c).
     round_secs: f64,
-    /// GEMM sizes of (c).
-    dims: Vec<u32>,
+    /// GEMM sizes given with `--dims` (each mode has its own default).
+    dims: Option<Vec<u32>>,
     /// (c) counted in instructions under callgrind instead of timed.
     instructions: bool,
     /// The child side of `--instructions`: run exactly this many GEMMs (`PATH:DIM:N`).
     gemm_jobs: Option<String>,
     /// `--piece-targets`: the engine directly at these piece targets (µs; 0: one call).
     piece_targets: Option<Vec<u64>>,
+}
+
+impl Args {
+    /// The GEMM sizes from `--dims`, else `default`.
+    fn dims_or<'a>(&'a self, default: &'a [u32]) -> &'a [u32] {
+        self.dims.as_deref().unwrap_or(default)
+    }
 }
 
 fn parse(args: &[String]) -> Result<Args, String> {
@@ -123,7 +130,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
         windows: 4,
         pairs: 9,
         round_secs: 0.4,
-        dims: GEMM_DIMS.to_vec(),
+        dims: None,
         instructions: false,
         gemm_jobs: None,
         piece_targets: None,
@@ -170,11 +177,12 @@ fn parse(args: &[String]) -> Result<Args, String> {
             }
             "--dims" => {
                 let v = it.next().ok_or("--dims needs a value")?;
-                out.dims = v
-                    .split(',')
-                    .map(|d| d.parse().ok().filter(|d| (16..=4096).contains(d)))
-                    .collect::<Option<Vec<u32>>>()
-                    .ok_or_else(|| format!("bad --dims {v:?}"))?;
+                out.dims = Some(
+                    v.split(',')
+                        .map(|d| d.parse().ok().filter(|d| (16..=4096).contains(d)))
+                        .collect::<Option<Vec<u32>>>()
+                        .ok_or_else(|| format!("bad --dims {v:?}"))?,
+                );
             }
             "--instructions" => out.instructions = true,
             "--piece-targets" => {
@@ -512,7 +520,7 @@ fn run(args: &Args) -> Result<(), String> {
 
     let mut gemm_json = Vec::new();
     let dims: &[u32] = if args.only.contains('c') {
-        &args.dims
+        args.dims_or(&GEMM_DIMS)
     } else {
         &[]
     };
@@ -649,11 +657,7 @@ fn instructions(args: &Args) -> Result<(), String> {
     let mut rows = Vec::new();
     let mut out = Vec::new();
     // 1024³ takes over a minute per GEMM under callgrind: only on request.
-    let dims: &[u32] = if args.dims == GEMM_DIMS {
-        &GEMM_DIMS[..2]
-    } else {
-        &args.dims
-    };
+    let dims = args.dims_or(&GEMM_DIMS[..2]);
     for (i, &dim) in dims.iter().enumerate() {
         let n = sched_instr::default_counts(dim);
         if !args.json {
@@ -721,11 +725,7 @@ fn piece_targets(args: &Args, targets_us: &[u64]) -> Result<(), String> {
     let t_start = Instant::now();
     let mut rows = Vec::new();
     let mut out = Vec::new();
-    let dims: &[u32] = if args.dims == GEMM_DIMS {
-        &GEMM_DIMS[..1]
-    } else {
-        &args.dims
-    };
+    let dims = args.dims_or(&GEMM_DIMS[..1]);
     for (i, &dim) in dims.iter().enumerate() {
         if !args.json {
             eprintln!(
